@@ -1,0 +1,185 @@
+"""Benchmarks: size, inference latency and throughput, peak memory — compared side by side.
+
+Rules every number here follows:
+
+- one fixed probe set (the first ``probe_size`` test examples), the same for every model;
+- latency at batch 1 (each example alone, p50 and p90) and throughput at batch 32 (samples/s);
+- models compared in the same process, *interleaved*: after a warm-up, each repeat times every model once
+  (the order rotates between repeats), and the reported value is the median over repeats;
+- speed is reported as a ratio to the reference model measured in that same run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .data import Encoded
+
+Predictor = Callable[[dict], Any]  # a batch of tensors (input_ids, attention_mask, ...) -> logits
+
+
+class TorchPredictor:
+    """Wrap a torch model as a ``batch -> logits`` predictor (eval mode, no autograd)."""
+
+    def __init__(self, model: Any):
+        self.model = model.eval()
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**batch).logits.float().numpy()
+
+
+def as_predictor(obj: Any) -> Predictor:
+    import torch
+
+    return TorchPredictor(obj) if isinstance(obj, torch.nn.Module) else obj
+
+
+@dataclass
+class Probe:
+    """Fixed inputs for benchmarking: single examples (batch 1) and batches of ``batch_size``."""
+
+    singles: list[dict]
+    batches: list[dict]
+    batch_size: int
+
+    @property
+    def n_batched(self) -> int:
+        return sum(int(b["input_ids"].shape[0]) for b in self.batches)
+
+
+def make_probe(enc: Encoded, tokenizer: Any, size: int = 64, batch_size: int = 32) -> Probe:
+    """The first ``size`` examples of ``enc`` (use the test split) as batch-1 and batch-32 inputs."""
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    feats = [{k: v for k, v in enc[i].items() if k != "labels"} for i in range(min(size, len(enc)))]
+    singles = [collate([f]) for f in feats]
+    batches = [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
+    return Probe(singles, batches, batch_size)
+
+
+def _time_pass(predictor: Predictor, probe: Probe) -> tuple[list[float], float]:
+    lat = []
+    for x in probe.singles:
+        t0 = time.perf_counter()
+        predictor(x)
+        lat.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for b in probe.batches:
+        predictor(b)
+    return lat, probe.n_batched / (time.perf_counter() - t0)
+
+
+def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, reference: str | None = None,
+            warmup: int = 1) -> pd.DataFrame:
+    """Measure every predictor interleaved on ``probe``; one row per model, ratios to ``reference``.
+
+    Columns: ``latency_ms_b1_p50``, ``latency_ms_b1_p90``, ``throughput_b32`` (samples/s),
+    ``speedup_vs_reference`` (throughput ratio), ``latency_ratio_vs_reference`` (p50 ratio, <1 is faster).
+    """
+    preds = {name: as_predictor(p) for name, p in predictors.items()}
+    names = list(preds)
+    reference = reference or names[0]
+    for _ in range(warmup):
+        for name in names:
+            _time_pass(preds[name], probe)
+    p50: dict[str, list[float]] = {n: [] for n in names}
+    p90: dict[str, list[float]] = {n: [] for n in names}
+    thr: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no model always goes first
+        for name in order:
+            lat, tput = _time_pass(preds[name], probe)
+            p50[name].append(float(np.percentile(lat, 50)) * 1000)
+            p90[name].append(float(np.percentile(lat, 90)) * 1000)
+            thr[name].append(tput)
+    rows = []
+    for name in names:
+        rows.append({
+            "name": name,
+            "latency_ms_b1_p50": float(np.median(p50[name])),
+            "latency_ms_b1_p90": float(np.median(p90[name])),
+            "throughput_b32": float(np.median(thr[name])),
+        })
+    df = pd.DataFrame(rows).set_index("name")
+    df["speedup_vs_reference"] = df["throughput_b32"] / df.loc[reference, "throughput_b32"]
+    df["latency_ratio_vs_reference"] = df["latency_ms_b1_p50"] / df.loc[reference, "latency_ms_b1_p50"]
+    df.attrs.update(reference=reference, repeats=repeats, probe_size=len(probe.singles),
+                    batch_size=probe.batch_size, threads=_threads())
+    return df
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------------------------- size
+
+def serialized_mb(model: Any) -> float:
+    """Size in MB (10^6 bytes) of the model's weights saved as safetensors."""
+    from safetensors.torch import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.safetensors"
+        save_model(model, str(path))
+        return path.stat().st_size / 1e6
+
+
+def size_info(model: Any) -> dict[str, float]:
+    from .models import count_params
+
+    return {"num_params": count_params(model), "size_mb": serialized_mb(model)}
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+class PeakMemory:
+    """Context manager sampling this process's resident memory (RSS) to find the peak during a block.
+
+    ``peak_mb`` is the highest RSS seen; ``delta_mb`` is that minus the RSS when the block started.
+    Sampling every 20 ms can miss a shorter spike; good enough for training steps that take 0.5 s+.
+    """
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+
+        self._proc = psutil.Process(os.getpid())
+        self.interval = interval
+        self.start_mb = self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _rss(self) -> float:
+        return self._proc.memory_info().rss / 2**20
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_mb = max(self.peak_mb, self._rss())
+
+    def __enter__(self) -> "PeakMemory":
+        self.start_mb = self.peak_mb = self._rss()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss())
+
+    @property
+    def delta_mb(self) -> float:
+        return self.peak_mb - self.start_mb

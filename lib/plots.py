@@ -1,0 +1,130 @@
+"""Figures. Each function draws one readable figure, saves it (atomically) as PNG under
+``outputs/<profile>/figures/`` and returns ``(fig, path)``; a notebook just shows it."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg; in Jupyter: inline
+import numpy as np
+
+from . import paths
+
+plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                     "axes.spines.right": False, "font.size": 10})
+
+
+def save(fig: Any, profile: str, name: str) -> Path:
+    """Save ``fig`` as ``figures/<name>.png`` via a temp file + rename."""
+    out = paths.figures_dir(profile) / f"{name}.png"
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out
+
+
+def data_overview(summary: Any, lengths: Mapping[str, Sequence[int]], max_length: int, profile: str,
+                  name: str = "data_overview"):
+    """Left: class counts per split. Right: token-length distribution per split, with the truncation cut."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    classes = [c for c in summary.columns if c not in ("rows", "groups") and not str(c).endswith("%")]
+    x = np.arange(len(summary.index))
+    width = 0.8 / max(len(classes), 1)
+    for i, c in enumerate(classes):
+        a.bar(x + i * width - 0.4 + width / 2, summary[c], width, label=str(c))
+    a.set_xticks(x, summary.index)
+    a.set_ylabel("examples")
+    a.set_title("Class balance per split")
+    a.legend()
+    bins = np.arange(0, max(max(v) for v in lengths.values()) + 2, 2)
+    for split, lens in lengths.items():
+        b.hist(lens, bins=bins, alpha=0.5, density=True, label=split)
+    b.axvline(max_length, color="k", ls="--", lw=1, label=f"max_length={max_length}")
+    b.set_xlabel("tokens per example (incl. [CLS]/[SEP])")
+    b.set_ylabel("density")
+    b.set_title("Length distribution")
+    b.legend()
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def learning_curve(history: Any, profile: str, name: str = "learning_curve"):
+    """Training loss per step (and its running mean) with validation accuracy per epoch."""
+    fig, a = plt.subplots(figsize=(8, 3.6))
+    losses = np.asarray(history.step_losses)
+    a.plot(np.arange(1, len(losses) + 1), losses, alpha=0.3, color="C0", label="train loss (step)")
+    k = max(1, len(losses) // 30)
+    if len(losses) >= k:
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        a.plot(np.arange(k, len(losses) + 1), smooth, color="C0", label=f"train loss (mean of {k})")
+    a.set_xlabel("step")
+    a.set_ylabel("loss")
+    frame = history.frame()
+    if "val_accuracy" in frame:
+        b = a.twinx()
+        steps_per_epoch = len(losses) / max(len(frame), 1)
+        xs = [e * steps_per_epoch for e in frame.index]
+        b.plot(xs, frame["val_accuracy"], "o-", color="C1", label="val accuracy (epoch)")
+        b.set_ylabel("validation accuracy")
+        b.grid(False)
+        b.legend(loc="center right")
+    a.legend(loc="upper right")
+    a.set_title("Learning curve")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def confusion(cm: Sequence[Sequence[int]], label_names: Sequence[str], profile: str, name: str = "confusion",
+              title: str = "Confusion matrix (test)"):
+    cm = np.asarray(cm)
+    fig, a = plt.subplots(figsize=(4.2, 3.6))
+    im = a.imshow(cm, cmap="Blues")
+    a.set_xticks(range(len(label_names)), label_names)
+    a.set_yticks(range(len(label_names)), label_names)
+    a.set_xlabel("predicted")
+    a.set_ylabel("true")
+    a.grid(False)
+    for (i, j), v in np.ndenumerate(cm):
+        a.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    fig.colorbar(im, ax=a, fraction=0.046)
+    a.set_title(title)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def loop_comparison(df: Any, profile: str, name: str = "lib_vs_trainer"):
+    """Per-step training loss of each loop (left) and samples/s (right)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    for loop, row in df.iterrows():
+        a.plot(np.arange(1, len(row["losses"]) + 1), row["losses"], label=loop)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss")
+    a.set_title("Same model, data, batch size and seed")
+    a.legend()
+    b.barh(list(df.index), df["samples_per_s"], color=["C0", "C1"][: len(df)])
+    b.set_xlabel("samples / s")
+    b.set_title("Training throughput")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def bench_bars(df: Any, profile: str, name: str = "benchmark"):
+    """Batch-1 latency (p50 with p90 whisker) and batch-32 throughput per model."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.6 * len(df) + 2.2))
+    names = list(df.index)
+    a.barh(names, df["latency_ms_b1_p50"], xerr=[np.zeros(len(df)), df["latency_ms_b1_p90"] - df["latency_ms_b1_p50"]],
+           color="C2", capsize=3)
+    a.set_xlabel("ms per example (batch 1, p50; whisker to p90)")
+    a.set_title("Latency")
+    b.barh(names, df["throughput_b32"], color="C3")
+    b.set_xlabel("samples / s (batch 32)")
+    b.set_title("Throughput")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

@@ -1,0 +1,154 @@
+"""The metrics record: one JSON file per notebook run, ``outputs/<profile>/metrics/<notebook>.json``.
+
+Other tools and the ``08_report`` notebook read these, so the schema is fixed here and validated on
+every write (and by a test). Top-level keys:
+
+===========  ==========================================================================================
+notebook     notebook name, e.g. ``"00_baseline"``
+profile      the params profile of the run (``"lab"`` when run by hand in Jupyter)
+created      ISO-8601 time (UTC) the record was written
+params       the resolved parameters the notebook ran with
+env          python / torch / transformers versions, torch threads, CPU model (``lib.utils.env_info``)
+variants     list, one entry per model measured (see below); exactly one has ``role == "reference"``
+findings     dict of notebook-specific numbers (e.g. ``tfidf_accuracy``, ``lib_vs_trainer_speed_ratio``)
+figures      list of figure paths written by the run (relative to ``outputs/<profile>/``)
+===========  ==========================================================================================
+
+Each variant has at least: ``name``, ``role`` (``"reference"`` for the model the others are compared
+against, else ``"variant"``), ``accuracy``, ``f1`` (macro), ``size_mb`` (serialized weights, 10^6 bytes),
+``num_params``, ``latency_ms_b1_p50``, ``throughput_b32`` (samples/s) and ``speedup_vs_reference``
+(batch-32 throughput ratio measured side by side in the same run; 1.0 for the reference). Numbers that do
+not apply (a TF-IDF model has no batch-32 torch latency) are ``null``. Notebooks add keys freely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import paths
+from .utils import atomic_write_json, env_info
+
+TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
+VARIANT_KEYS = ("name", "role", "accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50",
+                "throughput_b32", "speedup_vs_reference")
+ENV_KEYS = ("python", "torch", "transformers", "threads", "cpu")
+ROLES = ("reference", "variant")
+
+
+def variant(name: str, role: str, metrics: Mapping[str, Any], bench: Mapping[str, Any] | None = None,
+            size: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """Build one ``variants`` entry from a metrics dict, a row of ``lib.bench.compare`` and ``size_info``."""
+    bench = {} if bench is None else bench
+    size = {} if size is None else size
+    v = {
+        "name": name,
+        "role": role,
+        "accuracy": metrics.get("accuracy"),
+        "f1": metrics.get("f1"),
+        "size_mb": size.get("size_mb"),
+        "num_params": size.get("num_params"),
+        "latency_ms_b1_p50": bench.get("latency_ms_b1_p50"),
+        "latency_ms_b1_p90": bench.get("latency_ms_b1_p90"),
+        "throughput_b32": bench.get("throughput_b32"),
+        "speedup_vs_reference": bench.get("speedup_vs_reference"),
+    }
+    v.update(extra)
+    return _plain(v)
+
+
+def validate_record(rec: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` listing every way ``rec`` breaks the schema above."""
+    errs = [f"missing top-level key {k!r}" for k in TOP_KEYS if k not in rec]
+    if not errs:
+        if not isinstance(rec["params"], dict):
+            errs.append("params must be a dict")
+        if not isinstance(rec["findings"], dict):
+            errs.append("findings must be a dict")
+        errs += [f"env lacks {k!r}" for k in ENV_KEYS if k not in rec.get("env", {})]
+        try:
+            datetime.fromisoformat(rec["created"])
+        except (TypeError, ValueError):
+            errs.append(f"created is not an ISO time: {rec['created']!r}")
+        variants = rec["variants"]
+        if not isinstance(variants, list) or not variants:
+            errs.append("variants must be a non-empty list")
+            variants = []
+        refs = [v for v in variants if v.get("role") == "reference"]
+        if len(refs) != 1:
+            errs.append(f"exactly one variant must have role 'reference' (found {len(refs)})")
+        names = [v.get("name") for v in variants]
+        if len(set(names)) != len(names):
+            errs.append(f"variant names must be unique: {names}")
+        for v in variants:
+            label = v.get("name", "?")
+            errs += [f"variant {label!r} lacks {k!r}" for k in VARIANT_KEYS if k not in v]
+            if v.get("role") not in ROLES:
+                errs.append(f"variant {label!r}: role must be one of {ROLES}, got {v.get('role')!r}")
+            for k in ("accuracy", "f1"):
+                x = v.get(k)
+                if x is not None and not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
+                    errs.append(f"variant {label!r}: {k} must be a fraction in [0, 1], got {x!r}")
+            for k in ("size_mb", "num_params", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_reference"):
+                x = v.get(k)
+                if x is not None and not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
+                    errs.append(f"variant {label!r}: {k} must be a positive number or null, got {x!r}")
+        for v in refs:
+            s = v.get("speedup_vs_reference")
+            if s is not None and abs(s - 1.0) > 1e-9:
+                errs.append(f"the reference's speedup_vs_reference must be 1.0, got {s}")
+    if errs:
+        raise ValueError("metrics record does not match the schema (lib/results.py):\n  - " + "\n  - ".join(errs))
+
+
+def record(notebook: str, params: Mapping[str, Any], variants: Sequence[Mapping[str, Any]],
+           findings: Mapping[str, Any], figures: Sequence[Path | str] = (), env: Mapping[str, Any] | None = None,
+           **extra: Any) -> Path:
+    """Validate and atomically write the notebook's metrics record; return its path."""
+    profile = params["profile"]
+    base = paths.profile_dir(profile)
+    rec = {
+        "notebook": notebook,
+        "profile": profile,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": dict(params),
+        "env": dict(env or env_info()),
+        "variants": [dict(v) for v in variants],
+        "findings": dict(findings),
+        "figures": [str(Path(f).relative_to(base)) if Path(f).is_absolute() and base in Path(f).parents else str(f)
+                    for f in figures],
+        **extra,
+    }
+    rec = _plain(rec)
+    validate_record(rec)
+    return atomic_write_json(paths.metrics_path(profile, notebook), rec)
+
+
+def load(profile: str, notebook: str) -> dict[str, Any]:
+    """Read a record written by :func:`record` (``FileNotFoundError`` naming the notebook to run)."""
+    path = paths.metrics_path(profile, notebook)
+    if not path.exists():
+        raise FileNotFoundError(f"no metrics for {notebook} in profile {profile!r} ({path}): run that notebook first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays and paths -> plain JSON types, NaN -> None."""
+    import numpy as np
+
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,241 @@
+"""The one training loop every notebook uses, and its side-by-side check against ``transformers.Trainer``.
+
+``fit`` does AdamW (no weight decay on biases and LayerNorm), linear warm-up then linear decay, gradient
+clipping, evaluation on the validation split after every epoch, keep-best (the best epoch's weights are
+restored at the end), seeding, and a tqdm progress bar. Extension points for later notebooks:
+
+- ``loss_fn(model, batch) -> loss``: a custom loss (distillation); default is the model's own
+  cross-entropy;
+- ``optimizer``: pass your own (otherwise AdamW over the parameters with ``requires_grad``, so freezing
+  or LoRA just works);
+- ``prepare(model, optimizer, loader) -> (model, optimizer, loader)``: wrap them before training
+  (DP-SGD: Opacus' ``make_private``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .bench import PeakMemory
+from .evaluate import evaluate
+from .utils import seed_everything
+
+LossFn = Callable[[Any, dict], Any]
+Prepare = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
+
+
+@dataclass
+class TrainConfig:
+    num_epochs: int = 1  # passes over the training data
+    learning_rate: float = 5e-5  # peak learning rate, reached after warm-up
+    weight_decay: float = 0.01  # AdamW decoupled weight decay (not on biases / LayerNorm)
+    warmup_frac: float = 0.1  # fraction of all steps spent warming up linearly from 0
+    max_grad_norm: float = 1.0  # clip the global gradient norm (stabilises early fine-tuning)
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    seed: int = 42  # seeds dropout and init of anything created during training
+    keep_best: bool = True  # restore the weights of the epoch with the best validation metric
+    metric: str = "accuracy"  # validation metric used for keep-best
+    progress: bool = True  # show a tqdm bar
+
+
+@dataclass
+class History:
+    """What happened during :func:`fit`: per-epoch rows, per-step losses, speed and memory."""
+
+    epochs: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0  # time in training steps only (evaluation excluded)
+    samples: int = 0
+    peak_mem_mb: float = 0.0  # peak process RSS during training
+    peak_mem_delta_mb: float = 0.0  # ... minus RSS before training started
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.train_seconds if self.train_seconds else 0.0
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.epochs).set_index("epoch") if self.epochs else pd.DataFrame()
+
+    def summary(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "train_seconds": self.train_seconds, "samples": self.samples,
+                "samples_per_s": self.samples_per_s, "peak_mem_mb": self.peak_mem_mb,
+                "peak_mem_delta_mb": self.peak_mem_delta_mb, "epochs": self.epochs}
+
+
+def default_loss(model: Any, batch: dict) -> Any:
+    """The model's own loss (cross-entropy for a sequence classifier given ``labels``)."""
+    return model(**batch).loss
+
+
+def make_optimizer(model: Any, cfg: TrainConfig):
+    """AdamW over trainable parameters; biases and LayerNorm weights get no weight decay."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | None = None,
+        cfg: TrainConfig | None = None, loss_fn: LossFn | None = None, optimizer: Any = None,
+        prepare: Prepare | None = None) -> History:
+    """Train ``model`` in place; return its :class:`History`. See the module docstring for the hooks."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = cfg or TrainConfig()
+    seed_everything(cfg.seed)
+    loss_fn = loss_fn or default_loss
+    optimizer = optimizer or make_optimizer(model, cfg)
+    if prepare is not None:
+        model, optimizer, train_loader = prepare(model, optimizer, train_loader)
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    total = steps_per_epoch * cfg.num_epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_frac * total), total)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    hist = History()
+    best_score, best_state = -np.inf, None
+    step = 0
+    bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress)
+    with PeakMemory() as mem:
+        for epoch in range(1, cfg.num_epochs + 1):
+            model.train()
+            t0, n, losses = time.perf_counter(), 0, []
+            for batch in train_loader:
+                loss = loss_fn(model, batch)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                n += int(batch["input_ids"].shape[0])
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", epoch=epoch)
+                if step >= total:
+                    break
+            seconds = time.perf_counter() - t0
+            hist.train_seconds += seconds
+            hist.samples += n
+            hist.step_losses += losses
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "seconds": seconds, "samples_per_s": n / seconds if seconds else 0.0}
+            if val_loader is not None:
+                val = evaluate(model, val_loader)
+                row.update(val_accuracy=val["accuracy"], val_f1=val["f1"])
+                score = val[cfg.metric]
+                if score > best_score:
+                    best_score, hist.best_epoch = score, epoch
+                    if cfg.keep_best:
+                        best_state = copy.deepcopy(model.state_dict())
+            hist.epochs.append(row)
+            if step >= total:
+                break
+    bar.close()
+    hist.peak_mem_mb, hist.peak_mem_delta_mb = mem.peak_mb, mem.delta_mb
+    if best_state is not None and hist.best_epoch != len(hist.epochs):
+        model.load_state_dict(best_state)
+    model.eval()
+    return hist
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------- vs Trainer
+
+def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, tokenizer: Any, batch_size: int,
+                            steps: int, learning_rate: float, seed: int, weight_decay: float = 0.01,
+                            warmup_frac: float = 0.1) -> pd.DataFrame:
+    """Train two fresh copies of the same model for ``steps`` steps: with :func:`fit` and with
+    ``transformers.Trainer``, same data, batch size, schedule, seed and random (not length-grouped)
+    batches; each timed by the same wall clock around the whole training call.
+
+    Returns one row per loop: ``seconds``, ``samples_per_s``, ``first_loss``, ``final_loss`` (mean of the
+    last quarter of steps) and the per-step ``losses`` (list).
+    """
+    import tempfile
+
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    rows = []
+
+    # lib.train.fit
+    model = make_model()
+    loader = DataLoader(train_enc, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                        generator=torch.Generator().manual_seed(seed))
+    cfg = TrainConfig(num_epochs=max(1, -(-steps * batch_size // len(train_enc))), learning_rate=learning_rate,
+                      weight_decay=weight_decay, warmup_frac=warmup_frac, max_steps=steps, seed=seed,
+                      keep_best=False, progress=True)
+    t0 = time.perf_counter()
+    hist = fit(model, loader, None, cfg)
+    rows.append(_loop_row("lib.train.fit", time.perf_counter() - t0, steps * batch_size, hist.step_losses))
+    del model
+
+    # transformers.Trainer
+    model = make_model()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=learning_rate,
+            weight_decay=weight_decay, warmup_steps=int(warmup_frac * steps), lr_scheduler_type="linear",
+            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+            use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,  # our own bar below: no per-step log table
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=train_enc, data_collator=collate,
+                          callbacks=[_tqdm_callback(steps)])
+        t0 = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - t0
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    rows.append(_loop_row("transformers.Trainer", seconds, steps * batch_size, losses))
+    df = pd.DataFrame(rows).set_index("loop")
+    df["speed_ratio_vs_trainer"] = df["samples_per_s"] / df.loc["transformers.Trainer", "samples_per_s"]
+    return df
+
+
+def _tqdm_callback(total: int) -> Any:
+    """A plain tqdm bar for Trainer (its notebook callback would print a table row per step)."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Bar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = tqdm(total=total, desc="Trainer", unit="step")
+
+        def on_step_end(self, args, state, control, **kw):
+            self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.bar.close()
+
+    return Bar()
+
+
+def _loop_row(name: str, seconds: float, samples: int, losses: list[float]) -> dict[str, Any]:
+    tail = losses[-max(1, len(losses) // 4):]
+    return {"loop": name, "seconds": seconds, "samples_per_s": samples / seconds,
+            "first_loss": float(losses[0]) if losses else float("nan"),
+            "final_loss": float(np.mean(tail)) if tail else float("nan"), "losses": list(map(float, losses))}
