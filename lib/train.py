@@ -183,7 +183,8 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     rows = []
 
-    # lib.train.fit
+    # lib.train.fit (seeding before each make_model gives both copies the same classifier-head init)
+    seed_everything(seed)
     model = make_model()
     loader = DataLoader(train_enc, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))
@@ -196,6 +197,7 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
     del model
 
     # transformers.Trainer
+    seed_everything(seed)
     model = make_model()
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(

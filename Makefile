@@ -1,0 +1,50 @@
+# The few verbs people use. Everything runs inside .venv (created on first use).
+#   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill
+#   make test                  set up if needed, then the whole test suite
+#   make lab                   JupyterLab on the project kernel
+#   make smoke                 = make run PROFILE=smoke (the < 5 min end-to-end check)
+#   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
+#   make clean                 remove outputs/ run results (keeps outputs/README.md)
+
+PYTHON ?= python3.11
+PROFILE ?= default
+VENV := .venv
+BIN := $(VENV)/bin
+# What gets installed: the project (editable, with test tools) under the exact pins of the lock file.
+# environment.yml installs the very same arguments (tests/test_env.py keeps them equal).
+PIP_ARGS := -c requirements/constraints.txt -e .[dev]
+KERNEL := model-ux-lab
+
+.PHONY: install run smoke test lab clean clean-notebooks lock
+
+$(BIN)/.installed: pyproject.toml requirements/constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS)
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (Model UX Lab)" >/dev/null
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/python -m lib.run --profile $(PROFILE) $(ARGS)
+
+smoke: install
+	$(BIN)/python -m lib.run --profile smoke
+
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+clean-notebooks: install
+	$(BIN)/nbstripout notebooks/*.ipynb
+
+clean:
+	find outputs -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+
+# Re-pin every package after changing pyproject.toml dependencies (review the diff before committing).
+lock: install
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt

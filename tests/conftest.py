@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny data and the tiny random BERT (no download, a few MB, fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lib
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """``(model_factory, tokenizer)`` for the tiny random BERT."""
+    _, tokenizer = lib.models.load_model(lib.models.TINY, 2)
+
+    def make(num_labels: int = 2, seed: int = 0):
+        lib.utils.seed_everything(seed)
+        return lib.models.load_model(lib.models.TINY, num_labels)[0]
+
+    return make, tokenizer
+
+
+def toy_dataset(n: int = 96, seed: int = 0) -> "lib.data.TextDataset":
+    """A trivially learnable two-class corpus with groups (positive words vs negative words)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = ["great", "superb", "moving", "brilliant"], ["awful", "boring", "dull", "terrible"]
+    texts, labels = [], []
+    for i in range(n):
+        y = i % 2
+        words = rng.choice(pos if y else neg, size=rng.integers(2, 6))
+        texts.append("the film was " + " ".join(words))
+        labels.append(y)
+    return lib.data.TextDataset(texts, np.array(labels), np.array([f"g{i // 3}" for i in range(n)]),
+                                ["neg", "pos"], "toy")
+
+
+@pytest.fixture
+def toy():
+    return toy_dataset()
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    """A fresh outputs folder for one test."""
+    monkeypatch.setenv("MUXL_OUTPUTS", str(tmp_path / "outputs"))
+    return tmp_path / "outputs"

@@ -1,0 +1,58 @@
+"""Notebook tier: hygiene of the committed notebooks, and the smoke profile run end to end.
+
+(``pytest --nbval-lax`` additionally executes every notebook in ``notebooks/`` with its own defaults.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lib
+from lib.run import main
+
+NOTEBOOKS = sorted(lib.paths.NOTEBOOKS.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebooks_are_clean(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name} cell {i} has outputs: strip them (make clean-notebooks)"
+            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
+    tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    assert nb["cells"].index(tagged[0]) <= 2, "the parameters cell belongs near the top"
+    sources = ["".join(c["source"]) for c in nb["cells"]]
+    assert any(s.startswith("## Summary") for s in sources) and any(s.startswith("## Exercises") for s in sources)
+    assert "sys.path" not in "".join(sources), "import lib as an installed package, no sys.path hacks"
+
+
+def test_every_notebook_is_in_the_catalog():
+    assert [p.stem for p in NOTEBOOKS] == [nb.name for nb in lib.catalog.NOTEBOOKS]
+
+
+@pytest.mark.notebook
+def test_smoke_profile_end_to_end(outputs, capsys):
+    assert main(["--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "Done:" in out and "teacher" in out
+    for nb in lib.catalog.NOTEBOOKS:
+        rec = lib.results.load("smoke", nb.name)
+        lib.results.validate_record(rec)
+        assert rec["profile"] == "smoke" and rec["params"]["max_train_samples"] == 128
+        assert (outputs / "smoke" / "notebooks" / f"{nb.name}.ipynb").exists()
+        for fig in rec["figures"]:
+            assert (outputs / "smoke" / fig).stat().st_size > 1000
+        for artifact in nb.produces:
+            lib.models.require_artifact("smoke", artifact)
+    rec = lib.results.load("smoke", "00_baseline")
+    f = rec["findings"]
+    assert f["rows_train"] == 128 and f["rows_test"] == 64
+    assert f["reload_max_abs_logit_diff"] == 0.0
+    assert 0.3 < f["lib_vs_trainer_speed_ratio"] < 3.0  # same work: neither loop is wildly slower
+    teacher = next(v for v in rec["variants"] if v["name"] == "teacher")
+    assert 20e6 < teacher["num_params"] < 25e6 and 80 < teacher["size_mb"] < 100  # the real MiniLM
+    assert not list((outputs / "smoke").rglob("*.tmp"))  # no half-written files

@@ -1,0 +1,152 @@
+"""Parameters: declarations, validation rules, profiles and overrides — each bad input, its clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import lib
+from lib.errors import ParamError
+from lib.params import parse_declarations, validate
+
+NB = "00_baseline"
+
+
+def test_declarations_parse_types_and_comments():
+    decls = parse_declarations('a = 1  # an int\nb = 2.0e-5  # a float\nc = "x"  # a string\nd = [1, 4]  # ranks\n')
+    assert {n: d.type for n, d in decls.items()} == {"a": int, "b": float, "c": str, "d": list}
+    assert decls["a"].help == "an int"
+
+
+@pytest.mark.parametrize("src, fragment", [
+    ("a: int = 1  # typed\n", "plain"),
+    ("a = 1 + 1  # computed\n", "literal"),
+    ("a = 1  # comment with = sign\n", "single '='"),
+])
+def test_declarations_reject_what_papermill_cannot_read(src, fragment):
+    with pytest.raises(ParamError, match=fragment):
+        parse_declarations(src)
+
+
+def test_every_notebook_parameters_cell_is_readable_by_papermill():
+    import papermill as pm
+
+    for nb in lib.catalog.NOTEBOOKS:
+        ours = lib.params.declared(nb.name)
+        theirs = pm.inspect_notebook(str(lib.paths.notebook_path(nb.name)))
+        assert set(theirs) == set(ours), f"papermill sees different parameters in {nb.name}"
+        assert all(d.help for d in ours.values()), f"every parameter of {nb.name} needs a comment"
+
+
+def test_notebook_defaults_are_valid():
+    for nb in lib.catalog.NOTEBOOKS:
+        validate(nb.name, {})
+
+
+def test_unknown_key_names_the_key_and_suggests():
+    with pytest.raises(ParamError, match=r"unknown parameter 'num_epoch'.*did you mean 'num_epochs'"):
+        validate(NB, {"num_epoch": 2})
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("num_epochs", "2", "expected integer"),
+    ("num_epochs", 2.5, "expected integer"),
+    ("num_epochs", True, "true/false"),
+    ("learning_rate", "1e-3", "write 1.0e-3"),
+    ("model", 3, "expected string"),
+])
+def test_wrong_type(name, value, fragment):
+    with pytest.raises(ParamError, match=fragment):
+        validate(NB, {name: value})
+
+
+def test_int_is_accepted_for_float():
+    assert validate(NB, {"learning_rate": 1})["learning_rate"] == 1
+
+
+@pytest.mark.parametrize("name, value", [
+    ("test_frac", 1.5), ("val_frac", 0.0), ("num_epochs", 0), ("learning_rate", 0.0), ("batch_size", -1),
+    ("max_length", 4096), ("max_train_samples", -5), ("dataset", "imdb"), ("profile", "../x"),
+])
+def test_impossible_values(name, value):
+    with pytest.raises(ParamError, match=name):
+        validate(NB, {name: value})
+
+
+def test_rules_for_later_notebooks():
+    assert lib.params.RULES["sparsity"](1.5)
+    assert lib.params.RULES["sparsity"](0.5) is None
+    assert lib.params.RULES["epsilon"](0)
+
+
+def test_cross_check_leaves_room_for_training():
+    with pytest.raises(ParamError, match="val_frac \\+ test_frac"):
+        validate(NB, {"val_frac": 0.5, "test_frac": 0.45})
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ParamError) as e:
+        validate(NB, {"bogus": 1, "num_epochs": "x", "test_frac": 2.0})
+    msg = str(e.value)
+    assert "bogus" in msg and "num_epochs" in msg and "test_frac" in msg
+
+
+def test_unknown_profile_lists_available():
+    with pytest.raises(ParamError, match="unknown profile 'nope'.*smoke"):
+        lib.params.load_profile("nope")
+
+
+def test_override_parsing():
+    assert lib.params.parse_override("num_epochs=2") == ("num_epochs", 2)
+    assert lib.params.parse_override("learning_rate=1.0e-4") == ("learning_rate", 1.0e-4)
+    assert lib.params.parse_override("ranks=[1, 4]") == ("ranks", [1, 4])
+    with pytest.raises(ParamError, match="name=value"):
+        lib.params.parse_override("num_epochs")
+
+
+def test_resolve_merges_shared_section_and_overrides():
+    p = lib.params.resolve("smoke", NB, {"num_epochs": 2})
+    assert p["profile"] == "smoke" and p["num_epochs"] == 2 and p["max_train_samples"] == 128
+
+
+def test_from_namespace_validates():
+    ns = {"num_epochs": 0}
+    with pytest.raises(ParamError, match="num_epochs"):
+        lib.params.from_namespace(ns, NB)
+    p = lib.params.from_namespace({"seed": 7}, NB)
+    assert p.seed == 7 and p.as_dict()["model"] == "minilm-l6"
+
+
+@pytest.mark.parametrize("profile", lib.params.available_profiles())
+def test_profiles_only_use_declared_keys(profile):
+    """Hygiene: every key of every profile is a parameter the notebooks declare (and shared keys are used)."""
+    data = lib.params.load_profile(profile)
+    declared = {nb.name: lib.params.declared(nb.name) for nb in lib.catalog.NOTEBOOKS}
+    for key in data.get("shared", {}):
+        assert any(key in d for d in declared.values()), f"{profile}.yaml shared key {key!r} is declared nowhere"
+    for section, values in data.items():
+        if section == "shared":
+            continue
+        unknown = set(values) - set(declared[section])
+        assert not unknown, f"{profile}.yaml [{section}] has undeclared keys {unknown}"
+    for nb in lib.catalog.NOTEBOOKS:
+        lib.params.resolve(profile, nb.name, profile_data=data)  # and every value is valid
+
+
+def test_profile_with_unknown_section(tmp_path, monkeypatch):
+    monkeypatch.setattr(lib.paths, "PARAMS", tmp_path)
+    (tmp_path / "bad.yaml").write_text("99_nothing:\n  a: 1\n")
+    with pytest.raises(ParamError, match="unknown section '99_nothing'"):
+        lib.params.load_profile("bad")
+    (tmp_path / "broken.yaml").write_text("shared: [1, 2\n")
+    with pytest.raises(ParamError, match="not valid YAML"):
+        lib.params.load_profile("broken")
+
+
+def test_parameters_cell_must_be_unique(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "a = 1  # x"}], "metadata": {}}
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(nb))
+    with pytest.raises(ParamError, match="exactly one cell tagged 'parameters'"):
+        lib.params.parameters_cell(path)

@@ -1,0 +1,73 @@
+"""The runner: everything it must refuse before running, and how it reports a failing notebook."""
+
+from __future__ import annotations
+
+import pytest
+
+import lib
+from lib import catalog
+from lib.errors import ParamError
+from lib.run import main, plan
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_list(capsys):
+    code, out = run(capsys, "--list")
+    assert code == 0 and "00_baseline" in out and "teacher" in out and "smoke" in out
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--profile", "nope"], "unknown profile 'nope'"),
+    (["--only", "07_nothing"], "unknown notebook"),
+    (["--profile", "smoke", "-p", "num_epochz=1"], "override 'num_epochz' is not a parameter"),
+    (["--profile", "smoke", "-p", "num_epochs=two"], "num_epochs: expected integer"),
+    (["--profile", "smoke", "-p", "test_frac=1.5"], "test_frac: must be in"),
+    (["--profile", "smoke", "-p", "learning_rate=1e-3"], "write 1.0e-3"),
+    (["--profile", "smoke", "-p", "profile=x"], "--profile"),
+    (["--profile", "smoke", "-p", "oops"], "name=value"),
+])
+def test_refuses_bad_input_before_running(capsys, outputs, argv, fragment):
+    code, out = run(capsys, *argv)
+    assert code == 2 and fragment in out
+    assert not (outputs / "smoke" / "notebooks").exists()  # nothing ran
+
+
+def test_check_only(capsys, outputs):
+    code, out = run(capsys, "--profile", "smoke", "--check")
+    assert code == 0 and "valid" in out
+
+
+def test_missing_or_corrupt_prerequisite(monkeypatch, outputs, tiny):
+    fake = catalog.Notebook("00_baseline", "needs a teacher", needs=("teacher",))
+    monkeypatch.setattr(catalog, "NOTEBOOKS", (fake,))
+    monkeypatch.setattr(catalog, "BY_NAME", {"00_baseline": fake})
+    with pytest.raises(ParamError, match=r"needs the 'teacher' artifact, which is missing"):
+        plan("smoke", None, [])
+    make, tok = tiny
+    path = lib.models.save_artifact(lib.paths.artifact_dir("smoke", "teacher"), make(), tok, {})
+    plan("smoke", None, [])  # present: fine
+    (path / "metadata.json").write_text("{")
+    with pytest.raises(ParamError, match="corrupt"):
+        plan("smoke", None, [])
+
+
+def test_prerequisite_made_earlier_in_the_same_run_is_fine(monkeypatch, outputs):
+    first = catalog.Notebook("00_baseline", "makes", produces=("teacher",))
+    monkeypatch.setattr(catalog, "NOTEBOOKS", (first,))
+    assert len(plan("smoke", None, [])) == 1
+
+
+@pytest.mark.notebook
+def test_failing_notebook_is_reported_with_cell_error_and_path(capsys, outputs, tmp_path):
+    missing = tmp_path / "nope.csv"
+    code, out = run(capsys, "--profile", "smoke", "-p", f"dataset=csv:{missing}")
+    assert code == 1
+    assert "FAILED: 00_baseline" in out and "DataError" in out and "does not exist" in out
+    failed = outputs / "smoke" / "notebooks" / "00_baseline.failed.ipynb"
+    assert str(failed) in out and failed.exists()
+    assert not (outputs / "smoke" / "metrics" / "00_baseline.json").exists()
