@@ -5,6 +5,7 @@
 #   make smoke                 = make run PROFILE=smoke (the < 5 min end-to-end check)
 #   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
 #   make clean                 remove outputs/ run results (keeps outputs/README.md)
+#   make readme                regenerate the README results block from outputs/$(PROFILE)/metrics
 
 PYTHON ?= python3.11
 PROFILE ?= default
@@ -15,14 +16,14 @@ BIN := $(VENV)/bin
 PIP_ARGS := -c requirements/constraints.txt -e .[dev]
 KERNEL := model-ux-lab
 
-.PHONY: install run smoke test lab clean clean-notebooks lock
+.PHONY: install run smoke test lab clean clean-notebooks lock readme
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(PIP_ARGS)
-	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (Model UX Lab)" >/dev/null
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (Model UX Lab)" >/dev/null
 	touch $@
 
 install: $(BIN)/.installed
@@ -48,3 +49,7 @@ clean:
 # Re-pin every package after changing pyproject.toml dependencies (review the diff before committing).
 lock: install
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt
+
+# Regenerate the README's results block from outputs/$(PROFILE)/metrics (run `make run` first).
+readme: install
+	$(BIN)/python -m lib.results --readme --profile $(PROFILE)

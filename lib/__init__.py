@@ -8,6 +8,7 @@ Modules are named by pipeline stage and imported lazily, so ``import lib`` is in
 - ``lib.data``     datasets (built-in, CSV, HF hub), grouped splits, tokenized loaders
 - ``lib.models``   model specs, tiny test model, artifact save/load with metadata
 - ``lib.train``    the one training loop (and its comparison with ``transformers.Trainer``)
+- ``lib.adapt``    LoRA adapters with peft: add, count, save/load, merge
 - ``lib.evaluate`` predictions and metrics, the classical TF-IDF reference
 - ``lib.bench``    size, latency, throughput, peak memory; interleaved side-by-side comparisons
 - ``lib.results``  the metrics record every notebook writes (schema + atomic write)
@@ -32,7 +33,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "paths", "params", "data", "models", "train", "evaluate", "bench", "results", "plots", "run",
-    "errors", "catalog", "utils",
+    "errors", "catalog", "utils", "adapt",
 }
 
 __all__ = sorted(_SUBMODULES) + ["setup", "__version__"]

@@ -183,3 +183,19 @@ class PeakMemory:
     @property
     def delta_mb(self) -> float:
         return self.peak_mb - self.start_mb
+
+
+# ---------------------------------------------------------------------------------------------- isolation
+
+def isolated(fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run ``fn(**kwargs)`` in a fresh Python process and return its result.
+
+    For memory numbers that must not inherit this process's allocator state (a process's peak RSS never goes
+    down, and freed memory is reused): each measurement starts from the same clean slate. ``fn`` must be
+    importable (a module-level function in ``lib``). Runs one process at a time: never two trainings at once.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, **kwargs).result()

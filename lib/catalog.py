@@ -25,6 +25,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=(),
         produces=("teacher",),
     ),
+    Notebook(
+        "01_lora_finetune",
+        "LoRA: parameter-efficient fine-tuning with peft, measured against full fine-tuning",
+        needs=("teacher",),
+        produces=("lora",),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

@@ -235,6 +235,14 @@ class Encoded:
         ]
         self.lengths = [len(f["input_ids"]) for f in self.features]
 
+    @classmethod
+    def from_features(cls, features: list[dict[str, Any]]) -> "Encoded":
+        """Wrap already tokenized features (e.g. sent to another process)."""
+        enc = cls.__new__(cls)
+        enc.features = list(features)
+        enc.lengths = [len(f["input_ids"]) for f in enc.features]
+        return enc
+
     def __len__(self) -> int:
         return len(self.features)
 

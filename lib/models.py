@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from . import paths
 from .errors import ArtifactError, OfflineError
@@ -71,10 +74,12 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None)
             raise ArtifactError(f"model folder {where} has no config.json: is it a saved Hugging Face model?")
     else:
         where, local = spec, False
-    kwargs = dict(num_labels=num_labels, dtype=torch.float32, **maps)
+    kwargs = dict(num_labels=num_labels, dtype=torch.float32, output_loading_info=True, **maps)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local)
-        model = AutoModelForSequenceClassification.from_pretrained(where, local_files_only=local, **kwargs)
+        with _load_report_muted():
+            model, info = AutoModelForSequenceClassification.from_pretrained(where, local_files_only=local, **kwargs)
+        _report_unexpected_keys(spec, info)
     except OSError as e:
         if local:
             raise
@@ -86,6 +91,29 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None)
             + "Use model='minilm-l6' (offline), a local folder, or set HF_HUB_OFFLINE=0 where a hub is reachable."
         ) from None
     return model.eval(), tokenizer
+
+
+@contextmanager
+def _load_report_muted() -> Iterator[None]:
+    """Silence transformers' per-load "LOAD REPORT" table (it lists the new classifier head on *every* load of a
+    pretrained encoder); :func:`_report_unexpected_keys` then speaks up only about what is not expected."""
+    log = logging.getLogger("transformers.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _report_unexpected_keys(spec: str, info: dict[str, Any]) -> None:
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("classifier.")]
+    problems = {"missing (randomly initialised)": missing, "unexpected (ignored)": list(info.get("unexpected_keys", [])),
+                "mismatched": [str(k) for k in info.get("mismatched_keys", [])]}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        warnings.warn(f"loading {spec!r}: " + "; ".join(f"{k}: {sorted(v)[:8]}" for k, v in problems.items()),
+                      stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------- artifacts
@@ -123,12 +151,14 @@ def check_artifact(path: Path) -> str | None:
     """``None`` if ``path`` looks like a complete artifact, else what is wrong with it."""
     if not path.is_dir():
         return f"is missing ({path})"
-    for needed in ("config.json", "model.safetensors", METADATA):
+    adapter = (path / "adapter_config.json").exists()  # a LoRA adapter (lib.adapt) rather than a full model
+    files = ("adapter_config.json", "adapter_model.safetensors") if adapter else ("config.json", "model.safetensors")
+    for needed in (*files, METADATA):
         if not (path / needed).exists():
             return f"is incomplete: {needed} missing in {path}"
     try:
         json.loads((path / METADATA).read_text(encoding="utf-8"))
-        json.loads((path / "config.json").read_text(encoding="utf-8"))
+        json.loads((path / files[0]).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"is corrupt ({e}) in {path}"
     return None

@@ -146,8 +146,16 @@ RULES: dict[str, Rule] = {
     "max_grad_norm": _positive,
     "tfidf_max_features": _at_least(1),
     "compare_steps": _at_least(1),
+    "compare_rounds": _at_least(1),
     "bench_repeats": _at_least(1),
     "bench_probe_size": _at_least(1),
+    "full_learning_rate": _between(0, 1, lo_open=True),
+    "lora_ranks": _at_least(1, "a LoRA rank is a positive integer"),
+    "lora_alpha_scale": _positive,
+    "lora_dropout": _between(0, 1, hi_open=True),
+    "lora_target_modules": _nonempty,
+    "lr_demo_steps": _at_least(1),
+    "speed_steps": _at_least(1),
     "sparsity": _between(0, 1, hi_open=True, fix="a fraction of weights, e.g. 0.5"),
     "epsilon": _positive,
 }
@@ -180,6 +188,8 @@ def _type_error(name: str, value: Any, decl: Decl) -> str | None:
     if want is int and isinstance(value, bool):
         return f"{name}: expected an integer, got {value!r} (true/false)"
     if isinstance(value, want):
+        if want is list and decl.default and not value:
+            return f"{name}: must not be an empty list (default {decl.default!r})"
         if want is list and decl.default:
             inner = type(decl.default[0])
             bad = [v for v in value if not (isinstance(v, inner) or (inner is float and isinstance(v, int)))]

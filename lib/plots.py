@@ -128,3 +128,36 @@ def bench_bars(df: Any, profile: str, name: str = "benchmark"):
     b.set_title("Throughput")
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def loss_curves(curves: Mapping[str, Sequence[float]], profile: str, name: str, title: str = "Training loss"):
+    """Per-step training loss of several runs on one axis."""
+    fig, a = plt.subplots(figsize=(7, 3.6))
+    for label, losses in curves.items():
+        a.plot(np.arange(1, len(losses) + 1), losses, label=label)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss")
+    a.set_title(title)
+    a.legend()
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
+    """Test accuracy against trainable parameters (log scale): LoRA ranks and the full fine-tune."""
+    fig, a = plt.subplots(figsize=(7, 3.8))
+    lora = table.drop(index="full")
+    a.plot(lora["trainable_params"], lora["test_accuracy"], "o-", color="C0", label="LoRA")
+    for rank, row in lora.iterrows():
+        a.annotate(f"r={rank}\n{row['trainable_pct']:.2f}%", (row["trainable_params"], row["test_accuracy"]),
+                   textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    full = table.loc["full"]
+    a.plot([full["trainable_params"]], [full["test_accuracy"]], "s", color="C3", label="full fine-tune (00_baseline)")
+    a.axhline(full["test_accuracy"], color="C3", ls=":", lw=1)
+    a.set_xscale("log")
+    a.set_xlabel("trainable parameters (log scale)")
+    a.set_ylabel("test accuracy")
+    a.set_title("Accuracy vs what trains")
+    a.legend(loc="lower right")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

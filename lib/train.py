@@ -166,26 +166,43 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, tokenizer: Any, batch_size: int,
                             steps: int, learning_rate: float, seed: int, weight_decay: float = 0.01,
-                            warmup_frac: float = 0.1) -> pd.DataFrame:
-    """Train two fresh copies of the same model for ``steps`` steps: with :func:`fit` and with
-    ``transformers.Trainer``, same data, batch size, schedule, seed and random (not length-grouped)
-    batches; each timed by the same wall clock around the whole training call.
+                            warmup_frac: float = 0.1, rounds: int = 2) -> pd.DataFrame:
+    """Train fresh copies of the same model for ``steps`` steps with :func:`fit` and with
+    ``transformers.Trainer``: same data, batch size, schedule, seed and random (not length-grouped) batches,
+    each timed by the same wall clock around the whole training call.
 
-    Returns one row per loop: ``seconds``, ``samples_per_s``, ``first_loss``, ``final_loss`` (mean of the
-    last quarter of steps) and the per-step ``losses`` (list).
+    ``rounds`` alternate the order (lib, Trainer, then Trainer, lib, ...) so neither loop always pays for
+    going first; ``samples_per_s`` is the median over rounds. Returns one row per loop: ``seconds``,
+    ``samples_per_s``, ``first_loss``, ``final_loss`` (mean of the last quarter of steps) and the per-step
+    ``losses`` of the first round.
     """
-    import tempfile
+    runs: dict[str, list[tuple[float, list[float]]]] = {"lib.train.fit": [], "transformers.Trainer": []}
+    for r in range(rounds):
+        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+        for loop in order:
+            seed_everything(seed)  # both copies get the same classifier-head initialisation
+            model = make_model()
+            run = _run_lib if loop == "lib.train.fit" else _run_trainer
+            runs[loop].append(run(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed,
+                                  weight_decay, warmup_frac))
+            del model
+    rows = []
+    for loop, results in runs.items():
+        seconds = float(np.median([s for s, _ in results]))
+        row = _loop_row(loop, seconds, steps * batch_size, results[0][1])
+        row["rounds"] = len(results)
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("loop")
+    df["speed_ratio_vs_trainer"] = df["samples_per_s"] / df.loc["transformers.Trainer", "samples_per_s"]
+    return df
 
+
+def _run_lib(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
     import torch
     from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding
 
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    rows = []
-
-    # lib.train.fit (seeding before each make_model gives both copies the same classifier-head init)
-    seed_everything(seed)
-    model = make_model()
     loader = DataLoader(train_enc, batch_size=batch_size, shuffle=True, collate_fn=collate,
                         generator=torch.Generator().manual_seed(seed))
     cfg = TrainConfig(num_epochs=max(1, -(-steps * batch_size // len(train_enc))), learning_rate=learning_rate,
@@ -193,12 +210,15 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
                       keep_best=False, progress=True)
     t0 = time.perf_counter()
     hist = fit(model, loader, None, cfg)
-    rows.append(_loop_row("lib.train.fit", time.perf_counter() - t0, steps * batch_size, hist.step_losses))
-    del model
+    return time.perf_counter() - t0, hist.step_losses
 
-    # transformers.Trainer
-    seed_everything(seed)
-    model = make_model()
+
+def _run_trainer(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
+    import tempfile
+
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=learning_rate,
@@ -211,11 +231,7 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    rows.append(_loop_row("transformers.Trainer", seconds, steps * batch_size, losses))
-    df = pd.DataFrame(rows).set_index("loop")
-    df["speed_ratio_vs_trainer"] = df["samples_per_s"] / df.loc["transformers.Trainer", "samples_per_s"]
-    return df
+        return seconds, [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
 def _tqdm_callback(total: int) -> Any:
@@ -241,3 +257,33 @@ def _loop_row(name: str, seconds: float, samples: int, losses: list[float]) -> d
     return {"loop": name, "seconds": seconds, "samples_per_s": samples / seconds,
             "first_loss": float(losses[0]) if losses else float("nan"),
             "final_loss": float(np.mean(tail)) if tail else float("nan"), "losses": list(map(float, losses))}
+
+
+# ---------------------------------------------------------------------------------------------- speed probe
+
+def speed_probe(model: str, num_labels: int, features: list[dict], batch_size: int, steps: int,
+                learning_rate: float, seed: int, lora: dict | None = None) -> dict[str, Any]:
+    """Train ``model`` (a spec for :func:`lib.models.load_model`, optionally with ``lora`` = kwargs of
+    :func:`lib.adapt.add_lora`) for ``steps`` length-grouped batches of ``features``; report speed and memory.
+
+    Meant to run in a fresh process (``lib.bench.isolated(lib.train.speed_probe, ...)``) so that peak memory
+    is this training's own: ``peak_mem_mb`` is the process's peak RSS during training, ``peak_mem_delta_mb``
+    that minus the RSS with the model loaded, before the first step.
+    """
+    from .adapt import add_lora, trainable_summary
+    from .data import Encoded, make_loader
+    from .models import load_model
+    from .utils import setup
+
+    setup(seed)
+    net, tokenizer = load_model(model, num_labels)
+    if lora:
+        net = add_lora(net, **lora)
+
+    loader = make_loader(Encoded.from_features(features), tokenizer, batch_size, shuffle=True, seed=seed)
+    cfg = TrainConfig(num_epochs=max(1, -(-steps // len(loader))), learning_rate=learning_rate, max_steps=steps,
+                      seed=seed, keep_best=False, progress=False)
+    hist = fit(net, loader, None, cfg)
+    return {"samples_per_s": hist.samples_per_s, "seconds_per_step": hist.train_seconds / max(len(hist.step_losses), 1),
+            "peak_mem_mb": hist.peak_mem_mb, "peak_mem_delta_mb": hist.peak_mem_delta_mb, "steps": len(hist.step_losses),
+            **trainable_summary(net)}

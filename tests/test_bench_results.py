@@ -123,3 +123,29 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(TypeError):
         lib.utils.atomic_write_json(target, {"bad": object()})
     assert json.loads(target.read_text()) == {"ok": 1} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_comparable_record_names_every_difference(outputs):
+    rec = good_record()
+    rec["params"] = {"profile": "smoke", "seed": 1, "test_frac": 0.2, "model": "minilm-l6"}
+    lib.utils.atomic_write_json(lib.paths.metrics_path("smoke", "00_baseline"), rec)
+    same = {"seed": 1, "test_frac": 0.2, "model": "minilm-l6", "batch_size": 8}
+    assert lib.results.comparable_record("smoke", "00_baseline", same)["notebook"] == "00_baseline"
+    with pytest.raises(lib.errors.ParamError) as e:
+        lib.results.comparable_record("smoke", "00_baseline", {**same, "seed": 2, "test_frac": 0.3})
+    assert "seed: 00_baseline used 1, this notebook has 2" in str(e.value) and "test_frac: " in str(e.value)
+    with pytest.raises(lib.errors.ArtifactError, match="--only 00_baseline"):
+        lib.results.comparable_record("quick", "00_baseline", same)
+
+
+def test_readme_block_is_generated_from_records(outputs, tmp_path):
+    rec = good_record()
+    lib.results.record("00_baseline", {"profile": "smoke", "seed": 1}, rec["variants"], {"tfidf_accuracy": 0.7},
+                       env=rec["env"], headline=["tfidf_accuracy"])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{lib.results.README_START.format(profile='smoke')}\nold\n{lib.results.README_END}\nend\n")
+    assert lib.results.update_readme(readme, "smoke", ["00_baseline"])
+    text = readme.read_text()
+    assert "| 00_baseline | teacher (reference) | 0.8000 |" in text and "old" not in text
+    assert "`tfidf_accuracy` = 0.7" in text and text.startswith("intro") and text.endswith("end\n")
+    assert not lib.results.update_readme(readme, "smoke", ["00_baseline"])  # idempotent

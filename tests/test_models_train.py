@@ -29,6 +29,14 @@ def test_packaged_minilm_folder_exists():
     assert (folder / "model.safetensors").exists() and (folder / "config.json").exists()
 
 
+def test_packaged_model_loads_with_a_new_head_and_no_noise(recwarn, caplog):
+    model, tokenizer = lib.models.load_model("minilm-l6", 3, ["a", "b", "c"])
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
+    assert 22e6 < lib.models.count_params(model) < 23e6
+    assert not [w for w in recwarn if "loading" in str(w.message)]  # only the head is new: expected, not reported
+    assert "LOAD REPORT" not in caplog.text
+
+
 def test_hub_id_fails_clearly_offline(monkeypatch):
     with pytest.raises(OfflineError, match="minilm-l6"):
         lib.models.load_model("someone/not-a-local-model", 2)

@@ -150,3 +150,13 @@ def test_parameters_cell_must_be_unique(tmp_path):
     path.write_text(json.dumps(nb))
     with pytest.raises(ParamError, match="exactly one cell tagged 'parameters'"):
         lib.params.parameters_cell(path)
+
+
+def test_notebook_defaults_describe_the_same_split():
+    """Run by hand, every notebook must use the split 00_baseline used, or their numbers would not compare."""
+    first = lib.params.declared(lib.catalog.NOTEBOOKS[0].name)
+    for nb in lib.catalog.NOTEBOOKS[1:]:
+        decls = lib.params.declared(nb.name)
+        for key in lib.results.SPLIT_KEYS:
+            if key in decls and key in first:
+                assert decls[key].default == first[key].default, f"{nb.name}: default {key} differs from 00_baseline"

@@ -44,22 +44,26 @@ def test_check_only(capsys, outputs):
 
 def test_missing_or_corrupt_prerequisite(monkeypatch, outputs, tiny):
     fake = catalog.Notebook("00_baseline", "needs a teacher", needs=("teacher",))
-    monkeypatch.setattr(catalog, "NOTEBOOKS", (fake,))
-    monkeypatch.setattr(catalog, "BY_NAME", {"00_baseline": fake})
+    monkeypatch.setattr(catalog, "NOTEBOOKS", (fake, *catalog.NOTEBOOKS[1:]))
+    monkeypatch.setattr(catalog, "BY_NAME", {**catalog.BY_NAME, "00_baseline": fake})
     with pytest.raises(ParamError, match=r"needs the 'teacher' artifact, which is missing"):
-        plan("smoke", None, [])
+        plan("smoke", ["00_baseline"], [])
     make, tok = tiny
     path = lib.models.save_artifact(lib.paths.artifact_dir("smoke", "teacher"), make(), tok, {})
-    plan("smoke", None, [])  # present: fine
+    plan("smoke", ["00_baseline"], [])  # present: fine
     (path / "metadata.json").write_text("{")
     with pytest.raises(ParamError, match="corrupt"):
-        plan("smoke", None, [])
+        plan("smoke", ["00_baseline"], [])
+
+
+def test_later_notebook_alone_needs_the_teacher(outputs):
+    with pytest.raises(ParamError, match=r"01_lora_finetune needs the 'teacher' artifact.*--only 00_baseline"):
+        plan("smoke", ["01_lora_finetune"], [])
+    assert len(plan("smoke", ["00_baseline", "01_lora_finetune"], [])) == 2  # made earlier in the same run
 
 
 def test_prerequisite_made_earlier_in_the_same_run_is_fine(monkeypatch, outputs):
-    first = catalog.Notebook("00_baseline", "makes", produces=("teacher",))
-    monkeypatch.setattr(catalog, "NOTEBOOKS", (first,))
-    assert len(plan("smoke", None, [])) == 1
+    assert [nb.name for nb, _ in plan("smoke", None, [])][:2] == ["00_baseline", "01_lora_finetune"]
 
 
 @pytest.mark.notebook
@@ -71,3 +75,10 @@ def test_failing_notebook_is_reported_with_cell_error_and_path(capsys, outputs, 
     failed = outputs / "smoke" / "notebooks" / "00_baseline.failed.ipynb"
     assert str(failed) in out and failed.exists()
     assert not (outputs / "smoke" / "metrics" / "00_baseline.json").exists()
+
+
+@pytest.mark.notebook
+def test_cell_timeout_is_reported_as_a_timeout(capsys, outputs):
+    code, out = run(capsys, "--profile", "smoke", "--execution-timeout", "1")
+    assert code == 1
+    assert "FAILED: 00_baseline" in out and "--execution-timeout=1s" in out
