@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .bench import PeakMemory
+from .data import Encoded
 from .evaluate import evaluate
 from .utils import seed_everything
 
@@ -168,14 +169,19 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
                             steps: int, learning_rate: float, seed: int, weight_decay: float = 0.01,
                             warmup_frac: float = 0.1, rounds: int = 2) -> pd.DataFrame:
     """Train fresh copies of the same model for ``steps`` steps with :func:`fit` and with
-    ``transformers.Trainer``: same data, batch size, schedule, seed and random (not length-grouped) batches,
-    each timed by the same wall clock around the whole training call.
+    ``transformers.Trainer``: the very same batches in the same order (one seeded shuffle, fed sequentially to
+    both, so both pad identically), same schedule, seed and head initialisation, each timed by the same wall
+    clock around the whole training call.
 
     ``rounds`` alternate the order (lib, Trainer, then Trainer, lib, ...) so neither loop always pays for
     going first; ``samples_per_s`` is the median over rounds. Returns one row per loop: ``seconds``,
     ``samples_per_s``, ``first_loss``, ``final_loss`` (mean of the last quarter of steps) and the per-step
     ``losses`` of the first round.
     """
+    rng = np.random.default_rng(seed)
+    need = steps * batch_size
+    order = np.concatenate([rng.permutation(len(train_enc)) for _ in range(-(-need // len(train_enc)))])[:need]
+    train_enc = Encoded.from_features([train_enc[int(i)] for i in order])  # one shuffle, shared by both loops
     runs: dict[str, list[tuple[float, list[float]]]] = {"lib.train.fit": [], "transformers.Trainer": []}
     for r in range(rounds):
         order = list(runs) if r % 2 == 0 else list(runs)[::-1]
@@ -198,14 +204,12 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
 
 
 def _run_lib(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
-    import torch
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    loader = DataLoader(train_enc, batch_size=batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(seed))
-    cfg = TrainConfig(num_epochs=max(1, -(-steps * batch_size // len(train_enc))), learning_rate=learning_rate,
+    loader = DataLoader(train_enc, batch_size=batch_size, shuffle=False, collate_fn=collate)  # already shuffled
+    cfg = TrainConfig(num_epochs=1, learning_rate=learning_rate,
                       weight_decay=weight_decay, warmup_frac=warmup_frac, max_steps=steps, seed=seed,
                       keep_best=False, progress=True)
     t0 = time.perf_counter()
@@ -224,7 +228,8 @@ def _run_trainer(model, train_enc, tokenizer, batch_size, steps, learning_rate, 
             output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=learning_rate,
             weight_decay=weight_decay, warmup_steps=int(warmup_frac * steps), lr_scheduler_type="linear",
             max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-            use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,  # our own bar below: no per-step log table
+            use_cpu=True, dataloader_num_workers=0, train_sampling_strategy="sequential",  # already shuffled
+            disable_tqdm=True,  # our own bar below: no per-step log table
         )
         trainer = Trainer(model=model, args=args, train_dataset=train_enc, data_collator=collate,
                           callbacks=[_tqdm_callback(steps)])
