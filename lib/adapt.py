@@ -41,6 +41,23 @@ def add_lora(model: Any, r: int, alpha: float, dropout: float, target_modules: S
         return get_peft_model(model, cfg)
 
 
+def lora_model(spec: str, num_labels: int, r: int, alpha_scale: float, dropout: float,
+               target_modules: Sequence[str], seed: int, label_names: list[str] | None = None,
+               pooling: str = "cls") -> Any:
+    """A freshly loaded pretrained base (:func:`lib.models.load_model`) with rank-``r`` LoRA adapters,
+    ``alpha = alpha_scale * r`` (the same update scale at every rank).
+
+    Seeded first, so every call starts from the same classifier-head initialisation and the same adapter ``A``
+    matrices for the same rank: runs that differ in rank or learning rate differ only in that.
+    """
+    from .models import load_model
+    from .utils import seed_everything
+
+    seed_everything(seed)
+    base = load_model(spec, num_labels, label_names, pooling)[0]
+    return add_lora(base, r=r, alpha=alpha_scale * r, dropout=dropout, target_modules=target_modules)
+
+
 def trainable_summary(model: Any) -> dict[str, float]:
     """Trainable and total parameter counts (the frozen base included) and the trainable share in %."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -31,6 +31,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=("teacher",),
         produces=("lora",),
     ),
+    Notebook(
+        "02_prune",
+        "Pruning: unstructured (zeros) and structured (heads and FFN neurons removed), with real speed measured",
+        needs=("teacher",),
+        produces=("pruned",),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

@@ -13,7 +13,8 @@ from .data import Splits
 def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` (a torch model or any ``batch -> logits`` predictor) over ``loader``.
 
-    Returns ``(logits, labels)`` as numpy arrays, in loader order.
+    Returns ``(logits, labels)`` as numpy arrays, in dataset order (a loader whose sampler has ``indices``,
+    like the length-sorted evaluation loaders of :func:`lib.data.make_loader`, is put back in order).
     """
     import torch
 
@@ -24,7 +25,13 @@ def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.n
             batch = dict(batch)
             labels.append(batch.pop("labels").numpy())
             logits.append(np.asarray(call(batch), dtype=np.float32))
-    return np.concatenate(logits), np.concatenate(labels)
+    logits_, labels_ = np.concatenate(logits), np.concatenate(labels)
+    order = getattr(getattr(loader, "sampler", None), "indices", None)
+    if order is not None and len(order) == len(labels_):
+        restored = np.empty_like(logits_), np.empty_like(labels_)
+        restored[0][order], restored[1][order] = logits_, labels_
+        return restored
+    return logits_, labels_
 
 
 def _as_callable(model: Any) -> Callable[[dict], Any]:

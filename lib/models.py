@@ -56,30 +56,40 @@ def _label_maps(label_names: list[str] | None, num_labels: int) -> dict[str, Any
     return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
-def load_model(spec: str, num_labels: int, label_names: list[str] | None = None):
-    """Return ``(model, tokenizer)`` for a sequence classifier with ``num_labels`` outputs, in fp32."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+def load_model(spec: str, num_labels: int, label_names: list[str] | None = None, pooling: str = "cls"):
+    """Return ``(model, tokenizer)`` for a sequence classifier with ``num_labels`` outputs, in fp32.
 
+    ``pooling`` picks the head (:mod:`lib.heads`): ``"cls"`` is the architecture's own
+    ``AutoModelForSequenceClassification`` head; ``"mean"`` classifies the masked mean of the token vectors
+    (BERT-architecture models only), which is how sentence-embedding models such as all-MiniLM-L6-v2 were trained.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from .heads import POOLINGS, MeanPoolingBertForSequenceClassification
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     maps = _label_maps(label_names, num_labels)
     if spec == TINY:
-        tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_dir(), local_files_only=True)
-        model = BertForSequenceClassification(tiny_config(num_labels, **maps))
-        return model.float().eval(), tokenizer
-    if spec == DEFAULT_MODEL:
-        where, local = packaged_minilm_dir(), True
-    elif Path(spec).expanduser().is_dir():
-        where, local = Path(spec).expanduser(), True
-        if not (where / "config.json").exists():
-            raise ArtifactError(f"model folder {where} has no config.json: is it a saved Hugging Face model?")
-    else:
-        where, local = spec, False
+        from transformers import BertForSequenceClassification
+
+        cls = MeanPoolingBertForSequenceClassification if pooling == "mean" else BertForSequenceClassification
+        return cls(tiny_config(num_labels, **maps)).float().eval(), load_tokenizer(spec)
+    where, local = _resolve(spec)
     kwargs = dict(num_labels=num_labels, dtype=torch.float32, output_loading_info=True, **maps)
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local)
+        cls = AutoModelForSequenceClassification
+        if pooling == "mean":
+            model_type = AutoConfig.from_pretrained(where, local_files_only=local).model_type
+            if model_type != "bert":
+                raise ValueError(f"pooling='mean' is implemented for BERT-architecture models; {spec!r} is "
+                                 f"{model_type!r}: use pooling='cls' (its own classification head)")
+            cls = MeanPoolingBertForSequenceClassification
         with _load_report_muted():
-            model, info = AutoModelForSequenceClassification.from_pretrained(where, local_files_only=local, **kwargs)
-        _report_unexpected_keys(spec, info)
+            model, info = cls.from_pretrained(where, local_files_only=local, **kwargs)
+        _report_unexpected_keys(spec, info, expected_unused=("pooler.",) if pooling == "mean" else ())
     except OSError as e:
         if local:
             raise
@@ -93,22 +103,59 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None)
     return model.eval(), tokenizer
 
 
+def _resolve(spec: str) -> tuple[Path | str, bool]:
+    """Where a model spec lives: ``(folder, True)`` for local ones, ``(hub id, False)`` otherwise."""
+    if spec in (DEFAULT_MODEL, TINY):  # the tiny model borrows MiniLM's tokenizer
+        return packaged_minilm_dir(), True
+    if Path(spec).expanduser().is_dir():
+        where = Path(spec).expanduser()
+        if not (where / "config.json").exists():
+            raise ArtifactError(f"model folder {where} has no config.json: is it a saved Hugging Face model?")
+        return where, True
+    return spec, False
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of model ``spec`` (see :func:`load_model`)."""
+    from transformers import AutoTokenizer
+
+    where, local = _resolve(spec)
+    return AutoTokenizer.from_pretrained(where, local_files_only=local)
+
+
+def pooling_of(model: Any) -> str:
+    """``"mean"`` or ``"cls"``: which head a (possibly peft-wrapped) classifier uses."""
+    return getattr(model.config, "classifier_pooling", "cls")
+
+
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 @contextmanager
 def _load_report_muted() -> Iterator[None]:
-    """Silence transformers' per-load "LOAD REPORT" table (it lists the new classifier head on *every* load of a
-    pretrained encoder); :func:`_report_unexpected_keys` then speaks up only about what is not expected."""
+    """Drop transformers' per-load "LOAD REPORT" table (it lists the new classifier head on *every* load of a
+    pretrained encoder); :func:`_report_unexpected_keys` then speaks up only about what is not expected.
+
+    A filter, not a higher log level: raising the level of ``transformers.modeling_utils`` makes v5 run its
+    tensor-parallel plan check, which logs a spurious "layers were not sharded" list on a CPU.
+    """
     log = logging.getLogger("transformers.modeling_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    drop = _DropLoadReport()
+    log.addFilter(drop)
     try:
         yield
     finally:
-        log.setLevel(level)
+        log.removeFilter(drop)
 
 
-def _report_unexpected_keys(spec: str, info: dict[str, Any]) -> None:
+def _report_unexpected_keys(spec: str, info: dict[str, Any], expected_unused: tuple[str, ...] = ()) -> None:
+    """Warn about checkpoint keys that did not fit, except the new classifier and ``expected_unused`` prefixes
+    (the mean-pooling head has no use for BERT's ``[CLS]`` pooler)."""
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("classifier.")]
-    problems = {"missing (randomly initialised)": missing, "unexpected (ignored)": list(info.get("unexpected_keys", [])),
+    unexpected = [k for k in info.get("unexpected_keys", []) if not any(p in k for p in expected_unused)]
+    problems = {"missing (randomly initialised)": missing, "unexpected (ignored)": unexpected,
                 "mismatched": [str(k) for k in info.get("mismatched_keys", [])]}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
@@ -174,13 +221,35 @@ def load_artifact(path: Path | str):
     if problem:
         raise ArtifactError(f"artifact {problem}")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        cls = AutoModelForSequenceClassification
+        if config.get("classifier_pooling") == "mean":
+            from .heads import MeanPoolingBertForSequenceClassification as cls
+        if config.get("pruned_layout"):  # per-layer shapes differ from the config's: rebuild them, then load
+            model = _load_pruned(path, cls)
+        else:
+            model = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # safetensors / config errors on a damaged file
         raise ArtifactError(f"artifact in {path} is corrupt and cannot be loaded ({type(e).__name__}: {e}); "
                             "re-run the notebook that saves it") from None
     metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
     return model.eval(), tokenizer, metadata
+
+
+def _load_pruned(path: Path, cls: Any) -> Any:
+    """Build the full-size architecture from ``config.json``, cut it to ``config.pruned_layout`` (lib.prune),
+    then load the checkpoint's weights strictly (every tensor must fit)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from .prune import shrink_to
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+    shrink_to(model, config.pruned_layout)
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    return model.float()
 
 
 def count_params(model: Any, trainable_only: bool = False) -> int:

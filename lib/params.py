@@ -120,6 +120,12 @@ def _profile(v: str) -> str | None:
     return None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else f"must be a plain folder name, got {v!r}"
 
 
+def _one_of(*choices: str) -> Rule:
+    def rule(v: Any) -> str | None:
+        return None if v in choices else f"{v!r} is not one of {', '.join(map(repr, choices))}"
+    return rule
+
+
 def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
@@ -130,6 +136,7 @@ RULES: dict[str, Rule] = {
     "seed": _at_least(0),
     "dataset": _dataset,
     "model": _nonempty,
+    "pooling": _one_of("mean", "cls"),
     "text_column": _nonempty,
     "label_column": _nonempty,
     "val_frac": _between(0, 1, lo_open=True, hi_open=True, fix="a fraction of the data, e.g. 0.1"),
@@ -154,9 +161,14 @@ RULES: dict[str, Rule] = {
     "lora_alpha_scale": _positive,
     "lora_dropout": _between(0, 1, hi_open=True),
     "lora_target_modules": _nonempty,
-    "lr_demo_steps": _at_least(1),
     "speed_steps": _at_least(1),
     "sparsity": _between(0, 1, hi_open=True, fix="a fraction of weights, e.g. 0.5"),
+    "sparsities": _between(0, 1, hi_open=True, fix="fractions of weights to zero, e.g. [0.3, 0.5]"),
+    "structured_fractions": _between(0, 1, lo_open=True, hi_open=True,
+                                     fix="fractions of heads and neurons to remove, e.g. [0.25, 0.5]"),
+    "importance_methods": _one_of("gradient", "magnitude"),
+    "recovery_steps": _at_least(1),
+    "recovery_epochs": _at_least(1),
     "epsilon": _positive,
 }
 

@@ -161,3 +161,93 @@ def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
     a.legend(loc="lower right")
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def sparsity_sweep(table: Any, reference_accuracy: float, profile: str, name: str = "prune_unstructured"):
+    """Left: test accuracy vs sparsity, before and after recovery. Right: dense latency and storage vs sparsity.
+
+    ``table`` has one row per sparsity with ``accuracy``, ``accuracy_recovered``, ``latency_ratio`` and the
+    storage columns of :func:`lib.prune.storage_mb` relative to the teacher.
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    x = 100 * table.index.to_numpy(dtype=float)
+    a.plot(x, table["accuracy"], "o-", label="pruned, no recovery")
+    a.plot(x, table["accuracy_recovered"], "s-", label="pruned + recovery fine-tune")
+    a.axhline(reference_accuracy, color="C3", ls=":", label="teacher")
+    a.set_xlabel("encoder weights zeroed (%)")
+    a.set_ylabel("test accuracy")
+    a.set_title("Accuracy vs sparsity")
+    a.legend()
+    for col, label, style in (("latency_ratio", "batch-1 latency (dense kernels)", "o-"),
+                              ("dense_ratio", "safetensors file", "s--"),
+                              ("compressed_ratio", "file, deflate-compressed", "^-"),
+                              ("sparse_ratio", "CSR encoder weights", "v-")):
+        b.plot(x, table[col], style, label=label)
+    b.axhline(1.0, color="k", lw=0.8)
+    b.set_xlabel("encoder weights zeroed (%)")
+    b.set_ylabel("relative to the teacher")
+    b.set_title("What zeros buy: time and bytes")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def structured_tradeoff(table: Any, reference_accuracy: float, profile: str, choice: Any = None,
+                        name: str = "prune_structured"):
+    """Accuracy (middle) and measured batch-32 throughput ratio (right) against the share of encoder parameters
+    removed; dashed = before recovery. With ``choice`` (from :func:`lib.prune.compare_importance`), a left panel
+    compares the importance methods on validation, before any recovery."""
+    panels = 3 if choice is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8))
+    if choice is not None:
+        c = axes[0]
+        for i, (method, rows) in enumerate(choice.groupby("importance")):
+            rows = rows.sort_values("encoder_removed")
+            c.plot(100 * rows["encoder_removed"], rows["val_accuracy"], "o-", color=f"C{i + 2}", label=method)
+        c.set_xlabel("encoder parameters removed (%)")
+        c.set_ylabel("validation accuracy, no recovery")
+        c.set_title("Which units to remove? Scores compared")
+        c.legend()
+    a, b = axes[-2], axes[-1]
+    for i, (method, rows) in enumerate(table.groupby("importance")):
+        rows = rows.sort_values("encoder_removed")
+        x = 100 * rows["encoder_removed"]
+        a.plot(x, rows["accuracy_recovered"], "o-", color=f"C{i}", label=f"{method}, recovered")
+        a.plot(x, rows["accuracy"], "o--", color=f"C{i}", alpha=0.5, label=f"{method}, before recovery")
+        b.plot(x, rows["speedup_vs_reference"], "o-", color=f"C{i}", label=method)
+    a.axhline(reference_accuracy, color="C3", ls=":", label="teacher")
+    a.set_xlabel("encoder parameters removed (%)")
+    a.set_ylabel("test accuracy")
+    a.set_title("Accuracy vs what was removed")
+    a.legend(fontsize=8)
+    b.axhline(1.0, color="k", lw=0.8)
+    b.set_xlabel("encoder parameters removed (%)")
+    b.set_ylabel("throughput / teacher (batch 32)")
+    b.set_title("Measured speed-up")
+    b.legend()
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def runs_compare(histories: Mapping[str, Any], profile: str, name: str, title: str = "Training runs compared"):
+    """Several :class:`lib.train.History` side by side: training loss per step (running mean of 20 steps, left)
+    and validation accuracy per epoch (right)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, (label, h) in enumerate(histories.items()):
+        losses = np.asarray(h.step_losses, dtype=float)
+        k = min(20, max(len(losses), 1))
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) else losses
+        a.plot(np.arange(k, len(losses) + 1), smooth, color=f"C{i}", label=label)
+        epochs = [e["epoch"] for e in h.epochs if "val_accuracy" in e]
+        b.plot(epochs, [e["val_accuracy"] for e in h.epochs if "val_accuracy" in e], "o-", color=f"C{i}", label=label)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (running mean of 20)")
+    a.set_title(title)
+    a.legend()
+    b.set_xlabel("epoch")
+    b.set_ylabel("validation accuracy")
+    b.set_title("Validation accuracy per epoch")
+    b.xaxis.get_major_locator().set_params(integer=True)
+    b.legend()
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

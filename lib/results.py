@@ -241,7 +241,7 @@ if __name__ == "__main__":  # python -m lib.results --readme [--profile default]
 # Parameters that define "the same data split and base model": numbers from two notebooks are only
 # comparable when these agree.
 SPLIT_KEYS = ("dataset", "text_column", "label_column", "group_column", "val_frac", "test_frac", "seed",
-              "max_train_samples", "max_eval_samples", "model", "max_length")
+              "max_train_samples", "max_eval_samples", "model", "pooling", "max_length")
 
 
 def comparable_record(profile: str, notebook: str, params: Mapping[str, Any],

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lib.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="default", help="params/<profile>.yaml (smoke, quick, default)")
-    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run just these notebooks (in catalog order)")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run just these notebooks (in catalog order; space- or comma-separated)")
     p.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter for every selected notebook that declares it (repeatable)")
     p.add_argument("--list", action="store_true", help="list notebooks, their order and prerequisites, and exit")
@@ -51,6 +51,7 @@ def list_notebooks() -> str:
 
 
 def select(only: Sequence[str] | None) -> list[catalog.Notebook]:
+    only = [n.strip() for item in (only or []) for n in item.split(",") if n.strip()]  # "a,b" or "a b"
     if not only:
         return list(catalog.NOTEBOOKS)
     unknown = [n for n in only if n not in catalog.BY_NAME]

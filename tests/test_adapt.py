@@ -64,7 +64,7 @@ def test_isolated_speed_probe(tiny):
                               batch_size=16, steps=3, learning_rate=1e-3, seed=0)
     lora = lib.bench.isolated(lib.train.speed_probe, model=lib.models.TINY, num_labels=2, features=feats,
                               batch_size=16, steps=3, learning_rate=1e-3, seed=0,
-                              lora={"r": 2, "alpha": 4.0, "dropout": 0.0, "target_modules": ["query", "value"]})
+                              lora={"r": 2, "alpha_scale": 2.0, "dropout": 0.0, "target_modules": ["query", "value"]})
     assert full["steps"] == lora["steps"] == 3
     assert full["samples_per_s"] > 0 and full["peak_mem_mb"] > 0
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]

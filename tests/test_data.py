@@ -7,6 +7,7 @@ import pytest
 
 import lib
 from lib.errors import DataError, OfflineError
+from tests.conftest import toy_dataset
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,23 @@ def test_loaders_pad_dynamically_and_group_lengths(toy, tiny):
     assert {"input_ids", "attention_mask", "labels"} <= set(batches[0])
     again = [b["input_ids"].shape for b in lib.data.make_loaders(splits, tokenizer, 8, 16, seed=0).train]
     assert again == [b["input_ids"].shape for b in batches]  # same seed, same batches
+
+
+def test_eval_loader_is_length_sorted_and_predictions_come_back_in_dataset_order(tiny):
+    make, tok = tiny
+    ds = toy_dataset(50, 3)
+    enc = lib.data.Encoded(ds, tok, 16)
+    loader = lib.data.make_loader(enc, tok, 8, shuffle=False)
+    widths = [b["input_ids"].shape[1] for b in loader]
+    assert widths == sorted(widths)  # short batches first: little padding
+    logits, labels = lib.evaluate.predict_logits(make(), loader)
+    assert list(labels) == list(ds.labels)  # back in dataset order
+    one_by_one = lib.evaluate.predict_logits(make(), torch_loader_in_order(enc, tok))[0]
+    assert abs(logits - one_by_one).max() < 1e-5
+
+
+def torch_loader_in_order(enc, tok):
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    return DataLoader(enc, batch_size=1, collate_fn=DataCollatorWithPadding(tok, return_tensors="pt"))

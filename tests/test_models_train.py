@@ -117,6 +117,15 @@ def test_fit_is_reproducible(tiny):
     assert runs[0] == runs[1]
 
 
+def test_fit_on_a_used_loader_sees_the_same_batches(tiny):
+    make, tokenizer = tiny
+    loaders = loaders_for(tokenizer, seed=3)  # one loader, three runs: the third must equal the first
+    cfg = lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3, seed=3, progress=False)
+    first = lib.train.fit(make(seed=3), loaders.train, None, cfg).step_losses
+    lib.train.fit(make(seed=3), loaders.train, None, lib.train.TrainConfig(num_epochs=1, seed=5, progress=False))
+    assert lib.train.fit(make(seed=3), loaders.train, None, cfg).step_losses == first
+
+
 def test_fit_hooks_custom_loss_prepare_max_steps_and_frozen_params(tiny):
     make, tokenizer = tiny
     model = make()

@@ -56,3 +56,16 @@ def test_smoke_profile_end_to_end(outputs, capsys):
     teacher = next(v for v in rec["variants"] if v["name"] == "teacher")
     assert 20e6 < teacher["num_params"] < 25e6 and 80 < teacher["size_mb"] < 100  # the real MiniLM
     assert not list((outputs / "smoke").rglob("*.tmp"))  # no half-written files
+
+    lora = lib.results.load("smoke", "01_lora_finetune")["findings"]
+    assert lora["adapter_mb"] < lora["full_checkpoint_mb"] / 50  # the adapter really is small
+    assert lora["merged_max_abs_logit_diff"] < 1e-3 and lora["merged_label_agreement"] == 1.0
+
+    rec = lib.results.load("smoke", "02_prune")
+    f, by_name = rec["findings"], {v["name"]: v for v in rec["variants"]}
+    assert f["reload_max_abs_logit_diff"] == 0.0  # the pruned model reloads with its shapes, exactly
+    assert abs(by_name["unstructured-90-recovered"]["sparsity"] - 0.9) < 0.01  # zeros held through recovery
+    assert by_name["unstructured-90-recovered"]["size_mb"] > 0.95 * by_name["teacher"]["size_mb"]  # zeros: same file
+    pruned = by_name["structured-50-recovered"]
+    assert pruned["num_params"] < by_name["teacher"]["num_params"] and 0.4 < pruned["sparsity"] < 0.6
+    assert {v["method"] for v in rec["variants"]} == {"none", "unstructured", "structured"}

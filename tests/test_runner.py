@@ -30,11 +30,23 @@ def test_list(capsys):
     (["--profile", "smoke", "-p", "learning_rate=1e-3"], "write 1.0e-3"),
     (["--profile", "smoke", "-p", "profile=x"], "--profile"),
     (["--profile", "smoke", "-p", "oops"], "name=value"),
+    (["--profile", "smoke", "-p", "sparsities=[0.5, 1.5]"], "sparsities: must be in [0, 1)"),
+    (["--profile", "smoke", "-p", "structured_fractions=[1.0]"], "structured_fractions: must be in (0, 1)"),
+    (["--profile", "smoke", "-p", "importance_methods=[random]"], "importance_methods: 'random' is not one of"),
+    (["--profile", "smoke", "-p", "pooling=max"], "pooling: 'max' is not one of"),
+    (["--profile", "smoke", "-p", "lora_ranks=[]"], "lora_ranks: must not be an empty list"),
 ])
 def test_refuses_bad_input_before_running(capsys, outputs, argv, fragment):
     code, out = run(capsys, *argv)
     assert code == 2 and fragment in out
     assert not (outputs / "smoke" / "notebooks").exists()  # nothing ran
+
+
+def test_only_takes_commas_or_spaces():
+    from lib.run import select
+
+    assert [nb.name for nb in select(["02_prune,00_baseline"])] == ["00_baseline", "02_prune"]
+    assert [nb.name for nb in select(["00_baseline", "02_prune"])] == ["00_baseline", "02_prune"]
 
 
 def test_check_only(capsys, outputs):

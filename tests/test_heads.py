@@ -1,0 +1,66 @@
+"""The mean-pooling classification head, on the tiny random BERT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lib
+from lib.heads import MeanPoolingBertForSequenceClassification, masked_mean
+
+
+def tiny_mean(seed: int = 0):
+    lib.utils.seed_everything(seed)
+    return lib.models.load_model(lib.models.TINY, 2, pooling="mean")
+
+
+def test_masked_mean_ignores_padding():
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.equal(masked_mean(h, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_mean_head_gives_the_same_logits_padded_or_not():
+    model, tok = tiny_mean()
+    alone = tok(["a quietly moving film"], return_tensors="pt")
+    padded = tok(["a quietly moving film", "a much longer review that forces padding on the first one"],
+                 padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = model(**alone).logits[0]
+        b = model(**padded).logits[0]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not hasattr(model.bert, "pooler") or model.bert.pooler is None
+
+
+def test_mean_head_trains_and_round_trips_as_an_artifact(tmp_path):
+    from tests.test_models_train import loaders_for
+
+    model, tok = tiny_mean()
+    assert lib.models.pooling_of(model) == "mean"
+    loaders = loaders_for(tok)
+    lib.train.fit(model, loaders.train, loaders.val, lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3,
+                                                                           progress=False))
+    path = lib.models.save_artifact(tmp_path / "m", model, tok, {"seed": 0})
+    again, _, _ = lib.models.load_artifact(path)
+    assert isinstance(again, MeanPoolingBertForSequenceClassification)
+    assert lib.evaluate.compare_predictions(model, again, loaders.test)["max_abs_logit_diff"] == 0.0
+
+
+def test_packaged_model_mean_head_uses_every_pretrained_weight_but_the_pooler(recwarn):
+    model, _ = lib.models.load_model("minilm-l6", 2, pooling="mean")
+    assert isinstance(model, MeanPoolingBertForSequenceClassification)
+    assert not [w for w in recwarn if "loading" in str(w.message)]  # the unused pooler is expected, not reported
+    assert 22e6 < lib.models.count_params(model) < 23e6
+
+
+def test_mean_head_works_with_lora():
+    model, tok = tiny_mean()
+    lora = lib.adapt.add_lora(model, r=2, alpha=4, dropout=0.0, target_modules=["query", "value"])
+    out = lora(**tok(["fine"], return_tensors="pt"), labels=torch.tensor([1]))
+    out.loss.backward()
+    assert lib.models.pooling_of(lora) == "mean"
+
+
+def test_bad_pooling_is_rejected():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        lib.models.load_model(lib.models.TINY, 2, pooling="max")
+    assert "not one of" in lib.params.RULES["pooling"]("max")

@@ -1,0 +1,136 @@
+"""Pruning on the tiny random BERT: exact removal, consistent shapes, reload, sparsity, bad fractions."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import lib
+from lib.prune import Plan
+
+
+def batch(tokenizer):
+    return tokenizer(["a film that moved me", "dull and far too long for its own good"], padding=True,
+                     return_tensors="pt")
+
+
+def zero_units(model, to_remove: Plan):
+    """Zero what removal will cut: the output-side weights of each head/neuron (their contribution)."""
+    with torch.no_grad():
+        for l, layer in enumerate(lib.prune.encoder_layers(model)):
+            d = layer.attention.self.attention_head_size
+            for h in to_remove.heads.get(l, []):
+                layer.attention.output.dense.weight[:, h * d:(h + 1) * d] = 0
+            for j in to_remove.neurons.get(l, []):
+                layer.output.dense.weight[:, j] = 0
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_removal_is_exact_when_the_removed_units_are_zero(tiny, pooling):
+    _, tok = tiny
+    lib.utils.seed_everything(0)
+    model = lib.models.load_model(lib.models.TINY, 2, pooling=pooling)[0]
+    to_remove = Plan(heads={0: [1, 3], 1: [0]}, neurons={0: [0, 5, 63], 1: list(range(10))})
+    zero_units(model, to_remove)
+    x = batch(tok)
+    with torch.no_grad():
+        before = model(**x).logits
+        lib.prune.remove_units(model, to_remove)
+        after = model(**x).logits
+    assert torch.allclose(before, after, atol=1e-6)
+    layers = lib.prune.encoder_layers(model)
+    assert layers[0].attention.self.num_attention_heads == 2 and layers[1].attention.self.num_attention_heads == 3
+    assert layers[0].attention.self.query.out_features == 2 * 8 == layers[0].attention.output.dense.in_features
+    assert layers[1].intermediate.dense.out_features == 54 == layers[1].output.dense.in_features
+    assert model.config.pruned_layout == {"heads": [2, 3], "intermediate": [61, 54]}
+
+
+def test_removing_nonzero_units_changes_outputs(tiny):
+    make, tok = tiny
+    model = make()
+    with torch.no_grad():
+        before = model(**batch(tok)).logits
+        lib.prune.remove_units(model, Plan({0: [0, 1]}, {}))
+        assert not torch.allclose(before, model(**batch(tok)).logits)
+
+
+def test_pruned_model_trains_saves_and_reloads_with_its_shapes(tiny, tmp_path):
+    from tests.test_models_train import loaders_for
+
+    make, tok = tiny
+    model = make()
+    loaders = loaders_for(tok)
+    imp = lib.prune.unit_importance(model, loaders.val, "gradient")
+    pruned = lib.prune.pruned_copy(model, imp, 0.5)
+    lib.train.fit(pruned, loaders.train, loaders.val, lib.train.TrainConfig(num_epochs=1, learning_rate=1e-3,
+                                                                            progress=False))
+    path = lib.models.save_artifact(tmp_path / "p", pruned, tok, {"fraction": 0.5})
+    again, _, meta = lib.models.load_artifact(path)
+    assert lib.prune.layout(again) == lib.prune.layout(pruned) == pruned.config.pruned_layout
+    assert lib.evaluate.compare_predictions(pruned, again, loaders.test)["max_abs_logit_diff"] == 0.0
+    removed = lib.prune.removed_fraction(pruned, model)
+    assert 0.45 < removed["encoder_removed"] < 0.55 and removed["params_removed"] < removed["encoder_removed"]
+
+
+@pytest.mark.parametrize("method", lib.prune.METHODS)
+def test_importance_scores_and_plan(tiny, method):
+    from tests.test_models_train import loaders_for
+
+    make, tok = tiny
+    model = make()
+    imp = lib.prune.unit_importance(model, loaders_for(tok).val, method)
+    assert imp.heads.shape == (2, 4) and [len(n) for n in imp.neurons] == [64, 64]
+    assert torch.all(imp.heads >= 0) and torch.allclose(imp.heads.norm(dim=1), torch.ones(2))
+    p = lib.prune.plan(imp, 0.5)
+    assert sum(map(len, p.heads.values())) == 4 and sum(map(len, p.neurons.values())) == 64
+    low = min(range(4), key=lambda h: float(imp.heads[0, h]))
+    assert low in p.heads[0] or len(p.heads[0]) == 3  # the weakest head of layer 0 goes, unless the layer is at its minimum
+    extreme = lib.prune.plan(imp, 0.99)
+    assert all(len(v) == 3 for v in extreme.heads.values())  # at least one head stays per layer
+
+
+def test_gradient_and_magnitude_rank_differently_but_both_valid(tiny):
+    from tests.test_models_train import loaders_for
+
+    make, tok = tiny
+    model = make()
+    val = loaders_for(tok).val
+    g, m = (lib.prune.unit_importance(model, val, x) for x in lib.prune.METHODS)
+    assert not torch.allclose(g.heads, m.heads)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "half", True])
+def test_bad_fractions_are_rejected(tiny, bad):
+    make, _ = tiny
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\)"):
+        lib.prune.magnitude_prune(make(), bad)
+    imp = lib.prune.Importance("magnitude", torch.ones(2, 4), [torch.ones(64)] * 2)
+    with pytest.raises(ValueError, match=r"fraction in \[0, 1\)"):
+        lib.prune.plan(imp, bad)
+
+
+def test_unknown_importance_method(tiny):
+    make, _ = tiny
+    with pytest.raises(ValueError, match="gradient"):
+        lib.prune.unit_importance(make(), [], "random")
+
+
+def test_magnitude_pruning_sparsity_masks_survive_training_and_storage(tiny):
+    from tests.test_models_train import loaders_for
+
+    make, tok = tiny
+    model = make()
+    dense = lib.prune.storage_mb(model)
+    lib.prune.magnitude_prune(model, 0.7)
+    assert lib.prune.encoder_sparsity(model) == pytest.approx(0.7, abs=0.01)
+    loaders = loaders_for(tok)
+    lib.train.fit(model, loaders.train, None, lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, progress=False))
+    lib.prune.make_permanent(model)
+    assert lib.prune.encoder_sparsity(model) == pytest.approx(0.7, abs=0.01)  # training did not regrow zeros
+    assert not any(n.endswith("_orig") for n, _ in model.named_parameters())
+    sparse = lib.prune.storage_mb(model)
+    assert sparse["dense_mb"] == pytest.approx(dense["dense_mb"], rel=1e-3)  # zeros alone: same file size
+    assert sparse["sparse_mb"] < dense["sparse_mb"]  # CSR of a 70%-sparse encoder is smaller
+    copy.deepcopy(model)  # a plain model again
