@@ -37,6 +37,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=("teacher",),
         produces=("pruned",),
     ),
+    Notebook(
+        "03_quantize",
+        "Quantization: int8 and bf16 on PyTorch and ONNX Runtime, measured side by side against fp32",
+        needs=("teacher",),
+        produces=("quantized",),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

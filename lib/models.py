@@ -198,8 +198,12 @@ def check_artifact(path: Path) -> str | None:
     """``None`` if ``path`` looks like a complete artifact, else what is wrong with it."""
     if not path.is_dir():
         return f"is missing ({path})"
-    adapter = (path / "adapter_config.json").exists()  # a LoRA adapter (lib.adapt) rather than a full model
-    files = ("adapter_config.json", "adapter_model.safetensors") if adapter else ("config.json", "model.safetensors")
+    if (path / "adapter_config.json").exists():  # a LoRA adapter (lib.adapt) rather than a full model
+        files: tuple[str, ...] = ("adapter_config.json", "adapter_model.safetensors")
+    elif (path / "model.onnx").exists():  # an ONNX model (lib.quantize)
+        files = ("tokenizer_config.json", "model.onnx")
+    else:
+        files = ("config.json", "model.safetensors")
     for needed in (*files, METADATA):
         if not (path / needed).exists():
             return f"is incomplete: {needed} missing in {path}"
@@ -220,6 +224,8 @@ def load_artifact(path: Path | str):
     problem = check_artifact(path)
     if problem:
         raise ArtifactError(f"artifact {problem}")
+    if (path / "model.onnx").exists():
+        raise ArtifactError(f"{path} holds an ONNX model: load it with lib.quantize.load_onnx_artifact")
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         cls = AutoModelForSequenceClassification

@@ -169,6 +169,8 @@ RULES: dict[str, Rule] = {
     "importance_methods": _one_of("gradient", "magnitude"),
     "recovery_steps": _at_least(1),
     "recovery_epochs": _at_least(1),
+    "max_points_lost": _between(0, 100, fix="accuracy points, e.g. 1.0"),
+    "min_agreement": _between(0, 1, fix="a share of labels, e.g. 0.98"),
     "epsilon": _positive,
 }
 

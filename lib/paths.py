@@ -1,7 +1,8 @@
 """Where things live. Nothing else in the project builds a path by hand.
 
 ``outputs/<profile>/`` holds everything a run writes: ``notebooks/`` (executed copies), ``metrics/``
-(one JSON record per notebook), ``figures/`` and ``models/`` (artifacts later notebooks start from).
+(one JSON record per notebook), ``figures/``, ``models/`` (artifacts later notebooks start from) and
+``work/<notebook>/`` (scratch files a notebook rewrites on every run).
 Set ``MUXL_OUTPUTS`` to put outputs elsewhere (the tests do, so they never touch your results).
 """
 
@@ -42,6 +43,13 @@ def executed_notebook(profile: str, notebook: str) -> Path:
 def artifact_dir(profile: str, name: str) -> Path:
     """Folder of a saved model artifact, e.g. ``artifact_dir("default", "teacher")``."""
     return profile_dir(profile) / "models" / name
+
+
+def work_dir(profile: str, notebook: str) -> Path:
+    """Scratch files of one notebook (e.g. the ONNX files of every quantized variant); overwritten on a re-run."""
+    path = profile_dir(profile) / "work" / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def notebook_path(name: str) -> Path:

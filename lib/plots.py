@@ -130,15 +130,35 @@ def bench_bars(df: Any, profile: str, name: str = "benchmark"):
     return fig, save(fig, profile, name)
 
 
-def loss_curves(curves: Mapping[str, Sequence[float]], profile: str, name: str, title: str = "Training loss"):
-    """Per-step training loss of several runs on one axis."""
-    fig, a = plt.subplots(figsize=(7, 3.6))
-    for label, losses in curves.items():
-        a.plot(np.arange(1, len(losses) + 1), losses, label=label)
-    a.set_xlabel("step")
-    a.set_ylabel("training loss")
-    a.set_title(title)
-    a.legend()
+def quantization_tradeoff(table: Any, profile: str, name: str = "quantization"):
+    """Left: test accuracy vs measured batch-32 throughput ratio, one point per variant (marker area ~ file size).
+    Right: serialized size per variant, fp32 reference dashed."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+    colors = {"fp32": "C0", "int8": "C1", "bf16": "C2"}
+    ref = table.iloc[0]
+    for i, (label, row) in enumerate(table.iterrows()):
+        marker = "o" if row["backend"] == "torch" else "s"
+        a.scatter(row["speedup_vs_reference"], 100 * row["accuracy"], s=20 + 4 * row["size_mb"], marker=marker,
+                  color=colors.get(row["dtype"], "C4"), alpha=0.75, edgecolor="k")
+        a.annotate(label, (row["speedup_vs_reference"], 100 * row["accuracy"]), fontsize=8,
+                   xytext=(6, 4 - 9 * (i % 2)), textcoords="offset points")
+    a.axhline(100 * ref["accuracy"] - 1, color="C3", ls=":", lw=1, label="fp32 - 1 point")
+    a.axvline(1.0, color="k", lw=0.8)
+    a.margins(x=0.18, y=0.08)  # room for the labels
+    a.set_xlabel("throughput / fp32 torch (batch 32, measured side by side)")
+    a.set_ylabel("test accuracy (%)")
+    a.set_title("Accuracy vs speed (circle: torch, square: ONNX Runtime; area ~ MB)")
+    a.legend(fontsize=8, loc="lower left")
+    y = np.arange(len(table))
+    b.barh(y, table["size_mb"], color=[colors.get(d, "C4") for d in table["dtype"]])
+    b.axvline(ref["size_mb"], color="k", ls="--", lw=0.8)
+    b.set_yticks(y, table.index, fontsize=8)
+    b.invert_yaxis()
+    for yi, mb in zip(y, table["size_mb"]):
+        b.text(mb, yi, f" {mb:.0f} MB ({ref['size_mb'] / mb:.1f}x)", va="center", fontsize=8)
+    b.set_xlim(0, ref["size_mb"] * 1.45)
+    b.set_xlabel("serialized size (MB)")
+    b.set_title("Size on disk (blue fp32, orange int8, green bf16)")
     fig.tight_layout()
     return fig, save(fig, profile, name)
 

@@ -317,6 +317,28 @@ def compare_importance(teacher: Any, importances: dict[str, Importance], fractio
     return pd.DataFrame(rows)
 
 
+def structured_sweep(teacher: Any, importance: Importance, fractions: Sequence[float], loaders: Any,
+                     recovery: Any, method: str = "") -> tuple[list[dict], dict[float, Any]]:
+    """For each fraction: cut a copy of ``teacher`` by ``importance``, test it, recover it with
+    :func:`lib.train.fit` (``recovery``: a ``TrainConfig``, best epoch on validation kept), test it again.
+
+    Returns the rows for :func:`structured_table` and the recovered models by fraction.
+    """
+    from .evaluate import evaluate
+    from .train import fit
+
+    rows, models = [], {}
+    for f in fractions:
+        m = pruned_copy(teacher, importance, f)
+        before = evaluate(m, loaders.test)
+        hist = fit(m, loaders.train, loaders.val, recovery)
+        rows.append({"importance": method, "fraction": f, **removed_fraction(m, teacher),
+                     "accuracy": before["accuracy"], "f1": before["f1"], "test_recovered": evaluate(m, loaders.test),
+                     "train_samples_per_s": hist.samples_per_s})
+        models[f] = m
+    return rows, models
+
+
 def structured_table(rows: Sequence[dict], bench: Any, names: dict[float, str], teacher_accuracy: float):
     """One row per structured fraction: what was removed, accuracy before/after recovery, measured speed."""
     import pandas as pd

@@ -161,7 +161,9 @@ README_END = "<!-- results:end -->"
 
 
 def _fmt(x: Any, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
+    if x is None:
+        return "–"
+    return f"`{x}`" if isinstance(x, str) else format(x, spec)
 
 
 def markdown_results(profile: str, notebooks: Sequence[str]) -> str:

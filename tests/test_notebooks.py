@@ -69,3 +69,13 @@ def test_smoke_profile_end_to_end(outputs, capsys):
     pruned = by_name["structured-50-recovered"]
     assert pruned["num_params"] < by_name["teacher"]["num_params"] and 0.4 < pruned["sparsity"] < 0.6
     assert {v["method"] for v in rec["variants"]} == {"none", "unstructured", "structured"}
+
+    rec = lib.results.load("smoke", "03_quantize")
+    f, by_name = rec["findings"], {v["name"]: v for v in rec["variants"]}
+    assert by_name["fp32"]["role"] == "reference" and by_name["fp32"]["agreement"] == 1.0
+    assert {(v["backend"], v["dtype"]) for v in rec["variants"]} >= {("torch", "int8"), ("onnxruntime", "int8")}
+    assert all(0.0 <= v["agreement"] <= 1.0 for v in rec["variants"])
+    best = by_name[f["best_int8"]]
+    assert best["dtype"] == "int8" and best["size_mb"] < by_name["fp32"]["size_mb"] / 3.5  # embeddings quantized too
+    assert f["reload_label_agreement"] == 1.0 and f["reload_max_abs_logit_diff"] == 0.0
+    assert 0.5 < f["embedding_share"] < 0.6  # MiniLM: half its weights are the embedding table

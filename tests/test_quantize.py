@@ -1,0 +1,169 @@
+"""Quantization on the tiny random BERT: every variant through one predictor interface, agreement, artifacts,
+and the clear errors (no ONNX Runtime, a failed export, a missing or corrupt ONNX file)."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+
+import lib
+from lib.quantize import QuantizeError
+
+
+def texts_batch(tokenizer, texts=("a film that moved me", "dull", "far too long for its own good, and loud")):
+    return dict(tokenizer(list(texts), padding=True, return_tensors="pt"))
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    make, tok = tiny
+    model = make(seed=1)
+    work = tmp_path_factory.mktemp("quant")
+    variants = lib.quantize.build_variants(model, texts_batch(tok), work, progress=False)
+    return model, tok, variants
+
+
+def test_every_variant_runs_through_one_interface(built):
+    model, tok, variants = built
+    assert list(variants)[0] == "fp32"
+    assert {(v.backend, v.dtype) for v in variants.values()} == {
+        ("torch", "fp32"), ("torch", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("torch", "bf16")}
+    assert len([v for v in variants.values() if v.backend == "onnxruntime" and v.dtype == "int8"]) == 5
+    assert "torch int8 per-channel" in variants and "ort int8 per-channel (emb fp32)" in variants
+    # other batch size and sequence length than the export example: the ONNX axes are dynamic
+    x = texts_batch(tok, ["one", "two words", "three words here", "and a fourth, much longer, sentence to pad to"])
+    ref = variants["fp32"].predictor(x)
+    for name, v in variants.items():
+        out = v.predictor(x)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (4, 2), name
+        tol = 1e-4 if v.dtype == "fp32" else 0.05
+        assert np.max(np.abs(out - ref)) < tol, name
+
+
+def test_sizes_follow_what_was_quantized(built):
+    _, _, v = built
+    fp32 = v["fp32"].size_mb
+    assert abs(v["ort fp32"].size_mb - fp32) / fp32 < 0.05
+    # the tiny model is mostly embedding table: only quantizing it makes the file much smaller
+    assert v["ort int8 7-bit"].size_mb < fp32 / 3.5 and v["ort int8 per-channel"].size_mb < fp32 / 3.5
+    assert v["ort int8 per-channel (emb fp32)"].size_mb > fp32 * 0.8
+    assert abs(v["torch bf16"].size_mb - fp32 / 2) / fp32 < 0.05
+    ops = lib.quantize.fused_ops(v["ort int8 7-bit"].path)
+    assert ops.get("MatMulInteger", 0) >= 8 and "DynamicQuantizeLinear" in ops
+
+
+def test_score_and_agreement(built, toy):
+    model, tok, variants = built
+    loader = lib.data.make_loader(lib.data.Encoded(toy, tok, 32), tok, 16, shuffle=False)
+    scores = lib.quantize.score(variants, loader, progress=False)
+    assert scores.loc["fp32", "agreement"] == 1.0 and scores.loc["fp32", "max_abs_logit_diff"] == 0.0
+    logits, labels = lib.evaluate.predict_logits(variants["ort int8 per-channel"].predictor, loader)
+    ref, _ = lib.evaluate.predict_logits(model, loader)
+    expected = np.mean(ref.argmax(-1) == logits.argmax(-1))
+    assert scores.loc["ort int8 per-channel", "agreement"] == pytest.approx(expected)
+    assert scores.loc["ort int8 per-channel", "accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def test_agreement_counts_labels_and_largest_change():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 0.1], [0.0, 3.0]])
+    other = np.array([[0.9, 0.0], [1.0, 0.5], [0.1, 0.2], [0.0, 3.5]])
+    a = lib.quantize.agreement(ref, other)
+    assert a["agreement"] == 0.5 and a["max_abs_logit_diff"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        lib.quantize.agreement(ref, other[:2])
+
+
+def _table(val_acc, val_agree, sizes, speeds):
+    import pandas as pd
+
+    names = ["fp32", "ort int8 (emb fp32)", "ort int8 7-bit", "ort int8"]
+    return pd.DataFrame({"dtype": ["fp32", "int8", "int8", "int8"], "val_accuracy": val_acc,
+                         "val_agreement": val_agree, "size_mb": sizes, "throughput_b32": speeds}, index=names)
+
+
+def test_pick_int8_chooses_on_validation():
+    t = _table([0.80, 0.795, 0.796, 0.70], [1, 0.99, 0.985, 0.9], [90, 50, 23, 50], [100, 180, 175, 200])
+    assert lib.quantize.pick_int8(t) == "ort int8 7-bit"  # smallest that qualifies
+    t = _table([0.80, 0.795, 0.70, 0.70], [1, 0.99, 0.9, 0.9], [90, 50, 23, 50], [100, 180, 175, 200])
+    assert lib.quantize.pick_int8(t) == "ort int8 (emb fp32)"  # the small one lost too much
+    t = _table([0.80, 0.6, 0.6, 0.6], [1, 0.9, 0.95, 0.7], [90, 50, 23, 50], [100, 180, 175, 200])
+    assert lib.quantize.pick_int8(t) == "ort int8 7-bit"  # none qualifies: the most faithful
+
+
+def test_onnx_artifact_round_trip(built, tmp_path):
+    _, tok, variants = built
+    v = variants["ort int8 7-bit per-channel"]
+    path = lib.quantize.save_onnx_artifact(tmp_path / "quantized", v.path, tok, {"variant": v.name})
+    assert lib.models.check_artifact(path) is None
+    predictor, tok2, meta = lib.quantize.load_onnx_artifact(path)
+    assert meta["variant"] == v.name and meta["format"] == "onnx"
+    x = texts_batch(tok2)
+    np.testing.assert_array_equal(predictor(x), v.predictor(x))
+    with pytest.raises(lib.errors.ArtifactError, match="load_onnx_artifact"):
+        lib.models.load_artifact(path)  # the torch loader points to the right one
+
+
+def test_corrupt_or_missing_onnx_gives_a_clear_error(built, tmp_path):
+    _, tok, variants = built
+    path = lib.quantize.save_onnx_artifact(tmp_path / "q", variants["ort int8"].path, tok, {})  # per-tensor
+    (path / "model.onnx").write_bytes(b"not an onnx file")
+    with pytest.raises(lib.errors.ArtifactError, match="cannot load"):
+        lib.quantize.load_onnx_artifact(path)
+    (path / "model.onnx").unlink()
+    with pytest.raises(lib.errors.ArtifactError, match="missing"):
+        lib.quantize.load_onnx_artifact(path)
+    with pytest.raises(lib.errors.ArtifactError, match="export it first"):
+        lib.quantize.OnnxPredictor(tmp_path / "nowhere.onnx")
+
+
+def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, tmp_path):
+    real_import = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(QuantizeError, match="pip install onnxruntime"):
+        lib.quantize.OnnxPredictor(tmp_path / "m.onnx")
+    with pytest.raises(QuantizeError, match="pip install onnxruntime"):
+        lib.quantize.onnx_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", True, True)
+
+
+def test_failed_export_gives_a_clear_error(tiny, tmp_path):
+    make, tok = tiny
+    model = make()
+
+    class Broken(torch.nn.Module):  # data-dependent Python control flow: torch.export cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            if attention_mask.sum() > 3:
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+            return self.inner(input_ids=input_ids)
+
+    with pytest.raises(QuantizeError, match="ONNX export of Broken failed"):
+        lib.quantize.export_onnx(Broken(), tmp_path / "m.onnx", texts_batch(tok))
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(QuantizeError, match="input_ids and attention_mask"):
+        lib.quantize.export_onnx(model, tmp_path / "m.onnx", {"input_ids": torch.ones(1, 3, dtype=torch.long)})
+
+
+def test_cpu_support_reads_flags():
+    assert lib.quantize.cpu_support({"avx2", "fma"}) == {"avx2": True, "avx512": False, "int8_vnni": False,
+                                                        "bf16": False}
+    s = lib.quantize.cpu_support({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+    assert s["int8_vnni"] and s["bf16"] and s["avx512"]
+
+
+def test_embedding_share_of_tiny_bert(tiny):
+    model = tiny[0]()
+    e = lib.quantize.embedding_share(model)
+    assert e["embedding_params"] == 30522 * 32
+    assert 0.5 < e["embedding_share"] < 1 and e["embedding_mb_fp32"] == pytest.approx(30522 * 32 * 4 / 1e6)
