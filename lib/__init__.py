@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "paths", "params", "data", "models", "train", "evaluate", "bench", "results", "plots", "run",
-    "errors", "catalog", "utils", "adapt", "heads", "prune", "quantize",
+    "errors", "catalog", "utils", "adapt", "heads", "prune", "quantize", "distill",
 }
 
 __all__ = sorted(_SUBMODULES) + ["setup", "__version__"]

@@ -43,6 +43,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=("teacher",),
         produces=("quantized",),
     ),
+    Notebook(
+        "04_distill",
+        "Distillation: a 3-layer student taught by the teacher, against the same student trained on labels",
+        needs=("teacher",),
+        produces=("student",),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

@@ -171,6 +171,13 @@ RULES: dict[str, Rule] = {
     "recovery_epochs": _at_least(1),
     "max_points_lost": _between(0, 100, fix="accuracy points, e.g. 1.0"),
     "min_agreement": _between(0, 1, fix="a share of labels, e.g. 0.98"),
+    "student_layers": _between(1, 24, fix="fewer encoder layers than the teacher's, e.g. 3"),
+    "student_narrow": _between(0, 1, hi_open=True, fix="a share of heads and FFN neurons, e.g. 0.25 (0 = full width)"),
+    "temperature": _positive,
+    "alpha": _between(0, 1, fix="0 = labels only, 1 = teacher only"),
+    "sweep_temperatures": _positive,
+    "sweep_alphas": _between(0, 1, fix="values in [0, 1]"),
+    "sweep_epochs": _at_least(1),
     "epsilon": _positive,
 }
 

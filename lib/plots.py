@@ -163,6 +163,34 @@ def quantization_tradeoff(table: Any, profile: str, name: str = "quantization"):
     return fig, save(fig, profile, name)
 
 
+def distill_tradeoff(table: Any, profile: str, name: str = "distill"):
+    """Left: test accuracy vs measured batch-32 throughput ratio (teacher and students). Right: retention
+    (student accuracy / teacher accuracy), with DistilBERT's 97% marked."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 4), gridspec_kw={"width_ratios": [1.2, 1]})
+    for i, (label, row) in enumerate(table.iterrows()):
+        a.scatter(row["speedup_vs_reference"], 100 * row["accuracy"], s=70, color=f"C{i}", edgecolor="k", zorder=3)
+        a.annotate(label, (row["speedup_vs_reference"], 100 * row["accuracy"]), fontsize=8,
+                   xytext=(6, 8 if i % 2 else -12), textcoords="offset points")  # neighbours: one above, one below
+    a.margins(x=0.2, y=0.15)
+    a.set_xlabel("throughput / teacher (batch 32, measured side by side)")
+    a.set_ylabel("test accuracy (%)")
+    a.set_title("Accuracy vs speed")
+    y = np.arange(len(table))
+    b.barh(y, 100 * table["retention"], color=[f"C{i}" for i in range(len(table))])
+    b.axvline(97, color="C3", ls=":", label="DistilBERT: 97%")
+    b.set_yticks(y, table.index, fontsize=9)
+    b.invert_yaxis()
+    lo = max(0.0, 100 * float(table["retention"].min()) - 5)
+    b.set_xlim(lo, 101)
+    for yi, r in zip(y, table["retention"]):
+        b.text(100 * r, yi, f" {r:.1%}", va="center", fontsize=8)
+    b.set_xlabel("retention: accuracy / teacher's (%)")
+    b.set_title("How much of the teacher is kept")
+    b.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
 def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
     """Test accuracy against trainable parameters (log scale): LoRA ranks and the full fine-tune."""
     fig, a = plt.subplots(figsize=(7, 3.8))

@@ -79,3 +79,11 @@ def test_smoke_profile_end_to_end(outputs, capsys):
     assert best["dtype"] == "int8" and best["size_mb"] < by_name["fp32"]["size_mb"] / 3.5  # embeddings quantized too
     assert f["reload_label_agreement"] == 1.0 and f["reload_max_abs_logit_diff"] == 0.0
     assert 0.5 < f["embedding_share"] < 0.6  # MiniLM: half its weights are the embedding table
+
+    rec = lib.results.load("smoke", "04_distill")
+    f, by_name = rec["findings"], {v["name"]: v for v in rec["variants"]}
+    assert {"teacher", "student-kd", "student-labels"} <= set(by_name) and by_name["teacher"]["role"] == "reference"
+    assert by_name["student-kd"]["layers"] == 3 and by_name["student-kd"]["num_params"] < by_name["teacher"]["num_params"]
+    assert f["retention"] == by_name["student-kd"]["accuracy"] / by_name["teacher"]["accuracy"]
+    assert f["teacher_logits_cached"] == 128 and f["reload_max_abs_logit_diff"] == 0.0
+    assert any(v.get("sweep") for v in rec["variants"])

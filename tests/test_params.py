@@ -74,6 +74,16 @@ def test_impossible_values(name, value):
         validate(NB, {name: value})
 
 
+@pytest.mark.parametrize("notebook, name, value", [
+    ("03_quantize", "min_agreement", 1.5), ("03_quantize", "max_points_lost", -1.0),
+    ("04_distill", "alpha", 1.5), ("04_distill", "temperature", 0.0), ("04_distill", "student_narrow", 1.0),
+    ("04_distill", "student_layers", 0), ("04_distill", "sweep_alphas", [0.5, 2.0]),
+])
+def test_impossible_values_of_later_notebooks(notebook, name, value):
+    with pytest.raises(ParamError, match=name):
+        validate(notebook, {name: value})
+
+
 def test_rules_for_later_notebooks():
     assert lib.params.RULES["sparsity"](1.5)
     assert lib.params.RULES["sparsity"](0.5) is None
