@@ -153,7 +153,7 @@ class StudentShape:
 def train_student(teacher: Any, shape: StudentShape, init: str, temperature: float | None, alpha: float | None,
                   cached_logits: Any, kd_train: Any, loaders: Any, cfg: Any) -> tuple[Any, Any]:
     """Build a student (:func:`make_student`, seeded with ``cfg.seed``) and train it with :func:`lib.train.fit`:
-    with :class:`DistillLoss` when ``temperature`` is given, on the labels alone otherwise. ``kd_train`` is the
+    with :class:`DistillLoss` when ``temperature`` is given, on the labels alone (``temperature`` and ``alpha`` None) otherwise. ``kd_train`` is the
     indexed training loader (:func:`indexed`); both kinds of run see the same batches in the same order."""
     from .train import fit
 
@@ -162,7 +162,7 @@ def train_student(teacher: Any, shape: StudentShape, init: str, temperature: flo
     if temperature is None:
         plain = _without_idx(kd_train)
         return student, fit(student, plain, loaders.val, cfg)
-    loss = DistillLoss(cached_logits, temperature, 0.5 if alpha is None else alpha)
+    loss = DistillLoss(cached_logits, temperature, alpha)
     return student, fit(student, kd_train, loaders.val, cfg, loss_fn=loss)
 
 

@@ -93,9 +93,15 @@ def tfidf_reference(splits: Splits, seed: int, max_features: int = 50000) -> dic
     return {"test": test, "val_accuracy": val_acc, "C": c, "fit_seconds": fit_seconds, "pipeline": pipe}
 
 
+def agreement(reference_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Share of identical predicted labels and the largest |logit difference| against the reference."""
+    if reference_logits.shape != logits.shape:
+        raise ValueError(f"logits shapes differ: {reference_logits.shape} vs {logits.shape}")
+    return {"agreement": float(np.mean(reference_logits.argmax(-1) == logits.argmax(-1))),
+            "max_abs_logit_diff": float(np.max(np.abs(reference_logits - logits)))}
+
+
 def compare_predictions(a: Any, b: Any, loader: Iterable[dict]) -> dict[str, float]:
     """How closely predictor ``b`` reproduces ``a`` on ``loader``: label agreement and max |Δ logit|."""
-    la, _ = predict_logits(a, loader)
-    lb, _ = predict_logits(b, loader)
-    return {"label_agreement": float(np.mean(la.argmax(-1) == lb.argmax(-1))),
-            "max_abs_logit_diff": float(np.max(np.abs(la - lb)))}
+    ag = agreement(predict_logits(a, loader)[0], predict_logits(b, loader)[0])
+    return {"label_agreement": ag["agreement"], "max_abs_logit_diff": ag["max_abs_logit_diff"]}

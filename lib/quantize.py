@@ -348,20 +348,12 @@ def build_variants(model: Any, example: Mapping[str, Any], workdir: Path | str,
     return out
 
 
-def agreement(reference_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Share of identical predicted labels and the largest |logit difference| against the reference."""
-    if reference_logits.shape != logits.shape:
-        raise ValueError(f"logits shapes differ: {reference_logits.shape} vs {logits.shape}")
-    return {"agreement": float(np.mean(reference_logits.argmax(-1) == logits.argmax(-1))),
-            "max_abs_logit_diff": float(np.max(np.abs(reference_logits - logits)))}
-
-
 def score(variants: Mapping[str, Variant], loader: Iterable[dict], reference: str = "fp32",
           progress: bool = True) -> pd.DataFrame:
     """Accuracy, macro-F1 and agreement with ``reference`` of every variant on ``loader``; one row per variant."""
     from tqdm.auto import tqdm
 
-    from .evaluate import classification_metrics, predict_logits
+    from .evaluate import agreement, classification_metrics, predict_logits
 
     logits = {}
     for name in tqdm(list(variants), desc="scoring", disable=not progress):

@@ -70,10 +70,10 @@ def test_score_and_agreement(built, toy):
 def test_agreement_counts_labels_and_largest_change():
     ref = np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 0.1], [0.0, 3.0]])
     other = np.array([[0.9, 0.0], [1.0, 0.5], [0.1, 0.2], [0.0, 3.5]])
-    a = lib.quantize.agreement(ref, other)
+    a = lib.evaluate.agreement(ref, other)
     assert a["agreement"] == 0.5 and a["max_abs_logit_diff"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="shapes differ"):
-        lib.quantize.agreement(ref, other[:2])
+        lib.evaluate.agreement(ref, other[:2])
 
 
 def _table(val_acc, val_agree, sizes, speeds):
