@@ -151,6 +151,7 @@ RULES: dict[str, Rule] = {
     "weight_decay": _between(0, 1),
     "warmup_frac": _between(0, 1, hi_open=True),
     "max_grad_norm": _positive,
+    "ema_decay": _between(0, 1, hi_open=True, fix="0 turns the weight average off; 0.99 averages ~100 steps"),
     "tfidf_max_features": _at_least(1),
     "compare_steps": _at_least(1),
     "compare_rounds": _at_least(1),

@@ -71,7 +71,11 @@ def learning_curve(history: Any, profile: str, name: str = "learning_curve"):
         b = a.twinx()
         steps_per_epoch = len(losses) / max(len(frame), 1)
         xs = [e * steps_per_epoch for e in frame.index]
-        b.plot(xs, frame["val_accuracy"], "o-", color="C1", label="val accuracy (epoch)")
+        averaged = "val_accuracy_raw" in frame  # fit kept a moving average of the weights
+        b.plot(xs, frame["val_accuracy"], "o-", color="C1",
+               label="val accuracy, averaged weights" if averaged else "val accuracy (epoch)")
+        if averaged:
+            b.plot(xs, frame["val_accuracy_raw"], "s--", color="C2", alpha=0.8, label="val accuracy, raw weights")
         b.set_ylabel("validation accuracy")
         b.grid(False)
         b.legend(loc="center right")

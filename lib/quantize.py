@@ -19,11 +19,13 @@ Every variant is a *predictor* (``batch of tensors -> logits``), so :func:`lib.e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -195,16 +197,26 @@ def export_onnx(model: Any, path: Path | str, example: Mapping[str, Any]) -> Pat
     return path
 
 
+@contextlib.contextmanager
+def _scratch_cwd():
+    """Run ONNX Runtime's tools in a throwaway working directory: when its symbolic shape inference gives up
+    (it does on the exported mask arithmetic), it dumps ``sym_shape_infer_temp.onnx`` and external-data files
+    into the *current* directory, which would litter the user's project."""
+    with tempfile.TemporaryDirectory(prefix="lab-ort-") as scratch, contextlib.chdir(scratch):
+        yield
+
+
 def optimize_onnx(path: Path | str, out_path: Path | str, num_heads: int, hidden_size: int) -> Path:
     """ONNX Runtime's BERT fusions (attention, skip-LayerNorm, bias-GELU) for CPU; atomic, returns ``out_path``."""
     _ort()
     from onnxruntime.transformers.optimizer import optimize_model
 
-    out_path = Path(out_path)
+    path, out_path = Path(path).resolve(), Path(out_path).resolve()
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     try:
-        optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=1, use_gpu=False)
+        with _scratch_cwd():
+            optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                                       opt_level=1, use_gpu=False)
         optimized.save_model_to_file(str(tmp), use_external_data_format=False)
         os.replace(tmp, out_path)
     finally:
@@ -232,15 +244,16 @@ def onnx_int8(fp32_path: Path | str, out_path: Path | str, reduce_range: bool, q
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    fp32_path, out_path = Path(fp32_path).resolve(), Path(out_path).resolve()
     pre = out_path.with_name(f".{out_path.stem}.pre.onnx")
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     ops = ["MatMul", "Attention", "Gather"] if quantize_embeddings else ["MatMul", "Attention"]
     try:
         # symbolic shape inference cannot follow the exporter's mask arithmetic; ONNX's own inference suffices
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, reduce_range=reduce_range,
-                         per_channel=per_channel, op_types_to_quantize=ops)
+        with _scratch_cwd():
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, reduce_range=reduce_range,
+                             per_channel=per_channel, op_types_to_quantize=ops)
         os.replace(tmp, out_path)
     except Exception as e:
         raise QuantizeError(f"ONNX Runtime quantization of {fp32_path.name} failed ({type(e).__name__}: {e})") from e

@@ -12,6 +12,7 @@ env          python / torch / transformers versions, torch threads, CPU model (`
 variants     list, one entry per model measured (see below); exactly one has ``role == "reference"``
 findings     dict of notebook-specific numbers (e.g. ``tfidf_accuracy``, ``lib_vs_trainer_speed_ratio``)
 figures      list of figure paths written by the run (relative to ``outputs/<profile>/``)
+run_seconds  (added by the runner, ``lib.run``) wall-clock time of the whole notebook execution
 ===========  ==========================================================================================
 
 Each variant has at least: ``name``, ``role`` (``"reference"`` for the model the others are compared
@@ -37,6 +38,8 @@ VARIANT_KEYS = ("name", "role", "accuracy", "f1", "size_mb", "num_params", "late
                 "throughput_b32", "speedup_vs_reference")
 ENV_KEYS = ("python", "torch", "transformers", "threads", "cpu")
 ROLES = ("reference", "variant")
+# How long a whole `make run` of each profile may take on the 2-core reference machine (all notebooks).
+BUDGET_MINUTES = {"smoke": 5, "quick": 10, "default": 60}
 
 
 def variant(name: str, role: str, metrics: Mapping[str, Any], bench: Mapping[str, Any] | None = None,
@@ -127,6 +130,38 @@ def record(notebook: str, params: Mapping[str, Any], variants: Sequence[Mapping[
     return atomic_write_json(paths.metrics_path(profile, notebook), rec)
 
 
+def stamp_run(profile: str, notebook: str, seconds: float, started: datetime) -> bool:
+    """Add the runner's wall-clock ``run_seconds`` to the record the notebook just wrote (atomic rewrite).
+
+    Returns False, changing nothing, when there is no record or it predates ``started`` (a notebook that did not
+    write its record this run must not inherit the time)."""
+    try:
+        rec = load(profile, notebook)
+    except FileNotFoundError:
+        return False
+    if datetime.fromisoformat(rec["created"]) < started.replace(microsecond=0):
+        return False
+    rec["run_seconds"] = float(seconds)
+    validate_record(rec)
+    atomic_write_json(paths.metrics_path(profile, notebook), rec)
+    return True
+
+
+def run_times(profile: str, recs: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence: minutes per notebook (as the runner timed them), their sum and the profile's budget."""
+    timed = [(r["notebook"], r["run_seconds"] / 60) for r in recs if r.get("run_seconds")]
+    if not timed:
+        return ""
+    total = sum(m for _, m in timed)
+    budget = BUDGET_MINUTES.get(profile)
+    verdict = ""
+    if budget is not None:
+        verdict = (f" (budget for the whole collection: {budget} min; "
+                   + (f"{budget - total:.1f} min left)" if total <= budget else f"**over by {total - budget:.1f} min**)"))
+    return ("Run time (`make run`, this machine): " + ", ".join(f"{n} {m:.1f} min" for n, m in timed)
+            + f"; {total:.1f} min in all{verdict}.")
+
+
 def load(profile: str, notebook: str) -> dict[str, Any]:
     """Read a record written by :func:`record` (``FileNotFoundError`` naming the notebook to run)."""
     path = paths.metrics_path(profile, notebook)
@@ -196,6 +231,9 @@ def markdown_results(profile: str, notebooks: Sequence[str]) -> str:
                 f"{_fmt(params_m, '.1f')} | {_fmt(v['latency_ms_b1_p50'], '.2f')} | "
                 f"{_fmt(v['throughput_b32'], '.1f')} | {_fmt(v['speedup_vs_reference'], '.2f')} |")
     lines.append("")
+    times = run_times(profile, recs)
+    if times:
+        lines += [times, ""]
     for rec in recs:
         keys = rec.get("headline") or []
         items = [f"`{k}` = {_fmt(rec['findings'].get(k), '.4g')}" for k in keys if k in rec["findings"]]

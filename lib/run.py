@@ -17,10 +17,11 @@ import argparse
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import catalog, params, paths
+from . import catalog, params, paths, results
 from .errors import ArtifactError, LabError, ParamError
 
 KERNEL = "python3"  # the kernel of the Python running the runner (the project's .venv under make)
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(resolved, desc=f"profile {args.profile}", unit="notebook", position=0)
     for nb, values in bar:
         bar.set_postfix_str(nb.name)
-        t0 = time.perf_counter()
+        t0, wall = time.perf_counter(), datetime.now(timezone.utc)
         try:
             execute(nb, values, args.profile, args.execution_timeout)
         except KeyboardInterrupt:
@@ -187,11 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n" + _failure_message(nb, args.profile, e, args.execution_timeout), file=sys.stderr)
             return 1
         timings[nb.name] = time.perf_counter() - t0
+        results.stamp_run(args.profile, nb.name, timings[nb.name], wall)
     bar.close()
     total = time.perf_counter() - started
     base = paths.profile_dir(args.profile)
+    budget = results.BUDGET_MINUTES.get(args.profile)
+    over = (f"; the {args.profile!r} budget for all notebooks is {budget} min" if budget and total / 60 > budget
+            else "")
     print(f"\nDone: {len(resolved)} notebook(s), profile {args.profile!r}, {total / 60:.1f} min "
-          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())})")
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}){over}")
     print(f"  executed notebooks: {base / 'notebooks'}\n  metrics: {base / 'metrics'}\n"
           f"  figures: {base / 'figures'}\n  models: {base / 'models'}\n")
     print(headline(args.profile, list(timings)))

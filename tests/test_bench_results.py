@@ -149,3 +149,21 @@ def test_readme_block_is_generated_from_records(outputs, tmp_path):
     assert "| 00_baseline | teacher (reference) | 0.8000 |" in text and "old" not in text
     assert "`tfidf_accuracy` = 0.7" in text and text.startswith("intro") and text.endswith("end\n")
     assert not lib.results.update_readme(readme, "smoke", ["00_baseline"])  # idempotent
+
+
+def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs):
+    from datetime import datetime, timedelta, timezone
+
+    rec = good_record()
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    lib.results.record("00_baseline", {"profile": "default", "seed": 1}, rec["variants"], {}, env=rec["env"])
+    assert lib.results.stamp_run("default", "00_baseline", 45 * 60.0, before)
+    assert lib.results.load("default", "00_baseline")["run_seconds"] == 2700.0
+    later = datetime.now(timezone.utc) + timedelta(seconds=5)  # a record older than the run is not stamped
+    assert not lib.results.stamp_run("default", "00_baseline", 1.0, later)
+    assert not lib.results.stamp_run("default", "01_lora_finetune", 1.0, before)  # no record at all
+    lib.results.record("01_lora_finetune", {"profile": "default", "seed": 1}, rec["variants"], {}, env=rec["env"])
+    lib.results.stamp_run("default", "01_lora_finetune", 20 * 60.0, before)
+    text = lib.results.markdown_results("default", ["00_baseline", "01_lora_finetune"])
+    assert "00_baseline 45.0 min, 01_lora_finetune 20.0 min; 65.0 min in all" in text
+    assert "budget for the whole collection: 60 min; **over by 5.0 min**" in text

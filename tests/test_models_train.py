@@ -126,6 +126,28 @@ def test_fit_on_a_used_loader_sees_the_same_batches(tiny):
     assert lib.train.fit(make(seed=3), loaders.train, None, cfg).step_losses == first
 
 
+def test_fit_keeps_the_moving_average_of_the_weights(tiny):
+    make, tokenizer = tiny
+    loaders = loaders_for(tokenizer, seed=3)
+
+    def weights(steps: int, ema: float = 0.0, val=None):
+        model = make(seed=3)
+        cfg = lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, warmup_frac=0.0, max_steps=steps, seed=3,
+                                    ema_decay=ema, progress=False)
+        hist = lib.train.fit(model, loaders.train, val, cfg)
+        return {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}, hist
+
+    w1, _ = weights(1)  # the first step is the same in a 1- and a 2-step run (no warm-up; lr factor 1)
+    w2, _ = weights(2)
+    avg, hist = weights(2, ema=0.75, val=loaders.val)  # the average starts at w1: 0.75 * w1 + 0.25 * w2
+    for k in w1:
+        torch.testing.assert_close(avg[k], 0.75 * w1[k] + 0.25 * w2[k])
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+    assert {"val_accuracy", "val_accuracy_raw"} <= set(hist.epochs[0])
+    with pytest.raises(ValueError, match="ema_decay"):
+        weights(1, ema=1.0)
+
+
 def test_fit_hooks_custom_loss_prepare_max_steps_and_frozen_params(tiny):
     make, tokenizer = tiny
     model = make()

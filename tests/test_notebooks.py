@@ -30,6 +30,19 @@ def test_committed_notebooks_are_clean(path):
     assert "sys.path" not in "".join(sources), "import lib as an installed package, no sys.path hacks"
 
 
+def test_no_model_files_are_committed():
+    """Models and run outputs are written under outputs/ (git-ignored); a weights file in git is a mistake."""
+    import subprocess
+
+    root = lib.paths.NOTEBOOKS.parent
+    try:
+        tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    binary = (".onnx", ".data", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+    assert not [f for f in tracked.splitlines() if f.endswith(binary)]
+
+
 def test_every_notebook_is_in_the_catalog():
     assert [p.stem for p in NOTEBOOKS] == [nb.name for nb in lib.catalog.NOTEBOOKS]
 
@@ -43,6 +56,7 @@ def test_smoke_profile_end_to_end(outputs, capsys):
         rec = lib.results.load("smoke", nb.name)
         lib.results.validate_record(rec)
         assert rec["profile"] == "smoke" and rec["params"]["max_train_samples"] == 128
+        assert rec["run_seconds"] > 0  # stamped by the runner
         assert (outputs / "smoke" / "notebooks" / f"{nb.name}.ipynb").exists()
         for fig in rec["figures"]:
             assert (outputs / "smoke" / fig).stat().st_size > 1000

@@ -68,6 +68,7 @@ def test_int_is_accepted_for_float():
 @pytest.mark.parametrize("name, value", [
     ("test_frac", 1.5), ("val_frac", 0.0), ("num_epochs", 0), ("learning_rate", 0.0), ("batch_size", -1),
     ("max_length", 4096), ("max_train_samples", -5), ("dataset", "imdb"), ("profile", "../x"),
+    ("ema_decay", 1.0), ("ema_decay", -0.5),
 ])
 def test_impossible_values(name, value):
     with pytest.raises(ParamError, match=name):

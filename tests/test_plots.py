@@ -20,7 +20,11 @@ def test_prune_and_training_figures(outputs):
     paths = [lib.plots.sparsity_sweep(sweep, 0.83, "t")[1],
              lib.plots.structured_tradeoff(table, 0.83, "t", choice)[1],
              lib.plots.structured_tradeoff(table, 0.83, "t", name="no_choice")[1],
-             lib.plots.runs_compare({"a": h, "b": h}, "t", "runs")[1]]
+             lib.plots.runs_compare({"a": h, "b": h}, "t", "runs")[1],
+             lib.plots.learning_curve(h, "t")[1],
+             lib.plots.learning_curve(lib.train.History(epochs=[{"epoch": 1, "val_accuracy": 0.8,
+                                                                 "val_accuracy_raw": 0.78}],
+                                                        step_losses=h.step_losses), "t", "averaged")[1]]
     for p in paths:
         assert p.exists() and p.stat().st_size > 5000 and p.parent == outputs / "t" / "figures"
     assert not list((outputs / "t").rglob("*.tmp"))

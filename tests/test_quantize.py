@@ -106,6 +106,21 @@ def test_onnx_artifact_round_trip(built, tmp_path):
         lib.models.load_artifact(path)  # the torch loader points to the right one
 
 
+def test_onnx_tools_leave_the_working_directory_clean(tiny, tmp_path, monkeypatch):
+    """ONNX Runtime's symbolic shape inference dumps ``sym_shape_infer_temp.onnx`` (+ data files) into the current
+    directory when it gives up; such dumps once reached this repository's root (and git)."""
+    make, tok = tiny
+    cwd, work = tmp_path / "cwd", tmp_path / "work"
+    cwd.mkdir(), work.mkdir()
+    monkeypatch.chdir(cwd)
+    raw = lib.quantize.export_onnx(make(), work / "m.onnx", texts_batch(tok))
+    cfg = make().config
+    opt = lib.quantize.optimize_onnx(raw, work / "opt.onnx", cfg.num_attention_heads, cfg.hidden_size)
+    lib.quantize.onnx_int8(opt, work / "q.onnx", reduce_range=True, quantize_embeddings=True)
+    assert sorted(p.name for p in work.iterdir()) == ["m.onnx", "opt.onnx", "q.onnx"]
+    assert not list(cwd.iterdir())
+
+
 def test_corrupt_or_missing_onnx_gives_a_clear_error(built, tmp_path):
     _, tok, variants = built
     path = lib.quantize.save_onnx_artifact(tmp_path / "q", variants["ort int8"].path, tok, {})  # per-tensor
