@@ -153,13 +153,18 @@ def run_times(profile: str, recs: Sequence[Mapping[str, Any]]) -> str:
     if not timed:
         return ""
     total = sum(m for _, m in timed)
-    budget = BUDGET_MINUTES.get(profile)
-    verdict = ""
-    if budget is not None:
-        verdict = (f" (budget for the whole collection: {budget} min; "
-                   + (f"{budget - total:.1f} min left)" if total <= budget else f"**over by {total - budget:.1f} min**)"))
+    verdict = budget_note(profile, total)
     return ("Run time (`make run`, this machine): " + ", ".join(f"{n} {m:.1f} min" for n, m in timed)
-            + f"; {total:.1f} min in all{verdict}.")
+            + f"; {total:.1f} min in all{f' ({verdict})' if verdict else ''}.")
+
+
+def budget_note(profile: str, minutes: float) -> str:
+    """``minutes`` against the profile's budget for the whole collection ("" for a profile without one)."""
+    budget = BUDGET_MINUTES.get(profile)
+    if budget is None:
+        return ""
+    left = f"{budget - minutes:.1f} min left" if minutes <= budget else f"**over by {minutes - budget:.1f} min**"
+    return f"budget for the whole collection: {budget} min; {left}"
 
 
 def load(profile: str, notebook: str) -> dict[str, Any]:

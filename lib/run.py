@@ -192,11 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar.close()
     total = time.perf_counter() - started
     base = paths.profile_dir(args.profile)
-    budget = results.BUDGET_MINUTES.get(args.profile)
-    over = (f"; the {args.profile!r} budget for all notebooks is {budget} min" if budget and total / 60 > budget
-            else "")
+    budget = results.budget_note(args.profile, total / 60).replace("*", "")
     print(f"\nDone: {len(resolved)} notebook(s), profile {args.profile!r}, {total / 60:.1f} min "
-          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}){over}")
+          f"({', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}){f'; {budget}' if budget else ''}")
     print(f"  executed notebooks: {base / 'notebooks'}\n  metrics: {base / 'metrics'}\n"
           f"  figures: {base / 'figures'}\n  models: {base / 'models'}\n")
     print(headline(args.profile, list(timings)))

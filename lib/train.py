@@ -169,7 +169,7 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
                 break
     bar.close()
     hist.peak_mem_mb, hist.peak_mem_delta_mb = mem.peak_mb, mem.delta_mb
-    if best_state is not None and (ema is not None or hist.best_epoch != len(hist.epochs)):
+    if best_state is not None:
         model.load_state_dict(best_state)
     elif ema is not None:
         model.load_state_dict(ema.module.state_dict())
