@@ -1,6 +1,7 @@
 # The few verbs people use. Everything runs inside .venv (created on first use).
 #   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill
-#   make test                  set up if needed, then the whole test suite
+#   make test                  set up if needed, then the gate: unit tests + every notebook on smoke (< 10 min)
+#   make test-all              make test + nbval (every notebook with its own defaults) + slow tests (~20 min)
 #   make lab                   JupyterLab on the project kernel
 #   make smoke                 = make run PROFILE=smoke (the < 5 min end-to-end check)
 #   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
@@ -16,7 +17,7 @@ BIN := $(VENV)/bin
 PIP_ARGS := -c requirements/constraints.txt -e .[dev]
 KERNEL := model-ux-lab
 
-.PHONY: install run smoke test lab clean clean-notebooks lock readme
+.PHONY: install run smoke test test-all lab clean clean-notebooks lock readme
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -35,7 +36,10 @@ smoke: install
 	$(BIN)/python -m lib.run --profile smoke
 
 test: install
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-all: install
+	$(BIN)/python -m pytest tests notebooks --nbval-lax $(ARGS)
 
 lab: install
 	$(BIN)/jupyter lab notebooks/

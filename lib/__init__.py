@@ -1,19 +1,31 @@
 """Model UX Lab's shared helper package: every notebook does its work through these modules.
 
-Modules are named by pipeline stage and imported lazily, so ``import lib`` is instant and
-``python -m lib.run --list`` never pays for importing torch:
+Two layers, imported lazily (``import lib`` is instant; ``python -m lib.run --list`` never imports torch):
 
-- ``lib.paths``    where things live (project root, ``outputs/<profile>/...``)
-- ``lib.params``   profiles, parameter declarations, validation (one place for every rule)
-- ``lib.data``     datasets (built-in, CSV, HF hub), grouped splits, tokenized loaders
-- ``lib.models``   model specs, tiny test model, artifact save/load with metadata
-- ``lib.train``    the one training loop (and its comparison with ``transformers.Trainer``)
-- ``lib.adapt``    LoRA adapters with peft: add, count, save/load, merge
-- ``lib.evaluate`` predictions and metrics, the classical TF-IDF reference
-- ``lib.bench``    size, latency, throughput, peak memory; interleaved side-by-side comparisons
-- ``lib.results``  the metrics record every notebook writes (schema + atomic write)
-- ``lib.plots``    the figures
-- ``lib.run``      the papermill runner (``python -m lib.run``)
+**Core** (``lib/*.py``) — imports no technique:
+
+- ``lib.paths``      where things live (project root, ``outputs/<profile>/...``)
+- ``lib.errors``     the errors a user can fix, each naming the problem and the fix
+- ``lib.catalog``    the notebooks in order, the artifacts each needs and makes, what a complete artifact holds
+- ``lib.params``     profiles, parameter declarations, validation (one place for every rule)
+- ``lib.utils``      seeding, the machine's facts (CPU class / ISA), atomic writes
+- ``lib.data``       datasets (built-in, CSV, HF hub), grouped splits, tokenized loaders
+- ``lib.heads``      the mean-pooling classification head
+- ``lib.models``     model specs, the tiny test model, architecture facts (encoder layers and their shapes)
+- ``lib.predict``    one predictor interface (batch -> logits) for torch, cast and ONNX Runtime models
+- ``lib.artifacts``  save and load every artifact kind (model, adapter, ONNX) with its metadata
+- ``lib.train``      the one training loop, and an isolated training-speed probe
+- ``lib.evaluate``   predictions and metrics, agreement between two models
+- ``lib.bench``      size, latency, throughput, peak memory; interleaved side-by-side comparisons
+- ``lib.baselines``  the TF-IDF reference and the check of ``lib.train`` against ``transformers.Trainer``
+- ``lib.experiment`` the comparison every notebook fills: variants -> scores, timings -> table -> record
+- ``lib.results``    the metrics record every notebook writes (schema + atomic write), the README block
+- ``lib.plots``      the figures
+- ``lib.run``        the papermill runner (``python -m lib.run``)
+
+**Techniques** (``lib/techniques/``) — one module per technique, only its mechanism, importing only core;
+reachable as ``lib.lora``, ``lib.prune``, ``lib.quantize`` and ``lib.distill``. A function marked ``#@save`` is
+defined, identically, in the notebook that teaches it (a test keeps the two the same).
 """
 
 from __future__ import annotations
@@ -31,21 +43,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {
-    "paths", "params", "data", "models", "train", "evaluate", "bench", "results", "plots", "run",
-    "errors", "catalog", "utils", "adapt", "heads", "prune", "quantize", "distill",
-}
+CORE = ("paths", "errors", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
+        "evaluate", "bench", "baselines", "experiment", "results", "plots", "run")
+TECHNIQUES = ("lora", "prune", "quantize", "distill")
 
-__all__ = sorted(_SUBMODULES) + ["setup", "__version__"]
+__all__ = [*CORE, *TECHNIQUES, "techniques", "setup", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in CORE or name == "techniques":
         module = importlib.import_module(f"{__name__}.{name}")
-        globals()[name] = module
-        return module
-    if name == "setup":
-        from .utils import setup
-
-        return setup
-    raise AttributeError(f"module 'lib' has no attribute {name!r}")
+    elif name in TECHNIQUES:
+        module = importlib.import_module(f"{__name__}.techniques.{name}")
+    elif name == "setup":
+        return importlib.import_module(f"{__name__}.utils").setup
+    else:
+        raise AttributeError(f"module 'lib' has no attribute {name!r}")
+    globals()[name] = module
+    return module

@@ -11,10 +11,12 @@ Rules every number here follows:
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -22,28 +24,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+import psutil
+import torch
+from safetensors.torch import save_model
+from transformers import DataCollatorWithPadding
+
 from .data import Encoded
-
-Predictor = Callable[[dict], Any]  # a batch of tensors (input_ids, attention_mask, ...) -> logits
-
-
-class TorchPredictor:
-    """Wrap a torch model as a ``batch -> logits`` predictor (eval mode, no autograd)."""
-
-    def __init__(self, model: Any):
-        self.model = model.eval()
-
-    def __call__(self, batch: dict) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            return self.model(**batch).logits.float().numpy()
-
-
-def as_predictor(obj: Any) -> Predictor:
-    import torch
-
-    return TorchPredictor(obj) if isinstance(obj, torch.nn.Module) else obj
+from .models import count_params
+from .predict import Predictor, as_predictor
 
 
 @dataclass
@@ -61,8 +49,6 @@ class Probe:
 
 def make_probe(enc: Encoded, tokenizer: Any, size: int = 64, batch_size: int = 32) -> Probe:
     """The first ``size`` examples of ``enc`` (use the test split) as batch-1 and batch-32 inputs."""
-    from transformers import DataCollatorWithPadding
-
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     feats = [{k: v for k, v in enc[i].items() if k != "labels"} for i in range(min(size, len(enc)))]
     singles = [collate([f]) for f in feats]
@@ -122,17 +108,23 @@ def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, refer
 
 
 def _threads() -> int:
-    import torch
-
     return torch.get_num_threads()
+
+
+def training_table(runs: Mapping[str, Mapping[str, Any]], n_train: int) -> pd.DataFrame:
+    """Side-by-side training speed and memory of :func:`lib.train.training_speed` runs (the first is the reference):
+    samples/s, peak memory, minutes per epoch of ``n_train`` examples, speed-up against the first."""
+    df = pd.DataFrame(runs).T[["trainable_params", "trainable_pct", "samples_per_s", "peak_mem_mb",
+                               "peak_mem_delta_mb"]].astype(float)
+    df["minutes_per_epoch"] = n_train / df["samples_per_s"] / 60
+    df["speedup_vs_reference"] = df["samples_per_s"] / df["samples_per_s"].iloc[0]
+    return df
 
 
 # ---------------------------------------------------------------------------------------------- size
 
 def serialized_mb(model: Any) -> float:
     """Size in MB (10^6 bytes) of the model's weights saved as safetensors."""
-    from safetensors.torch import save_model
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
         save_model(model, str(path))
@@ -140,8 +132,6 @@ def serialized_mb(model: Any) -> float:
 
 
 def size_info(model: Any) -> dict[str, float]:
-    from .models import count_params
-
     return {"num_params": count_params(model), "size_mb": serialized_mb(model)}
 
 
@@ -155,8 +145,6 @@ class PeakMemory:
     """
 
     def __init__(self, interval: float = 0.02):
-        import psutil
-
         self._proc = psutil.Process(os.getpid())
         self.interval = interval
         self.start_mb = self.peak_mb = 0.0
@@ -194,8 +182,5 @@ def isolated(fn: Callable[..., Any], **kwargs: Any) -> Any:
     down, and freed memory is reused): each measurement starts from the same clean slate. ``fn`` must be
     importable (a module-level function in ``lib``). Runs one process at a time: never two trainings at once.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
         return pool.submit(fn, **kwargs).result()

@@ -21,6 +21,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from sklearn.model_selection import GroupShuffleSplit
+import torch
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
 from .errors import DataError, OfflineError
 
 BUILTIN = "rotten_tomatoes"
@@ -35,6 +41,7 @@ class TextDataset:
     groups: np.ndarray
     label_names: list[str]
     source: str
+    group_by: str = ""  # what a group is ("movie", a CSV column); empty when every row is its own group
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -46,7 +53,7 @@ class TextDataset:
     def subset(self, idx: Sequence[int] | np.ndarray) -> "TextDataset":
         idx = np.asarray(idx, dtype=int)
         return TextDataset([self.texts[i] for i in idx], self.labels[idx], self.groups[idx], self.label_names,
-                           self.source)
+                           self.source, self.group_by)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"text": self.texts, "label": self.labels, "group": self.groups})
@@ -83,7 +90,7 @@ def _rotten_tomatoes() -> TextDataset:
     df = df[df["category"].isin(["fresh", "rotten"])]
     df = df.drop_duplicates(subset="text", keep="first")
     return _finish(df["text"], df["category"], df["movie_name"], source=BUILTIN,
-                   label_order=["rotten", "fresh"])
+                   label_order=["rotten", "fresh"], group_by="movie")
 
 
 def _from_csv(path_text: str, text_column: str, label_column: str, group_column: str) -> TextDataset:
@@ -112,12 +119,12 @@ def _from_frame(df: pd.DataFrame, source: str, text_column: str, label_column: s
         )
     df = df.dropna(subset=[text_column, label_column])
     groups = df[group_column] if group_column else pd.Series(np.arange(len(df)), index=df.index)
-    return _finish(df[text_column].astype(str), df[label_column], groups, source=source)
+    return _finish(df[text_column].astype(str), df[label_column], groups, source=source, group_by=group_column)
 
 
 def _from_hf(name: str, text_column: str, label_column: str, group_column: str) -> TextDataset:
     try:
-        import datasets
+        import datasets  # optional (pip install -e '.[hub]'): only hf: data needs it
     except ImportError:
         raise DataError(
             f"dataset 'hf:{name}' needs the optional 'datasets' library: pip install -e '.[hub]'"
@@ -143,7 +150,7 @@ def _from_hf(name: str, text_column: str, label_column: str, group_column: str) 
 
 
 def _finish(texts: pd.Series, labels: pd.Series, groups: pd.Series, source: str,
-            label_order: list[str] | None = None) -> TextDataset:
+            label_order: list[str] | None = None, group_by: str = "") -> TextDataset:
     if len(texts) == 0:
         raise DataError(f"{source} has no usable rows (after dropping empty texts/labels)")
     names = label_order or sorted(pd.unique(labels), key=lambda v: (str(type(v)), v))
@@ -156,6 +163,7 @@ def _finish(texts: pd.Series, labels: pd.Series, groups: pd.Series, source: str,
         groups=np.asarray(groups.astype(str)),
         label_names=[str(n) for n in names],
         source=source,
+        group_by=group_by,
     )
 
 
@@ -178,8 +186,6 @@ def split(ds: TextDataset, val_frac: float, test_frac: float, seed: int, max_tra
     Fractions are of groups (scikit-learn's GroupShuffleSplit), so row fractions are close, not exact.
     Caps (0 = none) subsample rows with the same seed, for quick runs.
     """
-    from sklearn.model_selection import GroupShuffleSplit
-
     n_groups = len(np.unique(ds.groups))
     if n_groups < 3:
         raise DataError(f"{ds.source} has {n_groups} group(s); a train/val/test split needs at least 3")
@@ -215,6 +221,12 @@ def summary(splits: Splits) -> pd.DataFrame:
             row[f"{label} %"] = round(100.0 * c / max(len(part), 1), 1)
         rows.append(row)
     return pd.DataFrame(rows).set_index("split")
+
+
+def shared_groups(splits: Splits) -> int:
+    """How many groups (e.g. movies) appear in more than one split: 0 when the split is leak-free."""
+    seen = [set(part.groups.tolist()) for _, part in splits.items()]
+    return len((seen[0] & seen[1]) | (seen[0] & seen[2]) | (seen[1] & seen[2]))
 
 
 def majority_accuracy(splits: Splits) -> float:
@@ -254,11 +266,6 @@ def make_loader(enc: Encoded, tokenizer: Any, batch_size: int, shuffle: bool, se
     """A DataLoader with dynamic padding. Training (``shuffle``): length-grouped random batches. Evaluation:
     examples sorted by length, so each batch pads little (about twice as fast on this corpus);
     :func:`lib.evaluate.predict_logits` puts the predictions back into dataset order."""
-    import torch
-    from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     if not shuffle:
         return DataLoader(enc, batch_size=batch_size, sampler=LengthSorted(enc.lengths), collate_fn=collate)

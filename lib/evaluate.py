@@ -1,13 +1,14 @@
-"""Evaluation: predictions, accuracy / macro-F1 / confusion matrix, and the classical TF-IDF reference."""
+"""Evaluation: predictions of any model or predictor, accuracy / macro-F1 / confusion matrix, agreement."""
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from .data import Splits
+from .predict import as_predictor
 
 
 def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -16,9 +17,7 @@ def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.n
     Returns ``(logits, labels)`` as numpy arrays, in dataset order (a loader whose sampler has ``indices``,
     like the length-sorted evaluation loaders of :func:`lib.data.make_loader`, is put back in order).
     """
-    import torch
-
-    call = _as_callable(model)
+    call = as_predictor(model)
     logits, labels = [], []
     with torch.inference_mode():
         for batch in loader:
@@ -34,23 +33,8 @@ def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.n
     return logits_, labels_
 
 
-def _as_callable(model: Any) -> Callable[[dict], Any]:
-    import torch
-
-    if isinstance(model, torch.nn.Module):
-        model.eval()  # dropout off; lib.train.fit puts the model back in train mode after evaluating
-
-        def call(batch: dict) -> np.ndarray:
-            return model(**batch).logits.float().numpy()
-
-        return call
-    return model
-
-
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int | None = None) -> dict[str, Any]:
     """Accuracy, macro-F1 and the confusion matrix (rows = true class, columns = predicted)."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
-
     labels = list(range(num_labels if num_labels else int(max(y_true.max(), y_pred.max())) + 1))
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -64,33 +48,6 @@ def evaluate(model: Any, loader: Iterable[dict], num_labels: int | None = None) 
     """Metrics of ``model`` on ``loader`` (see :func:`classification_metrics`)."""
     logits, labels = predict_logits(model, loader)
     return classification_metrics(labels, logits.argmax(-1), num_labels or logits.shape[-1])
-
-
-def tfidf_reference(splits: Splits, seed: int, max_features: int = 50000) -> dict[str, Any]:
-    """TF-IDF (word 1-2 grams) + logistic regression on the same split: the classical bar to beat.
-
-    ``C`` is chosen on the validation split from a small grid, so the reference is tuned as fairly as the
-    transformer (which keeps its best epoch on validation).
-    """
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    start = time.perf_counter()
-    best = None
-    for c in (0.5, 1.0, 2.0, 4.0, 8.0):
-        pipe = make_pipeline(
-            TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=max_features),
-            LogisticRegression(C=c, max_iter=2000, random_state=seed),
-        )
-        pipe.fit(splits.train.texts, splits.train.labels)
-        val_acc = float(np.mean(pipe.predict(splits.val.texts) == splits.val.labels))
-        if best is None or val_acc > best[0]:
-            best = (val_acc, c, pipe)
-    val_acc, c, pipe = best
-    fit_seconds = time.perf_counter() - start
-    test = classification_metrics(splits.test.labels, pipe.predict(splits.test.texts), splits.train.num_labels)
-    return {"test": test, "val_accuracy": val_acc, "C": c, "fit_seconds": fit_seconds, "pipeline": pipe}
 
 
 def agreement(reference_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:

@@ -6,7 +6,7 @@ of its token vectors** meaningful; its ``[CLS]`` vector and pooler were never tr
 ``mean`` head below classifies that masked mean directly — the representation the model was built to give.
 
 The head is chosen by ``config.classifier_pooling`` (``"cls"`` or ``"mean"``), which ``save_pretrained``
-stores in ``config.json``, so :func:`lib.models.load_artifact` rebuilds the right class.
+stores in ``config.json``, so :func:`lib.artifacts.load` rebuilds the right class.
 """
 
 from __future__ import annotations

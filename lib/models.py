@@ -8,25 +8,28 @@ Model specs (the ``model`` parameter):
 - a local folder with a ``config.json`` — any saved Hugging Face model.
 - a hub id such as ``bert-base-uncased`` — only where a hub is reachable (``HF_HUB_OFFLINE=0``).
 
-An artifact is a folder: ``model.safetensors`` + ``config.json`` + tokenizer files + ``metadata.json``
-(what data, parameters, seed and metrics produced it). Saving is atomic (temp folder + rename).
+Also the architecture facts other modules share: a BERT's encoder layers and their per-layer shapes
+(:func:`layout`, which structured pruning changes). Saving and loading trained models is :mod:`lib.artifacts`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import warnings
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
-from . import paths
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification)
+
 from .errors import ArtifactError, OfflineError
-from .utils import atomic_dir
+from .heads import POOLINGS, MeanPoolingBertForSequenceClassification
+from .utils import seed_everything
 
 DEFAULT_MODEL = "minilm-l6"
 TINY = "tiny-bert"
@@ -43,8 +46,6 @@ def packaged_minilm_dir() -> Path:
 
 def tiny_config(num_labels: int = 2, **overrides: Any):
     """Config of a tiny BERT (2 layers, 4 heads, hidden 32) that uses MiniLM's vocabulary/tokenizer."""
-    from transformers import BertConfig
-
     cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
     cfg.update(overrides)
@@ -63,17 +64,10 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None,
     ``AutoModelForSequenceClassification`` head; ``"mean"`` classifies the masked mean of the token vectors
     (BERT-architecture models only), which is how sentence-embedding models such as all-MiniLM-L6-v2 were trained.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from .heads import POOLINGS, MeanPoolingBertForSequenceClassification
-
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     maps = _label_maps(label_names, num_labels)
     if spec == TINY:
-        from transformers import BertForSequenceClassification
-
         cls = MeanPoolingBertForSequenceClassification if pooling == "mean" else BertForSequenceClassification
         return cls(tiny_config(num_labels, **maps)).float().eval(), load_tokenizer(spec)
     where, local = _resolve(spec)
@@ -117,10 +111,15 @@ def _resolve(spec: str) -> tuple[Path | str, bool]:
 
 def load_tokenizer(spec: str):
     """The tokenizer of model ``spec`` (see :func:`load_model`)."""
-    from transformers import AutoTokenizer
-
     where, local = _resolve(spec)
     return AutoTokenizer.from_pretrained(where, local_files_only=local)
+
+
+def fresh_classifier(spec: str, num_labels: int, label_names: list[str] | None = None, pooling: str = "cls",
+                     seed: int = 0) -> Any:
+    """Just the model of :func:`load_model`, seeded first: every call starts from the same head initialisation."""
+    seed_everything(seed)
+    return load_model(spec, num_labels, label_names, pooling)[0]
 
 
 def pooling_of(model: Any) -> str:
@@ -163,100 +162,47 @@ def _report_unexpected_keys(spec: str, info: dict[str, Any], expected_unused: tu
                       stacklevel=3)
 
 
-# ---------------------------------------------------------------------------------------------- artifacts
+# ---------------------------------------------------------------------------------------------- architecture
 
-def save_artifact(path: Path | str, model: Any, tokenizer: Any, metadata: dict[str, Any]) -> Path:
-    """Save model (safetensors), tokenizer and ``metadata.json`` atomically into ``path``."""
-    path = Path(path)
-    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **metadata}
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / METADATA).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    return path
-
-
-def artifact_hint(name: str, profile: str) -> str:
-    from .catalog import producer_of
-
-    producer = producer_of(name)
-    if producer is None:
-        return ""
-    return f"Run {producer} first: python -m lib.run --profile {profile} --only {producer}"
+def encoder_layers(model: Any) -> list[nn.Module]:
+    """The transformer blocks of a (possibly peft-wrapped) BERT-style classifier."""
+    base = getattr(model, "base_model", model)
+    base = getattr(base, "bert", base)
+    encoder = getattr(base, "encoder", None)
+    if encoder is None or not hasattr(encoder, "layer"):
+        raise ValueError(f"{type(model).__name__} has no BERT-style encoder (.bert.encoder.layer): this supports "
+                         "BERT-architecture models")
+    return list(encoder.layer)
 
 
-def require_artifact(profile: str, name: str) -> Path:
-    """The folder of artifact ``name`` for ``profile``; a clear error naming the fix if it is missing."""
-    path = paths.artifact_dir(profile, name)
-    problem = check_artifact(path)
-    if problem:
-        raise ArtifactError(f"the '{name}' artifact for profile '{profile}' {problem}. {artifact_hint(name, profile)}")
-    return path
+def layout(model: Any) -> dict[str, list[int]]:
+    """Per-layer attention-head counts and FFN widths (they differ from the config's after structured pruning)."""
+    layers = encoder_layers(model)
+    return {"heads": [int(l.attention.self.num_attention_heads) for l in layers],
+            "intermediate": [int(l.intermediate.dense.out_features) for l in layers]}
 
 
-def check_artifact(path: Path) -> str | None:
-    """``None`` if ``path`` looks like a complete artifact, else what is wrong with it."""
-    if not path.is_dir():
-        return f"is missing ({path})"
-    if (path / "adapter_config.json").exists():  # a LoRA adapter (lib.adapt) rather than a full model
-        files: tuple[str, ...] = ("adapter_config.json", "adapter_model.safetensors")
-    elif (path / "model.onnx").exists():  # an ONNX model (lib.quantize)
-        files = ("tokenizer_config.json", "model.onnx")
-    else:
-        files = ("config.json", "model.safetensors")
-    for needed in (*files, METADATA):
-        if not (path / needed).exists():
-            return f"is incomplete: {needed} missing in {path}"
-    try:
-        json.loads((path / METADATA).read_text(encoding="utf-8"))
-        json.loads((path / files[0]).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return f"is corrupt ({e}) in {path}"
-    return None
-
-
-def load_artifact(path: Path | str):
-    """Return ``(model, tokenizer, metadata)`` from an artifact folder, in fp32 eval mode."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = Path(path)
-    problem = check_artifact(path)
-    if problem:
-        raise ArtifactError(f"artifact {problem}")
-    if (path / "model.onnx").exists():
-        raise ArtifactError(f"{path} holds an ONNX model: load it with lib.quantize.load_onnx_artifact")
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        cls = AutoModelForSequenceClassification
-        if config.get("classifier_pooling") == "mean":
-            from .heads import MeanPoolingBertForSequenceClassification as cls
-        if config.get("pruned_layout"):  # per-layer shapes differ from the config's: rebuild them, then load
-            model = _load_pruned(path, cls)
-        else:
-            model = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as e:  # safetensors / config errors on a damaged file
-        raise ArtifactError(f"artifact in {path} is corrupt and cannot be loaded ({type(e).__name__}: {e}); "
-                            "re-run the notebook that saves it") from None
-    metadata = json.loads((path / METADATA).read_text(encoding="utf-8"))
-    return model.eval(), tokenizer, metadata
-
-
-def _load_pruned(path: Path, cls: Any) -> Any:
-    """Build the full-size architecture from ``config.json``, cut it to ``config.pruned_layout`` (lib.prune),
-    then load the checkpoint's weights strictly (every tensor must fit)."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    from .prune import shrink_to
-
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    model = cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
-    shrink_to(model, config.pruned_layout)
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    return model.float()
+def build_to_layout(model: Any, target: Mapping[str, Sequence[int]]) -> Any:
+    """Give a freshly built model the per-layer shapes of ``target`` (a ``config.pruned_layout``) with new, empty
+    Linear layers, so a pruned checkpoint's weights fit. Which units were removed does not matter here: every
+    weight is then overwritten by the checkpoint."""
+    for layer, heads, width in zip(encoder_layers(model), target["heads"], target["intermediate"]):
+        att, hidden = layer.attention.self, layer.attention.self.query.in_features
+        d = int(att.attention_head_size)
+        att.query, att.key, att.value = (nn.Linear(hidden, heads * d) for _ in range(3))
+        att.num_attention_heads, att.all_head_size = int(heads), int(heads) * d
+        layer.attention.output.dense = nn.Linear(heads * d, hidden)
+        layer.intermediate.dense = nn.Linear(hidden, width)
+        layer.output.dense = nn.Linear(width, hidden)
+    model.config.pruned_layout = {k: list(map(int, v)) for k, v in target.items()}
+    return model
 
 
 def count_params(model: Any, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def trainable_summary(model: Any) -> dict[str, float]:
+    """Trainable and total parameter counts (frozen weights included) and the trainable share in %."""
+    trainable, total = count_params(model, trainable_only=True), count_params(model)
+    return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total}

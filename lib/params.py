@@ -11,6 +11,7 @@ here *before* running anything; a notebook run by hand validates its own values 
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 from . import paths
+from .catalog import BY_NAME
 from .errors import ParamError
 
 
@@ -145,12 +147,10 @@ RULES: dict[str, Rule] = {
     "max_eval_samples": _at_least(0, "0 means all"),
     "max_length": _between(8, 512, fix="BERT models take at most 512 tokens"),
     "batch_size": _at_least(1),
-    "eval_batch_size": _at_least(1),
     "num_epochs": _at_least(1),
     "learning_rate": _between(0, 1, lo_open=True, fix="typical fine-tuning rates are 1.0e-5 to 1.0e-3"),
     "weight_decay": _between(0, 1),
     "warmup_frac": _between(0, 1, hi_open=True),
-    "max_grad_norm": _positive,
     "ema_decay": _between(0, 1, hi_open=True, fix="0 turns the weight average off; 0.99 averages ~100 steps"),
     "tfidf_max_features": _at_least(1),
     "compare_steps": _at_least(1),
@@ -163,7 +163,6 @@ RULES: dict[str, Rule] = {
     "lora_dropout": _between(0, 1, hi_open=True),
     "lora_target_modules": _nonempty,
     "speed_steps": _at_least(1),
-    "sparsity": _between(0, 1, hi_open=True, fix="a fraction of weights, e.g. 0.5"),
     "sparsities": _between(0, 1, hi_open=True, fix="fractions of weights to zero, e.g. [0.3, 0.5]"),
     "structured_fractions": _between(0, 1, lo_open=True, hi_open=True,
                                      fix="fractions of heads and neurons to remove, e.g. [0.25, 0.5]"),
@@ -179,7 +178,6 @@ RULES: dict[str, Rule] = {
     "sweep_temperatures": _positive,
     "sweep_alphas": _between(0, 1, fix="values in [0, 1]"),
     "sweep_epochs": _at_least(1),
-    "epsilon": _positive,
 }
 
 
@@ -266,8 +264,6 @@ def validate(notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl]
 
 
 def _close_names(name: str, decls: Iterable[str]) -> str:
-    import difflib
-
     return " or ".join(repr(n) for n in difflib.get_close_matches(name, list(decls), n=2))
 
 
@@ -288,8 +284,6 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
         raise ParamError(f"{path.name} is not valid YAML: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
         raise ParamError(f"{path.name}: expected sections 'shared:' and '<notebook>:', each a mapping of name: value")
-    from .catalog import BY_NAME
-
     for section in data:
         if section != "shared" and section not in BY_NAME:
             raise ParamError(
@@ -342,6 +336,4 @@ def from_namespace(namespace: Mapping[str, Any], notebook: str) -> Params:
 
 
 def _known_notebooks_hint() -> str:
-    from .catalog import BY_NAME
-
     return f"Known notebooks: {', '.join(BY_NAME)}"

@@ -196,16 +196,17 @@ def distill_tradeoff(table: Any, profile: str, name: str = "distill"):
 
 
 def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
-    """Test accuracy against trainable parameters (log scale): LoRA ranks and the full fine-tune."""
+    """Test accuracy against trainable parameters (log scale): the LoRA ranks (rows with a ``rank``) and the
+    reference (full fine-tuning)."""
     fig, a = plt.subplots(figsize=(7, 3.8))
-    lora = table.drop(index="full")
-    a.plot(lora["trainable_params"], lora["test_accuracy"], "o-", color="C0", label="LoRA")
-    for rank, row in lora.iterrows():
-        a.annotate(f"r={rank}\n{row['trainable_pct']:.2f}%", (row["trainable_params"], row["test_accuracy"]),
+    lora = table[table["rank"].notna()].sort_values("trainable_params")
+    a.plot(lora["trainable_params"], lora["accuracy"], "o-", color="C0", label="LoRA")
+    for _, row in lora.iterrows():
+        a.annotate(f"r={row['rank']:g}\n{row['trainable_pct']:.2f}%", (row["trainable_params"], row["accuracy"]),
                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-    full = table.loc["full"]
-    a.plot([full["trainable_params"]], [full["test_accuracy"]], "s", color="C3", label="full fine-tune (00_baseline)")
-    a.axhline(full["test_accuracy"], color="C3", ls=":", lw=1)
+    full = table[table["role"] == "reference"].iloc[0]
+    a.plot([full["trainable_params"]], [full["accuracy"]], "s", color="C3", label=f"{full.name} (reference)")
+    a.axhline(full["accuracy"], color="C3", ls=":", lw=1)
     a.set_xscale("log")
     a.set_xlabel("trainable parameters (log scale)")
     a.set_ylabel("test accuracy")
@@ -215,26 +216,25 @@ def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
     return fig, save(fig, profile, name)
 
 
-def sparsity_sweep(table: Any, reference_accuracy: float, profile: str, name: str = "prune_unstructured"):
-    """Left: test accuracy vs sparsity, before and after recovery. Right: dense latency and storage vs sparsity.
-
-    ``table`` has one row per sparsity with ``accuracy``, ``accuracy_recovered``, ``latency_ratio`` and the
-    storage columns of :func:`lib.prune.storage_mb` relative to the teacher.
-    """
+def sparsity_sweep(table: Any, profile: str, name: str = "prune_unstructured"):
+    """Left: test accuracy vs sparsity, before and after recovery. Right: batch-1 latency and three kinds of storage
+    relative to the reference, vs sparsity. ``table``: a comparison table whose unstructured rows have ``sparsity``,
+    ``accuracy_before_recovery`` and the storage columns of :func:`lib.prune.storage_mb`."""
+    ref = table[table["role"] == "reference"].iloc[0]
+    rows = table[table["method"] == "unstructured"].sort_values("sparsity")
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    x = 100 * table.index.to_numpy(dtype=float)
-    a.plot(x, table["accuracy"], "o-", label="pruned, no recovery")
-    a.plot(x, table["accuracy_recovered"], "s-", label="pruned + recovery fine-tune")
-    a.axhline(reference_accuracy, color="C3", ls=":", label="teacher")
+    x = 100 * rows["sparsity"].to_numpy(dtype=float)
+    a.plot(x, rows["accuracy_before_recovery"], "o-", label="pruned, no recovery")
+    a.plot(x, rows["accuracy"], "s-", label="pruned + recovery fine-tune")
+    a.axhline(ref["accuracy"], color="C3", ls=":", label="teacher")
     a.set_xlabel("encoder weights zeroed (%)")
     a.set_ylabel("test accuracy")
     a.set_title("Accuracy vs sparsity")
     a.legend()
-    for col, label, style in (("latency_ratio", "batch-1 latency (dense kernels)", "o-"),
-                              ("dense_ratio", "safetensors file", "s--"),
-                              ("compressed_ratio", "file, deflate-compressed", "^-"),
-                              ("sparse_ratio", "CSR encoder weights", "v-")):
-        b.plot(x, table[col], style, label=label)
+    b.plot(x, rows["latency_ratio_vs_reference"], "o-", label="batch-1 latency (dense kernels)")
+    for col, label, style in (("dense_mb", "safetensors file", "s--"), ("compressed_mb", "file, deflate-compressed", "^-"),
+                              ("sparse_mb", "CSR encoder weights", "v-")):
+        b.plot(x, rows[col] / ref[col], style, label=label)
     b.axhline(1.0, color="k", lw=0.8)
     b.set_xlabel("encoder weights zeroed (%)")
     b.set_ylabel("relative to the teacher")
@@ -244,30 +244,29 @@ def sparsity_sweep(table: Any, reference_accuracy: float, profile: str, name: st
     return fig, save(fig, profile, name)
 
 
-def structured_tradeoff(table: Any, reference_accuracy: float, profile: str, choice: Any = None,
-                        name: str = "prune_structured"):
+def structured_tradeoff(table: Any, profile: str, choice: Any = None, name: str = "prune_structured"):
     """Accuracy (middle) and measured batch-32 throughput ratio (right) against the share of encoder parameters
-    removed; dashed = before recovery. With ``choice`` (from :func:`lib.prune.compare_importance`), a left panel
-    compares the importance methods on validation, before any recovery."""
+    removed; dashed = before recovery. With ``choice`` (validation accuracy per importance method and fraction, before
+    recovery), a left panel compares the importance methods."""
+    ref = table[table["role"] == "reference"].iloc[0]
+    rows = table[table["method"] == "structured"].sort_values("encoder_removed")
     panels = 3 if choice is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8))
     if choice is not None:
         c = axes[0]
-        for i, (method, rows) in enumerate(choice.groupby("importance")):
-            rows = rows.sort_values("encoder_removed")
-            c.plot(100 * rows["encoder_removed"], rows["val_accuracy"], "o-", color=f"C{i + 2}", label=method)
+        for i, (method, part) in enumerate(choice.groupby("importance")):
+            part = part.sort_values("encoder_removed")
+            c.plot(100 * part["encoder_removed"], part["val_accuracy"], "o-", color=f"C{i + 2}", label=method)
         c.set_xlabel("encoder parameters removed (%)")
         c.set_ylabel("validation accuracy, no recovery")
         c.set_title("Which units to remove? Scores compared")
         c.legend()
     a, b = axes[-2], axes[-1]
-    for i, (method, rows) in enumerate(table.groupby("importance")):
-        rows = rows.sort_values("encoder_removed")
-        x = 100 * rows["encoder_removed"]
-        a.plot(x, rows["accuracy_recovered"], "o-", color=f"C{i}", label=f"{method}, recovered")
-        a.plot(x, rows["accuracy"], "o--", color=f"C{i}", alpha=0.5, label=f"{method}, before recovery")
-        b.plot(x, rows["speedup_vs_reference"], "o-", color=f"C{i}", label=method)
-    a.axhline(reference_accuracy, color="C3", ls=":", label="teacher")
+    x = 100 * rows["encoder_removed"].astype(float)
+    a.plot(x, rows["accuracy"], "o-", color="C0", label="recovered")
+    a.plot(x, rows["accuracy_before_recovery"], "o--", color="C0", alpha=0.5, label="before recovery")
+    b.plot(x, rows["speedup_vs_reference"], "o-", color="C0", label="structured")
+    a.axhline(ref["accuracy"], color="C3", ls=":", label="teacher")
     a.set_xlabel("encoder parameters removed (%)")
     a.set_ylabel("test accuracy")
     a.set_title("Accuracy vs what was removed")

@@ -30,8 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from . import paths
-from .utils import atomic_write_json, env_info
+from .catalog import NOTEBOOKS
+from .errors import ArtifactError, ParamError
+from .utils import atomic_write_json, atomic_write_text, env_info
 
 TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
 VARIANT_KEYS = ("name", "role", "accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50",
@@ -177,8 +181,6 @@ def load(profile: str, notebook: str) -> dict[str, Any]:
 
 def _plain(obj: Any) -> Any:
     """numpy scalars/arrays and paths -> plain JSON types, NaN -> None."""
-    import numpy as np
-
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -249,8 +251,6 @@ def markdown_results(profile: str, notebooks: Sequence[str]) -> str:
 
 def update_readme(path: Path | str, profile: str, notebooks: Sequence[str]) -> bool:
     """Replace the generated block in the README; return whether it changed."""
-    from .utils import atomic_write_text
-
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     start = README_START.format(profile=profile)
@@ -265,9 +265,7 @@ def update_readme(path: Path | str, profile: str, notebooks: Sequence[str]) -> b
 
 
 if __name__ == "__main__":  # python -m lib.results --readme [--profile default]
-    import argparse
-
-    from .catalog import NOTEBOOKS
+    import argparse  # only for the command line
 
     ap = argparse.ArgumentParser(prog="python -m lib.results")
     ap.add_argument("--readme", action="store_true", help="regenerate the results block of README.md")
@@ -296,8 +294,6 @@ def comparable_record(profile: str, notebook: str, params: Mapping[str, Any],
     Raises a clear error naming every differing parameter (and the fix) instead of silently comparing
     numbers measured on different data.
     """
-    from .errors import ArtifactError, ParamError
-
     try:
         rec = load(profile, notebook)
     except FileNotFoundError as e:

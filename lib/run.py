@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm.auto import tqdm
+
 from . import catalog, params, paths, results
 from .errors import ArtifactError, LabError, ParamError
 
@@ -81,16 +83,14 @@ def plan(profile: str, only: Sequence[str] | None, overrides: Sequence[str]) -> 
         except ParamError as e:
             errors.append(str(e))
     made_here: set[str] = set()
-    from .models import artifact_hint, check_artifact
-
     for nb in notebooks:
         for need in nb.needs:
             if need in made_here:
                 continue
-            problem = check_artifact(paths.artifact_dir(profile, need))
+            problem = catalog.check_artifact(paths.artifact_dir(profile, need))
             if problem:
                 errors.append(f"{nb.name} needs the '{need}' artifact, which {problem}. "
-                              f"{artifact_hint(need, profile)}")
+                              f"{catalog.artifact_hint(need, profile)}")
         made_here.update(nb.produces)
     if errors:
         raise ParamError("cannot start the run:\n" + "\n".join(f"* {e}" for e in errors))
@@ -99,7 +99,7 @@ def plan(profile: str, only: Sequence[str] | None, overrides: Sequence[str]) -> 
 
 def execute(nb: catalog.Notebook, values: dict[str, Any], profile: str, timeout: int | None) -> Path:
     """Run one notebook with papermill; the executed copy lands atomically at its output path."""
-    import papermill as pm
+    import papermill as pm  # heavy (jupyter, nbclient): imported only when a notebook really runs
 
     out = paths.executed_notebook(profile, nb.name)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def execute(nb: catalog.Notebook, values: dict[str, Any], profile: str, timeout:
 
 
 def _failure_message(nb: catalog.Notebook, profile: str, err: BaseException, timeout: int | None) -> str:
-    from papermill.exceptions import PapermillExecutionError
+    from papermill.exceptions import PapermillExecutionError  # heavy: only once a run has failed
 
     where = paths.executed_notebook(profile, nb.name).with_name(f"{nb.name}.failed.ipynb")
     if isinstance(err, PapermillExecutionError):
@@ -133,8 +133,6 @@ def _failure_message(nb: catalog.Notebook, profile: str, err: BaseException, tim
 
 def headline(profile: str, names: Sequence[str]) -> str:
     """A short table of every variant measured by the given notebooks in this profile."""
-    from .results import load
-
     rows = [f"{'notebook':<14} {'variant':<22} {'acc':>6} {'F1':>6} {'MB':>7} {'ms b1':>7} {'smp/s b32':>10} "
             f"{'speedup':>8}"]
 
@@ -143,7 +141,7 @@ def headline(profile: str, names: Sequence[str]) -> str:
 
     for name in names:
         try:
-            rec = load(profile, name)
+            rec = results.load(profile, name)
         except FileNotFoundError:
             continue
         for v in rec["variants"]:
@@ -170,8 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(f"ok: {len(resolved)} notebook(s) valid for profile {args.profile!r}")
         return 0
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     timings = {}
     bar = tqdm(resolved, desc=f"profile {args.profile}", unit="notebook", position=0)

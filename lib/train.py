@@ -1,4 +1,4 @@
-"""The one training loop every notebook uses, and its side-by-side check against ``transformers.Trainer``.
+"""The one training loop every notebook uses (its check against ``transformers.Trainer`` is in :mod:`lib.baselines`).
 
 ``fit`` does AdamW (no weight decay on biases and LayerNorm), linear warm-up then linear decay, gradient
 clipping, evaluation on the validation split after every epoch, keep-best (the best epoch's weights are
@@ -25,11 +25,16 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from .bench import PeakMemory
-from .data import Encoded
+from .data import Encoded, make_loader
 from .evaluate import evaluate
-from .utils import seed_everything
+from .models import load_tokenizer, trainable_summary
+from .utils import seed_everything, setup
 
 LossFn = Callable[[Any, dict], Any]
 Prepare = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
@@ -69,6 +74,12 @@ class History:
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.epochs).set_index("epoch") if self.epochs else pd.DataFrame()
 
+    def brief(self) -> dict[str, Any]:
+        """The few numbers a comparison table shows for a trained variant."""
+        val = [e["val_accuracy"] for e in self.epochs if "val_accuracy" in e]
+        return {"best_epoch": self.best_epoch, "val_accuracy": max(val) if val else None,
+                "train_samples_per_s": self.samples_per_s}
+
     def summary(self) -> dict[str, Any]:
         return {"best_epoch": self.best_epoch, "train_seconds": self.train_seconds, "samples": self.samples,
                 "samples_per_s": self.samples_per_s, "peak_mem_mb": self.peak_mem_mb,
@@ -86,8 +97,6 @@ def make_optimizer(model: Any, cfg: TrainConfig):
     ``fused=True``: one kernel per step for all parameters (what ``transformers.Trainer`` uses by default,
     ``adamw_torch_fused``); the per-parameter loop costs ~10% of a MiniLM training step on 2 CPU cores.
     """
-    import torch
-
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -103,10 +112,6 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
         cfg: TrainConfig | None = None, loss_fn: LossFn | None = None, optimizer: Any = None,
         prepare: Prepare | None = None) -> History:
     """Train ``model`` in place; return its :class:`History`. See the module docstring for the hooks."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup
-
     cfg = cfg or TrainConfig()
     seed_everything(cfg.seed)
     _reseed_batches(train_loader, cfg.seed)
@@ -185,8 +190,6 @@ def _make_ema(model: Any, decay: float) -> Any:
         return None
     if not 0.0 < decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) (0 turns it off), got {decay}")
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
@@ -202,131 +205,22 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
-# ---------------------------------------------------------------------------------------------- vs Trainer
-
-def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, tokenizer: Any, batch_size: int,
-                            steps: int, learning_rate: float, seed: int, weight_decay: float = 0.01,
-                            warmup_frac: float = 0.1, rounds: int = 2) -> pd.DataFrame:
-    """Train fresh copies of the same model for ``steps`` steps with :func:`fit` and with
-    ``transformers.Trainer``: the very same batches in the same order (one seeded shuffle, fed sequentially to
-    both, so both pad identically), same schedule, seed and head initialisation, each timed by the same wall
-    clock around the whole training call.
-
-    ``rounds`` alternate the order (lib, Trainer, then Trainer, lib, ...) so neither loop always pays for
-    going first; ``samples_per_s`` is the median over rounds. Returns one row per loop: ``seconds``,
-    ``samples_per_s``, ``first_loss``, ``final_loss`` (mean of the last quarter of steps) and the per-step
-    ``losses`` of the first round.
-    """
-    rng = np.random.default_rng(seed)
-    need = steps * batch_size
-    order = np.concatenate([rng.permutation(len(train_enc)) for _ in range(-(-need // len(train_enc)))])[:need]
-    train_enc = Encoded.from_features([train_enc[int(i)] for i in order])  # one shuffle, shared by both loops
-    runs: dict[str, list[tuple[float, list[float]]]] = {"lib.train.fit": [], "transformers.Trainer": []}
-    for r in range(rounds):
-        order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-        for loop in order:
-            seed_everything(seed)  # both copies get the same classifier-head initialisation
-            model = make_model()
-            run = _run_lib if loop == "lib.train.fit" else _run_trainer
-            runs[loop].append(run(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed,
-                                  weight_decay, warmup_frac))
-            del model
-    rows = []
-    for loop, results in runs.items():
-        seconds = float(np.median([s for s, _ in results]))
-        row = _loop_row(loop, seconds, steps * batch_size, results[0][1])
-        row["rounds"] = len(results)
-        rows.append(row)
-    df = pd.DataFrame(rows).set_index("loop")
-    df["speed_ratio_vs_trainer"] = df["samples_per_s"] / df.loc["transformers.Trainer", "samples_per_s"]
-    return df
-
-
-def _run_lib(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
-    from torch.utils.data import DataLoader
-    from transformers import DataCollatorWithPadding
-
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    loader = DataLoader(train_enc, batch_size=batch_size, shuffle=False, collate_fn=collate)  # already shuffled
-    cfg = TrainConfig(num_epochs=1, learning_rate=learning_rate,
-                      weight_decay=weight_decay, warmup_frac=warmup_frac, max_steps=steps, seed=seed,
-                      keep_best=False, progress=True)
-    t0 = time.perf_counter()
-    hist = fit(model, loader, None, cfg)
-    return time.perf_counter() - t0, hist.step_losses
-
-
-def _run_trainer(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
-    import tempfile
-
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=learning_rate,
-            weight_decay=weight_decay, warmup_steps=int(warmup_frac * steps), lr_scheduler_type="linear",
-            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-            use_cpu=True, dataloader_num_workers=0, train_sampling_strategy="sequential",  # already shuffled
-            disable_tqdm=True,  # our own bar below: no per-step log table
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=train_enc, data_collator=collate,
-                          callbacks=[_tqdm_callback(steps)])
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        return seconds, [h["loss"] for h in trainer.state.log_history if "loss" in h]
-
-
-def _tqdm_callback(total: int) -> Any:
-    """A plain tqdm bar for Trainer (its notebook callback would print a table row per step)."""
-    from tqdm.auto import tqdm
-    from transformers import TrainerCallback
-
-    class Bar(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self.bar = tqdm(total=total, desc="Trainer", unit="step")
-
-        def on_step_end(self, args, state, control, **kw):
-            self.bar.update(1)
-
-        def on_train_end(self, args, state, control, **kw):
-            self.bar.close()
-
-    return Bar()
-
-
-def _loop_row(name: str, seconds: float, samples: int, losses: list[float]) -> dict[str, Any]:
-    tail = losses[-max(1, len(losses) // 4):]
-    return {"loop": name, "seconds": seconds, "samples_per_s": samples / seconds,
-            "first_loss": float(losses[0]) if losses else float("nan"),
-            "final_loss": float(np.mean(tail)) if tail else float("nan"), "losses": list(map(float, losses))}
-
-
 # ---------------------------------------------------------------------------------------------- speed probe
 
-def speed_probe(model: str, num_labels: int, features: list[dict], batch_size: int, steps: int,
-                learning_rate: float, seed: int, pooling: str = "cls", lora: dict | None = None) -> dict[str, Any]:
-    """Train ``model`` (a spec for :func:`lib.models.load_model`, with head ``pooling``; with ``lora`` = the
-    keyword arguments of :func:`lib.adapt.lora_model` other than the model's, LoRA adapters) for ``steps``
-    length-grouped batches of ``features``; report speed and memory.
+def training_speed(factory: Callable[..., Any], factory_kwargs: dict[str, Any], tokenizer_spec: str,
+                   features: list[dict], batch_size: int, steps: int, learning_rate: float, seed: int) -> dict[str, Any]:
+    """Build a model with ``factory(**factory_kwargs)`` (e.g. :func:`lib.models.fresh_classifier`, or a technique's
+    builder such as ``lib.lora.lora_model``), train it for ``steps`` length-grouped batches of ``features``, and
+    report speed, memory and what trains.
 
-    Meant to run in a fresh process (``lib.bench.isolated(lib.train.speed_probe, ...)``) so that peak memory
-    is this training's own: ``peak_mem_mb`` is the process's peak RSS during training, ``peak_mem_delta_mb``
-    that minus the RSS with the model loaded, before the first step.
+    Meant to run in a fresh process (``lib.bench.isolated(lib.train.training_speed, ...)``) so that peak memory is
+    this training's own: ``peak_mem_mb`` is the process's peak RSS during training, ``peak_mem_delta_mb`` that minus
+    the RSS with the model loaded, before the first step.
     """
-    from .adapt import lora_model, trainable_summary
-    from .data import Encoded, make_loader
-    from .models import load_model, load_tokenizer
-    from .utils import setup
-
     setup(seed)
-    if lora:
-        net, tokenizer = lora_model(model, num_labels, seed=seed, pooling=pooling, **lora), load_tokenizer(model)
-    else:
-        net, tokenizer = load_model(model, num_labels, pooling=pooling)
-
-    loader = make_loader(Encoded.from_features(features), tokenizer, batch_size, shuffle=True, seed=seed)
+    net = factory(**factory_kwargs)
+    loader = make_loader(Encoded.from_features(features), load_tokenizer(tokenizer_spec), batch_size, shuffle=True,
+                         seed=seed)
     cfg = TrainConfig(num_epochs=max(1, -(-steps // len(loader))), learning_rate=learning_rate, max_steps=steps,
                       seed=seed, keep_best=False, progress=False)
     hist = fit(net, loader, None, cfg)

@@ -28,7 +28,10 @@ def test_compare_interleaved_ratios(tiny, probe):
     small, big = make(), lib.models.load_model(lib.models.TINY, 2)[0]
     df = lib.bench.compare({"ref": small, "other": big}, probe, repeats=2)
     assert list(df.index) == ["ref", "other"]
-    assert df.loc["ref", "speedup_vs_reference"] == 1.0
+    ratio = df["throughput_b32"] / df.loc["ref", "throughput_b32"]  # speed-up = throughput over the reference's
+    assert df["speedup_vs_reference"].tolist() == pytest.approx(ratio.tolist())
+    assert df.loc["other", "latency_ratio_vs_reference"] == pytest.approx(
+        df.loc["other", "latency_ms_b1_p50"] / df.loc["ref", "latency_ms_b1_p50"])
     assert (df["throughput_b32"] > 0).all() and (df["latency_ms_b1_p90"] >= df["latency_ms_b1_p50"]).all()
     assert df.attrs["reference"] == "ref" and df.attrs["repeats"] == 2
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import lib
-from lib.distill import DistillLoss, kd_loss, layer_map, make_student
+from lib.techniques.distill import DistillLoss, kd_loss, layer_map, make_student
 
 
 def test_kd_loss_is_cross_entropy_at_alpha_0():
@@ -113,39 +113,40 @@ def test_distillation_trains_through_lib_train(tiny, toy):
 def test_student_saves_and_reloads(tiny, tmp_path):
     make, tok = tiny
     student = make_student(make(), 1)
-    lib.models.save_artifact(tmp_path / "student", student, tok, {"notebook": "test"})
-    reloaded, _, _ = lib.models.load_artifact(tmp_path / "student")
+    lib.artifacts.save(tmp_path / "student", student, tok, {"notebook": "test"})
+    reloaded, _, _ = lib.artifacts.load(tmp_path / "student")
     assert reloaded.config.num_hidden_layers == 1
     x = tok(["a fine film"], return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(student(**x).logits, reloaded(**x).logits)
 
 
-def test_narrow_student_removes_the_teachers_least_important_units(tiny, toy):
+def narrow_student(teacher, imp, fraction, init="teacher"):
+    """A 1-layer student narrowed by the teacher's scores of the layer it copies (as 04_distill builds it)."""
+    student = make_student(teacher, 1, init=init)
+    return lib.prune.remove_units(student, lib.prune.plan(imp.layers(layer_map(2, 1)), fraction))
+
+
+def test_narrow_student_keeps_the_teachers_most_important_units(tiny, toy):
     make, tok = tiny
     teacher = make(seed=2)
     loader = lib.data.make_loader(lib.data.Encoded(toy, tok, 32), tok, 16, shuffle=False)
-    imp = lib.prune.unit_importance(teacher, loader, "gradient")
-    student = make_student(teacher, 1, init="teacher", importance=imp, narrow=0.5)
-    lay = lib.prune.layout(student)
+    imp = lib.prune.gradient_importance(teacher, loader)
+    student = narrow_student(teacher, imp, 0.5)
+    lay = lib.models.layout(student)
     assert lay == {"heads": [2], "intermediate": [32]}  # tiny: 4 heads, 64 neurons in its layer 0
-    kept = [j for j in range(64) if j not in lib.prune.plan(
-        lib.prune.Importance("gradient", imp.heads[[0]], [imp.neurons[0]]), 0.5).neurons[0]]
+    kept = sorted(range(64), key=lambda j: float(imp.neurons[0][j]))[32:]  # the 32 highest scores
     assert torch.equal(student.bert.encoder.layer[0].intermediate.dense.weight,
-                       teacher.bert.encoder.layer[0].intermediate.dense.weight[kept])
-    rnd = make_student(teacher, 1, init="random", importance=imp, narrow=0.5)
-    assert lib.prune.layout(rnd) == lay  # same shape, so the two students compare
-    with pytest.raises(ValueError, match="importance"):
-        make_student(teacher, 1, narrow=0.5)
+                       teacher.bert.encoder.layer[0].intermediate.dense.weight[sorted(kept)])
+    assert lib.models.layout(narrow_student(teacher, imp, 0.5, init="random")) == lay  # same shape: comparable
 
 
 def test_narrow_student_saves_and_reloads(tiny, toy, tmp_path):
     make, tok = tiny
     teacher = make(seed=2)
-    loader = lib.data.make_loader(lib.data.Encoded(toy, tok, 32), tok, 16, shuffle=False)
-    student = make_student(teacher, 1, importance=lib.prune.unit_importance(teacher, loader, "magnitude"), narrow=0.25)
-    lib.models.save_artifact(tmp_path / "s", student, tok, {})
-    reloaded = lib.models.load_artifact(tmp_path / "s")[0]
+    student = narrow_student(teacher, lib.prune.magnitude_importance(teacher), 0.25)
+    lib.artifacts.save(tmp_path / "s", student, tok, {})
+    reloaded = lib.artifacts.load(tmp_path / "s")[0]
     x = tok(["a fine film", "no"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(student(**x).logits, reloaded(**x).logits)

@@ -39,8 +39,8 @@ def test_mean_head_trains_and_round_trips_as_an_artifact(tmp_path):
     loaders = loaders_for(tok)
     lib.train.fit(model, loaders.train, loaders.val, lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3,
                                                                            progress=False))
-    path = lib.models.save_artifact(tmp_path / "m", model, tok, {"seed": 0})
-    again, _, _ = lib.models.load_artifact(path)
+    path = lib.artifacts.save(tmp_path / "m", model, tok, {"seed": 0})
+    again, _, _ = lib.artifacts.load(path)
     assert isinstance(again, MeanPoolingBertForSequenceClassification)
     assert lib.evaluate.compare_predictions(model, again, loaders.test)["max_abs_logit_diff"] == 0.0
 
@@ -54,7 +54,7 @@ def test_packaged_model_mean_head_uses_every_pretrained_weight_but_the_pooler(re
 
 def test_mean_head_works_with_lora():
     model, tok = tiny_mean()
-    lora = lib.adapt.add_lora(model, r=2, alpha=4, dropout=0.0, target_modules=["query", "value"])
+    lora = lib.lora.add_lora(model, r=2, alpha=4, dropout=0.0, target_modules=["query", "value"])
     out = lora(**tok(["fine"], return_tensors="pt"), labels=torch.tensor([1]))
     out.loss.backward()
     assert lib.models.pooling_of(lora) == "mean"

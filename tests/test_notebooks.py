@@ -1,11 +1,16 @@
-"""Notebook tier: hygiene of the committed notebooks, and the smoke profile run end to end.
+"""Notebook tier: hygiene of the committed notebooks; the smoke profile run end to end once, checked by named tests;
+and every Summary's claims checked against flipped numbers (a claim must follow the record, not be typed in).
 
-(``pytest --nbval-lax`` additionally executes every notebook in ``notebooks/`` with its own defaults.)
+(``make test-all`` additionally executes every notebook in ``notebooks/`` with its own defaults through nbval.)
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,11 +37,9 @@ def test_committed_notebooks_are_clean(path):
 
 def test_no_model_files_are_committed():
     """Models and run outputs are written under outputs/ (git-ignored); a weights file in git is a mistake."""
-    import subprocess
-
-    root = lib.paths.NOTEBOOKS.parent
     try:
-        tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+        tracked = subprocess.run(["git", "ls-files"], cwd=lib.paths.ROOT, capture_output=True, text=True,
+                                 check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     binary = (".onnx", ".data", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -47,57 +50,175 @@ def test_every_notebook_is_in_the_catalog():
     assert [p.stem for p in NOTEBOOKS] == [nb.name for nb in lib.catalog.NOTEBOOKS]
 
 
+def test_every_parameter_rule_is_used_by_a_notebook():
+    declared = {name for nb in lib.catalog.NOTEBOOKS for name in lib.params.declared(nb.name)}
+    assert not set(lib.params.RULES) - declared, "rules for parameters no notebook declares: remove them"
+
+
+# ---------------------------------------------------------------------------------------------- the smoke run
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run every notebook once on the smoke profile (into a temp folder); the tests below read what it wrote."""
+    out = tmp_path_factory.mktemp("smoke-outputs")
+    old = os.environ.get("MUXL_OUTPUTS")
+    os.environ["MUXL_OUTPUTS"] = str(out)
+    try:
+        code = main(["--profile", "smoke"])
+        yield SimpleNamespace(code=code, root=out / "smoke",
+                              rec={nb.name: _load("smoke", nb.name) for nb in lib.catalog.NOTEBOOKS})
+    finally:
+        if old is None:
+            os.environ.pop("MUXL_OUTPUTS", None)
+        else:
+            os.environ["MUXL_OUTPUTS"] = old
+
+
+def _load(profile, name):
+    try:
+        return lib.results.load(profile, name)
+    except FileNotFoundError:
+        return None
+
+
+def by_name(rec):
+    return {v["name"]: v for v in rec["variants"]}
+
+
 @pytest.mark.notebook
-def test_smoke_profile_end_to_end(outputs, capsys):
-    assert main(["--profile", "smoke"]) == 0
-    out = capsys.readouterr().out
-    assert "Done:" in out and "teacher" in out
+def test_smoke_run_finishes_every_notebook(smoke):
+    assert smoke.code == 0
     for nb in lib.catalog.NOTEBOOKS:
-        rec = lib.results.load("smoke", nb.name)
-        lib.results.validate_record(rec)
-        assert rec["profile"] == "smoke" and rec["params"]["max_train_samples"] == 128
-        assert rec["run_seconds"] > 0  # stamped by the runner
-        assert (outputs / "smoke" / "notebooks" / f"{nb.name}.ipynb").exists()
-        for fig in rec["figures"]:
-            assert (outputs / "smoke" / fig).stat().st_size > 1000
+        assert smoke.rec[nb.name] is not None, f"{nb.name} wrote no record"
+        assert (smoke.root / "notebooks" / f"{nb.name}.ipynb").exists()
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", [nb.name for nb in lib.catalog.NOTEBOOKS])
+def test_smoke_records_are_valid_timed_and_have_their_figures(smoke, name):
+    rec = smoke.rec[name]
+    lib.results.validate_record(rec)
+    assert rec["profile"] == "smoke" and rec["params"]["max_train_samples"] == 128
+    assert rec["run_seconds"] > 0  # stamped by the runner
+    assert rec["env"]["isa"] == lib.utils.isa()  # every speed figure names the CPU class
+    for fig in rec["figures"]:
+        assert (smoke.root / fig).stat().st_size > 1000
+
+
+@pytest.mark.notebook
+def test_smoke_artifacts_reload_and_nothing_half_written(smoke):
+    for nb in lib.catalog.NOTEBOOKS:
         for artifact in nb.produces:
-            lib.models.require_artifact("smoke", artifact)
-    rec = lib.results.load("smoke", "00_baseline")
-    f = rec["findings"]
-    assert f["rows_train"] == 128 and f["rows_test"] == 64
+            assert lib.catalog.check_artifact(smoke.root / "models" / artifact) is None
+    assert not list(smoke.root.rglob("*.tmp"))
+
+
+@pytest.mark.notebook
+def test_smoke_00_split_and_real_teacher(smoke):
+    f = smoke.rec["00_baseline"]["findings"]
+    assert f["rows_train"] == 128 and f["rows_test"] == 64 and f["groups_in_two_splits"] == 0
     assert f["reload_max_abs_logit_diff"] == 0.0
-    assert 0.3 < f["lib_vs_trainer_speed_ratio"] < 3.0  # same work: neither loop is wildly slower
-    teacher = next(v for v in rec["variants"] if v["name"] == "teacher")
+    teacher = by_name(smoke.rec["00_baseline"])["teacher"]
     assert 20e6 < teacher["num_params"] < 25e6 and 80 < teacher["size_mb"] < 100  # the real MiniLM
-    assert not list((outputs / "smoke").rglob("*.tmp"))  # no half-written files
 
-    lora = lib.results.load("smoke", "01_lora_finetune")["findings"]
-    assert lora["adapter_mb"] < lora["full_checkpoint_mb"] / 50  # the adapter really is small
-    assert lora["merged_max_abs_logit_diff"] < 1e-3 and lora["merged_label_agreement"] == 1.0
 
-    rec = lib.results.load("smoke", "02_prune")
-    f, by_name = rec["findings"], {v["name"]: v for v in rec["variants"]}
-    assert f["reload_max_abs_logit_diff"] == 0.0  # the pruned model reloads with its shapes, exactly
-    assert abs(by_name["unstructured-90-recovered"]["sparsity"] - 0.9) < 0.01  # zeros held through recovery
-    assert by_name["unstructured-90-recovered"]["size_mb"] > 0.95 * by_name["teacher"]["size_mb"]  # zeros: same file
-    pruned = by_name["structured-50-recovered"]
-    assert pruned["num_params"] < by_name["teacher"]["num_params"] and 0.4 < pruned["sparsity"] < 0.6
-    assert {v["method"] for v in rec["variants"]} == {"none", "unstructured", "structured"}
+@pytest.mark.notebook
+def test_smoke_00_lib_loop_runs_at_trainers_speed(smoke):
+    f = smoke.rec["00_baseline"]["findings"]
+    assert f["lib_vs_trainer_speed_ratio"] == pytest.approx(f["lib_samples_per_s"] / f["trainer_samples_per_s"])
+    assert 0.3 < f["lib_vs_trainer_speed_ratio"] < 3.0  # same work: neither loop is wildly slower
 
-    rec = lib.results.load("smoke", "03_quantize")
-    f, by_name = rec["findings"], {v["name"]: v for v in rec["variants"]}
-    assert by_name["fp32"]["role"] == "reference" and by_name["fp32"]["agreement"] == 1.0
-    assert {(v["backend"], v["dtype"]) for v in rec["variants"]} >= {("torch", "int8"), ("onnxruntime", "int8")}
-    assert all(0.0 <= v["agreement"] <= 1.0 for v in rec["variants"])
-    best = by_name[f["best_int8"]]
-    assert best["dtype"] == "int8" and best["size_mb"] < by_name["fp32"]["size_mb"] / 3.5  # embeddings quantized too
+
+@pytest.mark.notebook
+def test_smoke_01_adapter_is_small_and_merge_exact(smoke):
+    f = smoke.rec["01_lora_finetune"]["findings"]
+    assert f["adapter_mb"] < f["full_checkpoint_mb"] / 50
+    assert f["merged_max_abs_logit_diff"] < 1e-3 and f["merged_label_agreement"] == 1.0
+    assert f["merged_vs_peft_max_abs_logit_diff"] < 1e-4  # the notebook's merge equals peft's
+
+
+@pytest.mark.notebook
+def test_smoke_02_zeros_stay_zeros_and_cost_the_same_file(smoke):
+    v = by_name(smoke.rec["02_prune"])
+    assert abs(v["unstructured-90%"]["sparsity"] - 0.9) < 0.01  # zeros held through recovery
+    assert v["unstructured-90%"]["size_mb"] > 0.95 * v["teacher"]["size_mb"]
+
+
+@pytest.mark.notebook
+def test_smoke_02_structured_model_is_smaller_and_reloads(smoke):
+    rec = smoke.rec["02_prune"]
+    v = by_name(rec)
+    pruned = v["structured-50%"]
+    assert pruned["num_params"] < v["teacher"]["num_params"] and 0.4 < pruned["sparsity"] < 0.6
+    assert rec["findings"]["reload_max_abs_logit_diff"] == 0.0  # the pruned model reloads with its shapes
+
+
+@pytest.mark.notebook
+def test_smoke_03_best_int8_is_small_and_reloads_exactly(smoke):
+    rec = smoke.rec["03_quantize"]
+    f, v = rec["findings"], by_name(rec)
+    assert {(x["backend"], x["dtype"]) for x in rec["variants"]} >= {("torch", "int8"), ("onnxruntime", "int8")}
+    best = v[f["best_int8"]]
+    assert best["dtype"] == "int8" and best["size_mb"] < v["fp32"]["size_mb"] / 3.5  # embeddings quantized too
+    assert best["max_abs_logit_diff"] > 0  # int8 really changed the numbers (agreement is measured, not assumed)
     assert f["reload_label_agreement"] == 1.0 and f["reload_max_abs_logit_diff"] == 0.0
     assert 0.5 < f["embedding_share"] < 0.6  # MiniLM: half its weights are the embedding table
 
-    rec = lib.results.load("smoke", "04_distill")
-    f, by_name = rec["findings"], {v["name"]: v for v in rec["variants"]}
-    assert {"teacher", "student-kd", "student-labels"} <= set(by_name) and by_name["teacher"]["role"] == "reference"
-    assert by_name["student-kd"]["layers"] == 3 and by_name["student-kd"]["num_params"] < by_name["teacher"]["num_params"]
-    assert f["retention"] == by_name["student-kd"]["accuracy"] / by_name["teacher"]["accuracy"]
+
+@pytest.mark.notebook
+def test_smoke_04_students_are_smaller_and_retention_is_a_ratio(smoke):
+    rec = smoke.rec["04_distill"]
+    f, v = rec["findings"], by_name(rec)
+    assert {"teacher", "student-kd", "student-labels"} <= set(v) and v["teacher"]["role"] == "reference"
+    assert v["student-kd"]["layers"] == 3 and v["student-kd"]["num_params"] < v["teacher"]["num_params"]
+    assert f["retention"] == pytest.approx(v["student-kd"]["accuracy"] / v["teacher"]["accuracy"])
     assert f["teacher_logits_cached"] == 128 and f["reload_max_abs_logit_diff"] == 0.0
-    assert any(v.get("sweep") for v in rec["variants"])
+    assert any(x.get("sweep") for x in rec["variants"])
+
+
+# ---------------------------------------------------------------------------------------------- Summaries
+
+def summary_text(notebook, findings, params, env):
+    """Run a notebook's Summary cell on the given numbers; return the markdown it writes."""
+    cells = json.loads(lib.paths.notebook_path(notebook).read_text(encoding="utf-8"))["cells"]
+    at = next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith("## Summary"))
+    space = {"findings": findings, "P": SimpleNamespace(**params), "ENV": env, "Markdown": str}
+    exec("".join(cells[at + 1]["source"]).replace("Markdown(", "_text = Markdown(", 1), space)
+    return space["_text"]
+
+
+FLIPS = [  # notebook, numbers where the claim is false, numbers where it is true, the claim's phrase
+    ("00_baseline", {"teacher_minus_tfidf_points": 5.0}, {"teacher_minus_tfidf_points": -2.0},
+     "no better than the classical reference"),
+    ("00_baseline", {"teacher_minus_tfidf_points": -2.0}, {"teacher_minus_tfidf_points": 5.0},
+     "over the classical reference"),
+    ("00_baseline", {"group_by": "movie", "groups_in_two_splits": 0}, {"group_by": "movie", "groups_in_two_splits": 3},
+     "3 movie groups in two splits"),
+    ("00_baseline", {"group_by": "movie", "groups_in_two_splits": 0}, {"group_by": "", "groups_in_two_splits": 0},
+     "no group column"),
+    ("01_lora_finetune", {"lr_demo_val_accuracy_lora_lr": 0.8, "lr_demo_val_accuracy_full_lr": 0.5},
+     {"lr_demo_val_accuracy_lora_lr": 0.5, "lr_demo_val_accuracy_full_lr": 0.8}, "did **not** help"),
+    ("01_lora_finetune", {"merged_label_agreement": 1.0}, {"merged_label_agreement": 0.99}, "changed in the merge"),
+    ("01_lora_finetune", {"train_speedup_lora_vs_full": 1.3}, {"train_speedup_lora_vs_full": 0.8}, "(slower;"),
+    ("02_prune", {"unstructured_min_latency_ratio": 0.98}, {"unstructured_min_latency_ratio": 0.5}, "zeros **did** cut"),
+    ("02_prune", {"unstructured_min_latency_ratio": 0.5}, {"unstructured_min_latency_ratio": 0.98},
+     "zeros alone did not make it faster"),
+    ("02_prune", {"kept_speedup_b32": 1.9}, {"kept_speedup_b32": 0.9}, "did **not** speed it up"),
+    ("02_prune", {"kept_speedup_b32": 0.9}, {"kept_speedup_b32": 1.9}, "removing units is speed"),
+    ("03_quantize", {"best_int8_speedup_b32": 2.0}, {"best_int8_speedup_b32": 0.8}, "**slower**"),
+    ("03_quantize", {"bf16": True, "bf16_speedup_b32": 1.7}, {"bf16": False, "bf16_speedup_b32": 0.2},
+     "has **no** native bf16"),
+    ("03_quantize", {"worst_layer_error_per_channel": 0.1, "worst_layer_error_per_matrix": 0.5},
+     {"worst_layer_error_per_channel": 0.5, "worst_layer_error_per_matrix": 0.1}, "does not lower it"),
+    ("04_distill", {"kd_minus_labels_points": 1.0}, {"kd_minus_labels_points": -1.0}, "did **not** beat labels alone"),
+    ("04_distill", {"retention": 0.99, "random_init_retention": 0.9}, {"retention": 0.9, "random_init_retention": 0.99},
+     "did **not** help here"),
+]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook, false, true, phrase", FLIPS, ids=[f"{n}-{p[:28]}" for n, _, _, p in FLIPS])
+def test_summary_claims_follow_the_numbers(smoke, notebook, false, true, phrase):
+    rec = smoke.rec[notebook]
+    assert phrase not in summary_text(notebook, {**rec["findings"], **false}, rec["params"], rec["env"])
+    assert phrase in summary_text(notebook, {**rec["findings"], **true}, rec["params"], rec["env"])

@@ -85,10 +85,10 @@ def test_impossible_values_of_later_notebooks(notebook, name, value):
         validate(notebook, {name: value})
 
 
-def test_rules_for_later_notebooks():
-    assert lib.params.RULES["sparsity"](1.5)
-    assert lib.params.RULES["sparsity"](0.5) is None
-    assert lib.params.RULES["epsilon"](0)
+def test_rules_reject_impossible_fractions():
+    assert "[0, 1)" in lib.params.RULES["sparsities"](1.5)
+    assert lib.params.RULES["sparsities"](0.5) is None
+    assert lib.params.RULES["alpha"](1.5) and lib.params.RULES["temperature"](0)
 
 
 def test_cross_check_leaves_room_for_training():

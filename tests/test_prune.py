@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lib
-from lib.prune import Plan
+from lib.techniques.prune import Plan
 
 
 def batch(tokenizer):
@@ -19,7 +19,7 @@ def batch(tokenizer):
 def zero_units(model, to_remove: Plan):
     """Zero what removal will cut: the output-side weights of each head/neuron (their contribution)."""
     with torch.no_grad():
-        for l, layer in enumerate(lib.prune.encoder_layers(model)):
+        for l, layer in enumerate(lib.models.encoder_layers(model)):
             d = layer.attention.self.attention_head_size
             for h in to_remove.heads.get(l, []):
                 layer.attention.output.dense.weight[:, h * d:(h + 1) * d] = 0
@@ -40,7 +40,7 @@ def test_removal_is_exact_when_the_removed_units_are_zero(tiny, pooling):
         lib.prune.remove_units(model, to_remove)
         after = model(**x).logits
     assert torch.allclose(before, after, atol=1e-6)
-    layers = lib.prune.encoder_layers(model)
+    layers = lib.models.encoder_layers(model)
     assert layers[0].attention.self.num_attention_heads == 2 and layers[1].attention.self.num_attention_heads == 3
     assert layers[0].attention.self.query.out_features == 2 * 8 == layers[0].attention.output.dense.in_features
     assert layers[1].intermediate.dense.out_features == 54 == layers[1].output.dense.in_features
@@ -66,9 +66,9 @@ def test_pruned_model_trains_saves_and_reloads_with_its_shapes(tiny, tmp_path):
     pruned = lib.prune.pruned_copy(model, imp, 0.5)
     lib.train.fit(pruned, loaders.train, loaders.val, lib.train.TrainConfig(num_epochs=1, learning_rate=1e-3,
                                                                             progress=False))
-    path = lib.models.save_artifact(tmp_path / "p", pruned, tok, {"fraction": 0.5})
-    again, _, meta = lib.models.load_artifact(path)
-    assert lib.prune.layout(again) == lib.prune.layout(pruned) == pruned.config.pruned_layout
+    path = lib.artifacts.save(tmp_path / "p", pruned, tok, {"fraction": 0.5})
+    again, _, meta = lib.artifacts.load(path)
+    assert lib.models.layout(again) == lib.models.layout(pruned) == pruned.config.pruned_layout
     assert lib.evaluate.compare_predictions(pruned, again, loaders.test)["max_abs_logit_diff"] == 0.0
     removed = lib.prune.removed_fraction(pruned, model)
     assert 0.45 < removed["encoder_removed"] < 0.55 and removed["params_removed"] < removed["encoder_removed"]
@@ -91,14 +91,33 @@ def test_importance_scores_and_plan(tiny, method):
     assert all(len(v) == 3 for v in extreme.heads.values())  # at least one head stays per layer
 
 
-def test_gradient_and_magnitude_rank_differently_but_both_valid(tiny):
+def test_gradient_importance_scores_a_unit_that_does_nothing_zero(tiny):
+    """A head whose output-projection columns are zero (and a neuron whose output column is zero) cannot change the
+    loss: its gradient score must be 0, the lowest, so it is the first to go. Magnitude still sees its other weights."""
+    from tests.test_models_train import loaders_for
+
+    make, tok = tiny
+    model = make()
+    zero_units(model, Plan(heads={1: [2]}, neurons={0: [7]}))
+    val = loaders_for(tok).val
+    g = lib.prune.gradient_importance(model, val)
+    assert float(g.heads[1, 2]) == 0.0 and float(g.neurons[0][7]) == 0.0
+    assert float(g.heads[1].min()) == 0.0 and (g.heads[1] > 0).sum() == 3  # the others do matter
+    assert 2 in lib.prune.plan(g, 0.25).heads[1] and 7 in lib.prune.plan(g, 0.01).neurons[0]
+    m = lib.prune.magnitude_importance(model)
+    assert float(m.heads[1, 2]) > 0  # the data-free score cannot tell
+
+
+def test_unit_importance_dispatches_by_method(tiny):
     from tests.test_models_train import loaders_for
 
     make, tok = tiny
     model = make()
     val = loaders_for(tok).val
-    g, m = (lib.prune.unit_importance(model, val, x) for x in lib.prune.METHODS)
-    assert not torch.allclose(g.heads, m.heads)
+    assert torch.equal(lib.prune.unit_importance(model, val, "gradient").heads,
+                       lib.prune.gradient_importance(model, val).heads)
+    assert torch.equal(lib.prune.unit_importance(model, val, "magnitude").heads,
+                       lib.prune.magnitude_importance(model).heads)
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "half", True])

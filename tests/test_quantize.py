@@ -4,13 +4,15 @@ and the clear errors (no ONNX Runtime, a failed export, a missing or corrupt ONN
 from __future__ import annotations
 
 import builtins
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import lib
-from lib.quantize import QuantizeError
+from lib.predict import BackendError
+from lib.techniques.quantize import QuantizeError
 
 
 def texts_batch(tokenizer, texts=("a film that moved me", "dull", "far too long for its own good, and loud")):
@@ -22,7 +24,10 @@ def built(tiny, tmp_path_factory):
     make, tok = tiny
     model = make(seed=1)
     work = tmp_path_factory.mktemp("quant")
-    variants = lib.quantize.build_variants(model, texts_batch(tok), work, progress=False)
+    built = lib.quantize.build_variants(model, texts_batch(tok), work, progress=False)
+    variants = {name: SimpleNamespace(predictor=p, **info) for name, (p, info) in built.items()}
+    for v in variants.values():
+        v.size_mb = v.size["size_mb"]
     return model, tok, variants
 
 
@@ -55,16 +60,21 @@ def test_sizes_follow_what_was_quantized(built):
     assert ops.get("MatMulInteger", 0) >= 8 and "DynamicQuantizeLinear" in ops
 
 
-def test_score_and_agreement(built, toy):
+def test_comparison_scores_every_variant_against_independent_logits(built, toy):
     model, tok, variants = built
     loader = lib.data.make_loader(lib.data.Encoded(toy, tok, 32), tok, 16, shuffle=False)
-    scores = lib.quantize.score(variants, loader, progress=False)
-    assert scores.loc["fp32", "agreement"] == 1.0 and scores.loc["fp32", "max_abs_logit_diff"] == 0.0
+    board = lib.experiment.Comparison("fp32")
+    for name, v in variants.items():
+        board.add(name, v.predictor, size=v.size, dtype=v.dtype)
+    scores = board.evaluate(loader, progress=False)
     logits, labels = lib.evaluate.predict_logits(variants["ort int8 per-channel"].predictor, loader)
-    ref, _ = lib.evaluate.predict_logits(model, loader)
+    ref, _ = lib.evaluate.predict_logits(model, loader)  # the torch model itself, not the fp32 predictor
     expected = np.mean(ref.argmax(-1) == logits.argmax(-1))
     assert scores.loc["ort int8 per-channel", "agreement"] == pytest.approx(expected)
+    assert scores.loc["ort int8 per-channel", "max_abs_logit_diff"] == pytest.approx(np.max(np.abs(ref - logits)))
     assert scores.loc["ort int8 per-channel", "accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
+    assert scores.loc["ort int8 per-channel", "smaller_x"] == pytest.approx(variants["fp32"].size_mb
+                                                                            / variants["ort int8 per-channel"].size_mb)
 
 
 def test_agreement_counts_labels_and_largest_change():
@@ -96,14 +106,13 @@ def test_pick_int8_chooses_on_validation():
 def test_onnx_artifact_round_trip(built, tmp_path):
     _, tok, variants = built
     v = variants["ort int8 7-bit per-channel"]
-    path = lib.quantize.save_onnx_artifact(tmp_path / "quantized", v.path, tok, {"variant": v.name})
-    assert lib.models.check_artifact(path) is None
-    predictor, tok2, meta = lib.quantize.load_onnx_artifact(path)
-    assert meta["variant"] == v.name and meta["format"] == "onnx"
+    path = lib.artifacts.save(tmp_path / "quantized", v.path, tok, {"variant": "ort int8 7-bit per-channel"})
+    assert lib.catalog.check_artifact(path) is None and lib.catalog.artifact_kind(path) == "onnx"
+    predictor, tok2, meta = lib.artifacts.load(path)
+    assert meta["variant"] == "ort int8 7-bit per-channel" and meta["format"] == "onnx"
+    assert isinstance(predictor, lib.predict.OnnxPredictor)
     x = texts_batch(tok2)
     np.testing.assert_array_equal(predictor(x), v.predictor(x))
-    with pytest.raises(lib.errors.ArtifactError, match="load_onnx_artifact"):
-        lib.models.load_artifact(path)  # the torch loader points to the right one
 
 
 def test_onnx_tools_leave_the_working_directory_clean(tiny, tmp_path, monkeypatch):
@@ -123,15 +132,15 @@ def test_onnx_tools_leave_the_working_directory_clean(tiny, tmp_path, monkeypatc
 
 def test_corrupt_or_missing_onnx_gives_a_clear_error(built, tmp_path):
     _, tok, variants = built
-    path = lib.quantize.save_onnx_artifact(tmp_path / "q", variants["ort int8"].path, tok, {})  # per-tensor
+    path = lib.artifacts.save(tmp_path / "q", variants["ort int8"].path, tok, {})  # per-tensor
     (path / "model.onnx").write_bytes(b"not an onnx file")
     with pytest.raises(lib.errors.ArtifactError, match="cannot load"):
-        lib.quantize.load_onnx_artifact(path)
+        lib.artifacts.load(path)
     (path / "model.onnx").unlink()
     with pytest.raises(lib.errors.ArtifactError, match="missing"):
-        lib.quantize.load_onnx_artifact(path)
+        lib.artifacts.load(path)
     with pytest.raises(lib.errors.ArtifactError, match="export it first"):
-        lib.quantize.OnnxPredictor(tmp_path / "nowhere.onnx")
+        lib.predict.OnnxPredictor(tmp_path / "nowhere.onnx")
 
 
 def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, tmp_path):
@@ -143,9 +152,9 @@ def test_missing_onnxruntime_gives_a_clear_error(monkeypatch, tmp_path):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ort)
-    with pytest.raises(QuantizeError, match="pip install onnxruntime"):
-        lib.quantize.OnnxPredictor(tmp_path / "m.onnx")
-    with pytest.raises(QuantizeError, match="pip install onnxruntime"):
+    with pytest.raises(BackendError, match="pip install onnxruntime"):
+        lib.predict.OnnxPredictor(tmp_path / "m.onnx")
+    with pytest.raises(BackendError, match="pip install onnxruntime"):
         lib.quantize.onnx_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", True, True)
 
 
@@ -171,9 +180,9 @@ def test_failed_export_gives_a_clear_error(tiny, tmp_path):
 
 
 def test_cpu_support_reads_flags():
-    assert lib.quantize.cpu_support({"avx2", "fma"}) == {"avx2": True, "avx512": False, "int8_vnni": False,
+    assert lib.utils.cpu_support({"avx2", "fma"}) == {"avx2": True, "avx512": False, "int8_vnni": False,
                                                         "bf16": False}
-    s = lib.quantize.cpu_support({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
+    s = lib.utils.cpu_support({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
     assert s["int8_vnni"] and s["bf16"] and s["avx512"]
 
 
@@ -182,3 +191,26 @@ def test_embedding_share_of_tiny_bert(tiny):
     e = lib.quantize.embedding_share(model)
     assert e["embedding_params"] == 30522 * 32
     assert 0.5 < e["embedding_share"] < 1 and e["embedding_mb_fp32"] == pytest.approx(30522 * 32 * 4 / 1e6)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_int8_weights_round_trip_within_half_a_step(per_channel):
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    w[3, 5] = 40.0  # one outlier
+    q, scale = lib.quantize.int8_weights(w, per_channel=per_channel)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
+    assert torch.all((w - q.float() * scale).abs() <= scale / 2 + 1e-6)
+    assert scale.numel() == (16 if per_channel else 1)
+    q7, _ = lib.quantize.int8_weights(w, per_channel=per_channel, reduce_range=True)
+    assert int(q7.abs().max()) == 63
+
+
+def test_per_channel_scales_contain_an_outlier(tiny):
+    model = tiny[0]()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].output.dense.weight[0, 0] = 50.0  # an outlier in one row of one matrix
+    errors = lib.quantize.weight_errors(model)
+    row = errors.loc["layer.0.output.dense"]
+    assert row["per-channel"] < row["per-matrix"] / 3  # one scale per row confines the outlier to its row
+    assert errors["per-matrix"].idxmax() == "layer.0.output.dense"

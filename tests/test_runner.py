@@ -61,7 +61,7 @@ def test_missing_or_corrupt_prerequisite(monkeypatch, outputs, tiny):
     with pytest.raises(ParamError, match=r"needs the 'teacher' artifact, which is missing"):
         plan("smoke", ["00_baseline"], [])
     make, tok = tiny
-    path = lib.models.save_artifact(lib.paths.artifact_dir("smoke", "teacher"), make(), tok, {})
+    path = lib.artifacts.save(lib.paths.artifact_dir("smoke", "teacher"), make(), tok, {})
     plan("smoke", ["00_baseline"], [])  # present: fine
     (path / "metadata.json").write_text("{")
     with pytest.raises(ParamError, match="corrupt"):

@@ -1,0 +1,83 @@
+"""Predictors: one interface for every way a model can run.
+
+A predictor is a callable ``batch -> logits``: it takes one tokenized batch (``input_ids``, ``attention_mask``, ...,
+as torch tensors) and returns the logits as a float32 numpy array. :mod:`lib.evaluate` and :mod:`lib.bench` accept
+any predictor, so a PyTorch model, the same model cast to bfloat16, and an ONNX Runtime session are scored and
+timed by the very same code.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from .errors import ArtifactError, LabError
+
+Predictor = Callable[[Mapping[str, Any]], np.ndarray]
+
+
+class BackendError(LabError, RuntimeError):
+    """An inference backend is missing or failed; the message says which and what to do."""
+
+
+class TorchPredictor:
+    """A torch model in eval mode without autograd; with ``dtype`` (e.g. ``torch.bfloat16``) a cast *copy* runs."""
+
+    def __init__(self, model: Any, dtype: Any = None):
+        self.model = (copy.deepcopy(model).to(dtype) if dtype is not None else model).eval()
+        self.dtype = dtype
+
+    def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(**batch).logits.float().cpu().numpy()
+
+
+def onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or a clear error. Imported on first use: only ONNX predictors need it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError("ONNX Runtime is not installed: `pip install onnxruntime` (make install does it)") from e
+    return ort
+
+
+class OnnxPredictor:
+    """An ONNX model run by ONNX Runtime on the CPU, with as many threads as torch uses (a fair comparison)."""
+
+    def __init__(self, path: Path | str, threads: int | None = None):
+        ort = onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactError(f"no ONNX model at {self.path}: export it first (lib.quantize.export_onnx)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {e}); "
+                                "re-run the notebook that writes it") from None
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
+        feed = {k: np.asarray(batch[k].cpu().numpy() if hasattr(batch[k], "cpu") else batch[k], dtype=np.int64)
+                for k in self.inputs}
+        return self.session.run(["logits"], feed)[0].astype(np.float32)
+
+    @property
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 1e6
+
+
+def as_predictor(obj: Any) -> Predictor:
+    """A torch module becomes a :class:`TorchPredictor`; any other callable is taken as a predictor already."""
+    if isinstance(obj, torch.nn.Module):
+        return TorchPredictor(obj)
+    if not callable(obj):
+        raise TypeError(f"expected a torch model or a batch -> logits callable, got {type(obj).__name__}")
+    return obj
