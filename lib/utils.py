@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
+import pandas as pd
 
 
 def num_threads() -> int:
@@ -35,6 +36,7 @@ def setup(seed: int) -> dict[str, Any]:
 
     torch.set_num_threads(num_threads())
     seed_everything(seed)
+    pd.set_option("display.precision", 4)  # tables of ratios and accuracies: 4 digits are enough to read
     return env_info()
 
 
