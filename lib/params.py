@@ -151,6 +151,7 @@ RULES: dict[str, Rule] = {
     "learning_rate": _between(0, 1, lo_open=True, fix="typical fine-tuning rates are 1.0e-5 to 1.0e-3"),
     "weight_decay": _between(0, 1),
     "warmup_frac": _between(0, 1, hi_open=True),
+    "train_precision": _one_of("fp32", "bf16", "auto"),
     "ema_decay": _between(0, 1, hi_open=True, fix="0 turns the weight average off; 0.99 averages ~100 steps"),
     "tfidf_max_features": _at_least(1),
     "compare_steps": _at_least(1),

@@ -8,7 +8,7 @@ notebook     notebook name, e.g. ``"00_baseline"``
 profile      the params profile of the run (``"lab"`` when run by hand in Jupyter)
 created      ISO-8601 time (UTC) the record was written
 params       the resolved parameters the notebook ran with
-env          python / torch / transformers versions, torch threads, CPU model (``lib.utils.env_info``)
+env          python / torch / transformers versions, torch threads, CPU model and class (``isa``; ``lib.utils.env_info``)
 variants     list, one entry per model measured (see below); exactly one has ``role == "reference"``
 findings     dict of notebook-specific numbers (e.g. ``tfidf_accuracy``, ``lib_vs_trainer_speed_ratio``)
 figures      list of figure paths written by the run (relative to ``outputs/<profile>/``)
@@ -40,7 +40,7 @@ from .utils import atomic_write_json, atomic_write_text, env_info
 TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
 VARIANT_KEYS = ("name", "role", "accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50",
                 "throughput_b32", "speedup_vs_reference")
-ENV_KEYS = ("python", "torch", "transformers", "threads", "cpu")
+ENV_KEYS = ("python", "torch", "transformers", "threads", "cpu", "isa")  # isa: every speed figure names its CPU class
 ROLES = ("reference", "variant")
 # How long a whole `make run` of each profile may take on the 2-core reference machine (all notebooks).
 BUDGET_MINUTES = {"smoke": 5, "quick": 10, "default": 60}
@@ -221,9 +221,10 @@ def markdown_results(profile: str, notebooks: Sequence[str]) -> str:
     env = recs[0]["env"]
     lines = [
         f"Profile `{profile}`, measured {min(r['created'][:10] for r in recs)} on {env['cpu']} "
-        f"({env['threads']} torch threads), Python {env['python']}, torch {env['torch']}, "
-        f"transformers {env['transformers']}. Speed is measured side by side in one process (warm-up, median of "
-        "repeats); `speedup` is batch-32 throughput relative to each notebook's reference.",
+        f"(CPU class **{env.get('isa', 'not recorded')}**, {env['threads']} torch threads), Python {env['python']}, "
+        f"torch {env['torch']}, transformers {env['transformers']}. Speed is measured side by side in one process "
+        "(warm-up, median of repeats); `speedup` is batch-32 throughput relative to each notebook's reference. "
+        "int8 and bf16 speed-ups depend on the CPU class (VNNI, native bf16): on another class, expect other ratios.",
         "",
         "| notebook | variant | accuracy | macro-F1 | size (MB) | params (M) | latency b1 p50 (ms) | "
         "throughput b32 (samples/s) | speedup |",

@@ -34,7 +34,7 @@ from .bench import PeakMemory
 from .data import Encoded, make_loader
 from .evaluate import evaluate
 from .models import load_tokenizer, trainable_summary
-from .utils import seed_everything, setup
+from .utils import cpu_support, seed_everything, setup
 
 LossFn = Callable[[Any, dict], Any]
 Prepare = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
@@ -52,7 +52,22 @@ class TrainConfig:
     keep_best: bool = True  # restore the weights of the epoch with the best validation metric
     ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (0 = off)
     metric: str = "accuracy"  # validation metric used for keep-best
+    precision: str = "fp32"  # "bf16": forward under bfloat16 autocast (weights, optimizer, evaluation stay fp32)
     progress: bool = True  # show a tqdm bar
+
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str) -> str:
+    """The precision a training run uses: ``"auto"`` is bf16 autocast where the CPU has native bf16 instructions
+    (AVX512-BF16 or AMX: measured 2x the samples/s of fp32 on MiniLM) and fp32 elsewhere (emulated bf16 ran at 0.14x
+    fp32's speed on an AVX2-only CPU)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if cpu_support()["bf16"] else "fp32"
+    return precision
 
 
 @dataclass
@@ -66,6 +81,7 @@ class History:
     samples: int = 0
     peak_mem_mb: float = 0.0  # peak process RSS during training
     peak_mem_delta_mb: float = 0.0  # ... minus RSS before training started
+    precision: str = "fp32"  # what the training steps ran in (see :func:`resolve_precision`)
 
     @property
     def samples_per_s(self) -> float:
@@ -78,10 +94,11 @@ class History:
         """The few numbers a comparison table shows for a trained variant."""
         val = [e["val_accuracy"] for e in self.epochs if "val_accuracy" in e]
         return {"best_epoch": self.best_epoch, "val_accuracy": max(val) if val else None,
-                "train_samples_per_s": self.samples_per_s}
+                "train_samples_per_s": self.samples_per_s, "train_precision": self.precision}
 
     def summary(self) -> dict[str, Any]:
         return {"best_epoch": self.best_epoch, "train_seconds": self.train_seconds, "samples": self.samples,
+                "precision": self.precision,
                 "samples_per_s": self.samples_per_s, "peak_mem_mb": self.peak_mem_mb,
                 "peak_mem_delta_mb": self.peak_mem_delta_mb, "epochs": self.epochs}
 
@@ -113,6 +130,7 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
         prepare: Prepare | None = None) -> History:
     """Train ``model`` in place; return its :class:`History`. See the module docstring for the hooks."""
     cfg = cfg or TrainConfig()
+    bf16 = resolve_precision(cfg.precision) == "bf16"
     seed_everything(cfg.seed)
     _reseed_batches(train_loader, cfg.seed)
     loss_fn = loss_fn or default_loss
@@ -128,7 +146,7 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
     ema = _make_ema(model, cfg.ema_decay)
     kept = ema.module if ema is not None else model  # the weights that are evaluated, kept and returned
 
-    hist = History()
+    hist = History(precision="bf16" if bf16 else "fp32")
     best_score, best_state = -np.inf, None
     step = 0
     bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress)
@@ -137,7 +155,8 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
             model.train()
             t0, n, losses = time.perf_counter(), 0, []
             for batch in train_loader:
-                loss = loss_fn(model, batch)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # backward follows the cast ops
+                    loss = loss_fn(model, batch)
                 loss.backward()
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -208,7 +227,8 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- speed probe
 
 def training_speed(factory: Callable[..., Any], factory_kwargs: dict[str, Any], tokenizer_spec: str,
-                   features: list[dict], batch_size: int, steps: int, learning_rate: float, seed: int) -> dict[str, Any]:
+                   features: list[dict], batch_size: int, steps: int, learning_rate: float, seed: int,
+                   precision: str = "fp32") -> dict[str, Any]:
     """Build a model with ``factory(**factory_kwargs)`` (e.g. :func:`lib.models.fresh_classifier`, or a technique's
     builder such as ``lib.lora.lora_model``), train it for ``steps`` length-grouped batches of ``features``, and
     report speed, memory and what trains.
@@ -222,7 +242,7 @@ def training_speed(factory: Callable[..., Any], factory_kwargs: dict[str, Any], 
     loader = make_loader(Encoded.from_features(features), load_tokenizer(tokenizer_spec), batch_size, shuffle=True,
                          seed=seed)
     cfg = TrainConfig(num_epochs=max(1, -(-steps // len(loader))), learning_rate=learning_rate, max_steps=steps,
-                      seed=seed, keep_best=False, progress=False)
+                      seed=seed, keep_best=False, precision=precision, progress=False)
     hist = fit(net, loader, None, cfg)
     return {"samples_per_s": hist.samples_per_s, "seconds_per_step": hist.train_seconds / max(len(hist.step_losses), 1),
             "peak_mem_mb": hist.peak_mem_mb, "peak_mem_delta_mb": hist.peak_mem_delta_mb, "steps": len(hist.step_losses),

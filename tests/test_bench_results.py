@@ -76,7 +76,7 @@ def good_record():
                             {"latency_ms_b1_p50": 5.0, "throughput_b32": 100.0, "speedup_vs_reference": 1.0},
                             {"size_mb": 90.0, "num_params": 22_000_000})
     return {"notebook": "00_baseline", "profile": "smoke", "created": "2026-11-23T10:00:00+00:00",
-            "params": {"seed": 1}, "env": {"python": "3.11", "torch": "2", "transformers": "5", "threads": 2,
+            "params": {"seed": 1}, "env": {"python": "3.11", "torch": "2", "transformers": "5", "threads": 2, "isa": "AVX2",
                                            "cpu": "x"},
             "variants": [v, lib.results.variant("tfidf", "variant", {"accuracy": 0.7, "f1": 0.7})],
             "findings": {}}
@@ -151,6 +151,7 @@ def test_readme_block_is_generated_from_records(outputs, tmp_path):
     text = readme.read_text()
     assert "| 00_baseline | teacher (reference) | 0.8000 |" in text and "old" not in text
     assert "`tfidf_accuracy` = 0.7" in text and text.startswith("intro") and text.endswith("end\n")
+    assert f"CPU class **{rec['env']['isa']}**" in text  # a speed figure names the CPU class it belongs to
     assert not lib.results.update_readme(readme, "smoke", ["00_baseline"])  # idempotent
 
 

@@ -192,3 +192,28 @@ def test_compare_with_hf_trainer(tiny):
     assert df.loc["lib.train.fit", "speed_ratio_vs_trainer"] == pytest.approx(speed.iloc[0] / speed.iloc[1])
     # same head init, the very same first batch, same seed: the first step's loss agrees
     assert abs(df["first_loss"].iloc[0] - df["first_loss"].iloc[1]) < 1e-3
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(lib.train, "cpu_support", lambda: {"bf16": False})
+    assert lib.train.resolve_precision("auto") == "fp32"  # emulated bf16 is several times slower than fp32
+    monkeypatch.setattr(lib.train, "cpu_support", lambda: {"bf16": True})
+    assert lib.train.resolve_precision("auto") == "bf16"
+    assert lib.train.resolve_precision("fp32") == "fp32" and lib.train.resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        lib.train.resolve_precision("fp16")
+
+
+def test_bf16_training_casts_the_forward_and_keeps_fp32_weights(tiny):
+    make, tokenizer = tiny
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = make(seed=3)
+        cfg = lib.train.TrainConfig(num_epochs=6, learning_rate=3e-3, seed=3, progress=False, precision=precision)
+        runs[precision] = lib.train.fit(model, loaders_for(tokenizer, seed=3).train, loaders_for(tokenizer, seed=3).val,
+                                        cfg)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # only the forward is cast
+    assert runs["bf16"].precision == "bf16" and runs["fp32"].precision == "fp32"
+    assert runs["bf16"].step_losses[0] != runs["fp32"].step_losses[0]  # autocast really changed the arithmetic
+    assert abs(runs["bf16"].step_losses[0] - runs["fp32"].step_losses[0]) < 0.05  # ... by bf16 rounding only
+    assert max(e["val_accuracy"] for e in runs["bf16"].epochs) >= 0.9  # and it still learns
