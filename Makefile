@@ -2,11 +2,13 @@
 #   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill
 #   make test                  set up if needed, then the gate: unit tests + every notebook on smoke (< 10 min)
 #   make test-all              make test + nbval (every notebook with its own defaults) + slow tests (~20 min)
-#   make lab                   JupyterLab on the project kernel
+#   make lab                   JupyterLab from .venv (the notebooks' "python3" kernel is this project's Python)
+#   make kernel                register this clone's .venv as a kernel for a JupyterLab you already have
 #   make smoke                 = make run PROFILE=smoke (the < 5 min end-to-end check)
 #   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
 #   make clean                 remove outputs/ run results (keeps outputs/README.md)
-#   make readme                regenerate the README results block from outputs/$(PROFILE)/metrics
+#   make readme [RUN=id]       regenerate the README results block from a clean complete default run
+#   make runs                  list the runs (python -m lib.run --runs; --compare A B; --delete ID)
 
 PYTHON ?= python3.11
 PROFILE ?= default
@@ -15,16 +17,16 @@ BIN := $(VENV)/bin
 # What gets installed: the project (editable, with test tools) under the exact pins of the lock file.
 # environment.yml installs the very same arguments (tests/test_env.py keeps them equal).
 PIP_ARGS := -c requirements/constraints.txt -e .[dev]
-KERNEL := model-ux-lab
+# A kernel name per clone (a hash of its path): registering a second clone never re-points the first one's kernel.
+KERNEL := model-ux-lab-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 
-.PHONY: install run smoke test test-all lab clean clean-notebooks lock readme
+.PHONY: install run smoke test test-all lab kernel clean clean-notebooks lock readme runs
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(PIP_ARGS)
-	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (Model UX Lab)" >/dev/null
 	touch $@
 
 install: $(BIN)/.installed
@@ -44,6 +46,14 @@ test-all: install
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
+# For a JupyterLab you already run elsewhere: pick "Python (Model UX Lab, <this folder>)" as the notebooks' kernel.
+kernel: install
+	$(BIN)/python -m ipykernel install --user --name $(KERNEL) --display-name "Python (Model UX Lab, $(CURDIR))"
+	@echo "registered kernel $(KERNEL) -> $(BIN)/python"
+
+runs: install
+	$(BIN)/python -m lib.run --runs
+
 clean-notebooks: install
 	$(BIN)/nbstripout notebooks/*.ipynb
 
@@ -54,6 +64,7 @@ clean:
 lock: install
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements/constraints.txt
 
-# Regenerate the README's results block from outputs/$(PROFILE)/metrics (run `make run` first).
+# Regenerate the README's results block from the latest complete run of $(PROFILE) (run `make run` first); it
+# refuses a run with -p overrides, an unclean commit, a missing notebook, or one made by hand (and says which).
 readme: install
-	$(BIN)/python -m lib.results --readme --profile $(PROFILE)
+	$(BIN)/python -m lib.results --readme --profile $(PROFILE) $(if $(RUN),--run $(RUN))

@@ -4,7 +4,9 @@ Two layers, imported lazily (``import lib`` is instant; ``python -m lib.run --li
 
 **Core** (``lib/*.py``) — imports no technique:
 
-- ``lib.paths``      where things live (project root, ``outputs/<profile>/...``)
+- ``lib.paths``      where things live (project root, notebooks, params, the outputs folder)
+- ``lib.runs``       run folders: one per run, with its manifest; ``latest``; where a later notebook reads inputs
+- ``lib.preflight``  deep checks before a run: the CSV file, prerequisite artifacts and their settings, the device
 - ``lib.errors``     the errors a user can fix, each naming the problem and the fix
 - ``lib.catalog``    the notebooks in order, the artifacts each needs and makes, what a complete artifact holds
 - ``lib.params``     profiles, parameter declarations, validation (one place for every rule)
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Any
 
 # Offline by default: nothing can be fetched from a hub here, and HF reads this once, at import time.
@@ -41,9 +44,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
 # Tokenizers' own thread pool fights torch for the 2 cores and warns after a fork; torch does the work.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from . import errors  # stdlib only: instant
+
 __version__ = "0.1.0"
 
-CORE = ("paths", "errors", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
+
+def _show_project_errors_briefly() -> None:
+    """In a Jupyter kernel (IPython already loaded), a LabError shows as its message, not as a traceback."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        shell.set_custom_exc((errors.LabError,), errors.show_in_notebook)
+
+
+_show_project_errors_briefly()
+
+CORE = ("paths", "errors", "runs", "preflight", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
         "evaluate", "bench", "baselines", "experiment", "results", "plots", "run")
 TECHNIQUES = ("lora", "prune", "quantize", "distill")
 

@@ -18,13 +18,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from .data import Encoded, Splits
 from .evaluate import classification_metrics
 from .train import TrainConfig, fit
-from .utils import seed_everything
+from .utils import device, progress, seed_everything
 
 
 def tfidf_reference(splits: Splits, seed: int, max_features: int = 50000) -> dict[str, Any]:
@@ -107,7 +106,7 @@ def _run_trainer(model, train_enc, tokenizer, batch_size, steps, learning_rate, 
             output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=learning_rate,
             weight_decay=weight_decay, warmup_steps=int(warmup_frac * steps), lr_scheduler_type="linear",
             max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-            use_cpu=True, dataloader_num_workers=0, train_sampling_strategy="sequential",  # already shuffled
+            use_cpu=device().type == "cpu", dataloader_num_workers=0, train_sampling_strategy="sequential",  # already shuffled
             disable_tqdm=True,  # our own bar below: no per-step log table
         )
         trainer = Trainer(model=model, args=args, train_dataset=train_enc, data_collator=collate,
@@ -122,7 +121,7 @@ def _tqdm_callback(total: int) -> Any:
     """A plain tqdm bar for Trainer (its notebook callback would print a table row per step)."""
     class Bar(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            self.bar = tqdm(total=total, desc="Trainer", unit="step")
+            self.bar = progress(total=total, desc="Trainer", unit="step")
 
         def on_step_end(self, args, state, control, **kw):
             self.bar.update(1)

@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from transformers import DataCollatorWithPadding
 from .data import Encoded
 from .models import count_params
 from .predict import Predictor, as_predictor
+from .utils import device, progress, synchronize
 
 
 @dataclass
@@ -59,13 +61,22 @@ def make_probe(enc: Encoded, tokenizer: Any, size: int = 64, batch_size: int = 3
 def _time_pass(predictor: Predictor, probe: Probe) -> tuple[list[float], float]:
     lat = []
     for x in probe.singles:
+        synchronize()
         t0 = time.perf_counter()
         predictor(x)
+        synchronize()  # on a GPU, the work queued by this call is part of its time
         lat.append(time.perf_counter() - t0)
+    synchronize()
     t0 = time.perf_counter()
     for b in probe.batches:
         predictor(b)
+    synchronize()
     return lat, probe.n_batched / (time.perf_counter() - t0)
+
+
+# A repeat spread above this (max - min over median of the batch-32 throughputs) makes a speed figure untrustworthy:
+# the machine was busy or throttling. On an idle 2-core machine the spread stayed under 0.10.
+MAX_SPREAD = 0.25
 
 
 def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, reference: str | None = None,
@@ -78,9 +89,12 @@ def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, refer
     preds = {name: as_predictor(p) for name, p in predictors.items()}
     names = list(preds)
     reference = reference or names[0]
+    load_before = _load_average()
+    bar = progress(total=(warmup + repeats) * len(names), desc="benchmark", unit="pass", leave=False)
     for _ in range(warmup):
         for name in names:
             _time_pass(preds[name], probe)
+            bar.update(1)
     p50: dict[str, list[float]] = {n: [] for n in names}
     p90: dict[str, list[float]] = {n: [] for n in names}
     thr: dict[str, list[float]] = {n: [] for n in names}
@@ -91,20 +105,41 @@ def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, refer
             p50[name].append(float(np.percentile(lat, 50)) * 1000)
             p90[name].append(float(np.percentile(lat, 90)) * 1000)
             thr[name].append(tput)
+            bar.update(1)
+    bar.close()
+    load = [max(a, b) for a, b in zip(load_before, _load_average())] if load_before else None
     rows = []
     for name in names:
+        med = float(np.median(thr[name]))
+        spread = float((max(thr[name]) - min(thr[name])) / med) if med else None
         rows.append({
             "name": name,
             "latency_ms_b1_p50": float(np.median(p50[name])),
             "latency_ms_b1_p90": float(np.median(p90[name])),
-            "throughput_b32": float(np.median(thr[name])),
+            "throughput_b32": med,
+            "throughput_spread": spread,  # (max - min) / median over the repeats
+            "load_average": load[0] if load else None,  # 1-minute load while measuring (cores busy)
+            "unsteady": bool(spread is not None and spread > MAX_SPREAD),
         })
     df = pd.DataFrame(rows).set_index("name")
     df["speedup_vs_reference"] = df["throughput_b32"] / df.loc[reference, "throughput_b32"]
     df["latency_ratio_vs_reference"] = df["latency_ms_b1_p50"] / df.loc[reference, "latency_ms_b1_p50"]
     df.attrs.update(reference=reference, repeats=repeats, probe_size=len(probe.singles),
-                    batch_size=probe.batch_size, threads=_threads())
+                    batch_size=probe.batch_size, threads=_threads(), load_average=load, device=str(device()))
+    busy = load is not None and load[0] > (os.cpu_count() or 1) + 0.5
+    if df["unsteady"].any() or busy:
+        warnings.warn(
+            f"speed figures may not be trustworthy: repeat spread {df['throughput_spread'].max():.0%} (flagged above "
+            f"{MAX_SPREAD:.0%}), load average {load[0] if load else '?'} on {os.cpu_count()} cores. Another program is "
+            "using the CPU: close it and re-run this cell.", RuntimeWarning, stacklevel=2)
     return df
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
 
 
 def _threads() -> int:

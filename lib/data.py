@@ -14,6 +14,7 @@ Sources (the ``dataset`` parameter):
 from __future__ import annotations
 
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,6 +29,7 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .errors import DataError, OfflineError
+from .preflight import read_csv_text
 
 BUILTIN = "rotten_tomatoes"
 
@@ -94,13 +96,9 @@ def _rotten_tomatoes() -> TextDataset:
 
 
 def _from_csv(path_text: str, text_column: str, label_column: str, group_column: str) -> TextDataset:
-    path = Path(path_text).expanduser()
-    if not path.exists():
-        raise DataError(f"CSV file {path} does not exist: check the path in dataset='csv:{path_text}'")
+    path, text = read_csv_text(path_text)  # missing, a folder, unreadable, not UTF-8 (with the true byte offset)
     try:
-        df = pd.read_csv(path, encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): re-save it as UTF-8") from None
+        df = pd.read_csv(io.StringIO(text))
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty: it needs a header row and at least two labelled rows") from None
     except pd.errors.ParserError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from .predict import as_predictor
+from .utils import progress
 
 
 def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -20,9 +22,9 @@ def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.n
     call = as_predictor(model)
     logits, labels = [], []
     with torch.inference_mode():
-        for batch in loader:
+        for batch in progress(loader, desc="predict", unit="batch", leave=False, disable=len(loader) < 20):
             batch = dict(batch)
-            labels.append(batch.pop("labels").numpy())
+            labels.append(batch.pop("labels").cpu().numpy())
             logits.append(np.asarray(call(batch), dtype=np.float32))
     logits_, labels_ = np.concatenate(logits), np.concatenate(labels)
     order = getattr(getattr(loader, "sampler", None), "indices", None)
@@ -62,3 +64,19 @@ def compare_predictions(a: Any, b: Any, loader: Iterable[dict]) -> dict[str, flo
     """How closely predictor ``b`` reproduces ``a`` on ``loader``: label agreement and max |Δ logit|."""
     ag = agreement(predict_logits(a, loader)[0], predict_logits(b, loader)[0])
     return {"label_agreement": ag["agreement"], "max_abs_logit_diff": ag["max_abs_logit_diff"]}
+
+
+def quality_flags(name: str, accuracy: float, majority: float, reference: float | None = None,
+                  reference_name: str = "the TF-IDF reference", margin_points: float = 1.0) -> list[str]:
+    """Warnings for a model that has not learned: no better than always guessing the majority class, or more than
+    ``margin_points`` behind a classical reference. Each is also raised as a visible ``UserWarning``."""
+    flags = []
+    if accuracy <= majority:
+        flags.append(f"{name} accuracy {accuracy:.4f} does not beat always guessing the majority class ({majority:.4f}): "
+                     "it has not learned the task (more epochs or data, or check the learning rate)")
+    if reference is not None and accuracy < reference - margin_points / 100:
+        flags.append(f"{name} accuracy {accuracy:.4f} is {100 * (reference - accuracy):.1f} points behind "
+                     f"{reference_name} ({reference:.4f}): the transformer does not earn its cost here")
+    for flag in flags:
+        warnings.warn(flag, UserWarning, stacklevel=2)
+    return flags

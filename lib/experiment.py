@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .bench import Probe, compare, size_info
 from .evaluate import agreement, classification_metrics, predict_logits
 from .results import variant
+from .utils import progress as progress_bar
 
 ROLES = ("reference", "variant")
 
@@ -63,7 +63,7 @@ class Comparison:
         """For each point: ``build(point)`` gives a model, or ``(model, info)``; it is added as ``name(point)``
         with ``info`` and ``tags`` as columns. Returns the models by point."""
         out = {}
-        for point in tqdm(list(points), desc=desc, unit="variant"):
+        for point in progress_bar(list(points), desc=desc, unit="variant"):
             built = build(point)
             model, info = built if isinstance(built, tuple) else (built, {})
             out[point] = self.add(name(point), model, **info, **tags)
@@ -78,7 +78,7 @@ class Comparison:
         if self.reference in self.models and self.reference not in names:
             names.insert(0, self.reference)
         logits, labels = {}, None
-        for name in tqdm(names, desc=f"evaluate {prefix or 'test '}".strip(), unit="model", disable=not progress):
+        for name in progress_bar(names, desc=f"evaluate {prefix or 'test '}".strip(), unit="model", disable=not progress):
             logits[name], labels = predict_logits(self.models[name], loader)
         ref = logits.get(self.reference)
         for name, lg in logits.items():

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from . import paths
+from . import paths, runs
 from .catalog import BY_NAME
 from .errors import ParamError
 
@@ -132,9 +132,15 @@ def _nonempty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
+def _run_id(v: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9_./-]*", v) else f"must be a run id (see python -m lib.run --runs), got {v!r}"
+
+
 # Value rules by parameter name; a name means the same thing in every notebook that declares it.
 RULES: dict[str, Rule] = {
     "profile": _profile,
+    "device": _one_of("auto", "cpu", "cuda"),
+    "input_run": _run_id,
     "seed": _at_least(0),
     "dataset": _dataset,
     "model": _nonempty,
@@ -280,7 +286,7 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
     if not path.exists():
         raise ParamError(f"unknown profile {profile!r}: no {path}. Available: {', '.join(available_profiles())}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ParamError(f"{path.name} is not valid YAML: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
@@ -290,7 +296,34 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
             raise ParamError(
                 f"{path.name}: unknown section {section!r}; use 'shared' or a notebook name: {', '.join(BY_NAME)}"
             )
-    return {k: dict(v or {}) for k, v in data.items()}
+    data = {k: dict(v or {}) for k, v in data.items()}
+    known = {name for nb in BY_NAME for name in declared(nb)}
+    unknown = [k for k in data.get("shared", {}) if k not in known]
+    if unknown:
+        raise ParamError(f"{path.name}: 'shared:' sets {', '.join(_with_close(k, known) for k in unknown)}, which no "
+                         "notebook declares (python -m lib.run --list shows the notebooks; each declares its "
+                         "parameters in its first code cell)")
+    return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is set twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _with_close(name: str, known: Iterable[str]) -> str:
+    close = _close_names(name, known)
+    return f"{name!r}" + (f" (did you mean {close}?)" if close else "")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -301,6 +334,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
+        value = raw
+    if isinstance(value, dict):  # "csv:" or "a: b" read as a mapping: no parameter takes one, the text was meant
         value = raw
     return name.strip(), value
 
@@ -330,10 +365,13 @@ class Params(SimpleNamespace):
 
 
 def from_namespace(namespace: Mapping[str, Any], notebook: str) -> Params:
-    """Collect a notebook's declared parameters from its namespace (``globals()``) and validate them."""
+    """Collect a notebook's declared parameters from its namespace (``globals()``) and validate them; then join the
+    runner's run folder or, run by hand, start the notebook's own (:mod:`lib.runs`)."""
     decls = declared(notebook)
     values = {name: namespace[name] for name in decls if name in namespace}
-    return Params(**validate(notebook, values, decls))
+    p = Params(**validate(notebook, values, decls))
+    runs.begin_hand_run(p.profile, notebook)
+    return p
 
 
 def _known_notebooks_hint() -> str:

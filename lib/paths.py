@@ -1,8 +1,7 @@
 """Where things live. Nothing else in the project builds a path by hand.
 
-``outputs/<profile>/`` holds everything a run writes: ``notebooks/`` (executed copies), ``metrics/``
-(one JSON record per notebook), ``figures/``, ``models/`` (artifacts later notebooks start from) and
-``work/<notebook>/`` (scratch files a notebook rewrites on every run).
+``outputs/<profile>/`` holds the profile's runs, each in its own folder (``runs/<run id>/``, see :mod:`lib.runs`,
+which also names the files inside a run), and ``latest``, a link to the last complete run.
 Set ``MUXL_OUTPUTS`` to put outputs elsewhere (the tests do, so they never touch your results).
 """
 
@@ -24,32 +23,6 @@ def outputs_root() -> Path:
 
 def profile_dir(profile: str) -> Path:
     return outputs_root() / profile
-
-
-def metrics_path(profile: str, notebook: str) -> Path:
-    return profile_dir(profile) / "metrics" / f"{notebook}.json"
-
-
-def figures_dir(profile: str) -> Path:
-    path = profile_dir(profile) / "figures"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def executed_notebook(profile: str, notebook: str) -> Path:
-    return profile_dir(profile) / "notebooks" / f"{notebook}.ipynb"
-
-
-def artifact_dir(profile: str, name: str) -> Path:
-    """Folder of a saved model artifact, e.g. ``artifact_dir("default", "teacher")``."""
-    return profile_dir(profile) / "models" / name
-
-
-def work_dir(profile: str, notebook: str) -> Path:
-    """Scratch files of one notebook (e.g. the ONNX files of every quantized variant); overwritten on a re-run."""
-    path = profile_dir(profile) / "work" / notebook
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def notebook_path(name: str) -> Path:

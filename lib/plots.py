@@ -1,17 +1,16 @@
 """Figures. Each function draws one readable figure, saves it (atomically) as PNG under
-``outputs/<profile>/figures/`` and returns ``(fig, path)``; a notebook just shows it."""
+the run folder's ``figures/`` and returns ``(fig, path)``; a notebook just shows it."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg; in Jupyter: inline
 import numpy as np
 
-from . import paths
+from . import runs
+from .utils import atomic_path
 
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                      "axes.spines.right": False, "font.size": 10})
@@ -19,14 +18,9 @@ plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "a
 
 def save(fig: Any, profile: str, name: str) -> Path:
     """Save ``fig`` as ``figures/<name>.png`` via a temp file + rename."""
-    out = paths.figures_dir(profile) / f"{name}.png"
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    out = runs.figures_dir(profile) / f"{name}.png"
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The metrics record: one JSON file per notebook run, ``outputs/<profile>/metrics/<notebook>.json``.
+"""The metrics record: one JSON file per notebook run, ``<run>/metrics/<notebook>.json`` (a run folder: :mod:`lib.runs`).
 
 Other tools and the ``08_report`` notebook read these, so the schema is fixed here and validated on
 every write (and by a test). Top-level keys:
@@ -11,7 +11,9 @@ params       the resolved parameters the notebook ran with
 env          python / torch / transformers versions, torch threads, CPU model and class (``isa``; ``lib.utils.env_info``)
 variants     list, one entry per model measured (see below); exactly one has ``role == "reference"``
 findings     dict of notebook-specific numbers (e.g. ``tfidf_accuracy``, ``lib_vs_trainer_speed_ratio``)
-figures      list of figure paths written by the run (relative to ``outputs/<profile>/``)
+figures      list of figure paths written by the run (relative to the run folder)
+run          the id of the run folder the record belongs to
+inputs       what the notebook took from earlier runs: ``{"models/teacher": "<run id>", ...}`` (empty: all from this run)
 run_seconds  (added by the runner, ``lib.run``) wall-clock time of the whole notebook execution
 ===========  ==========================================================================================
 
@@ -26,15 +28,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import paths
+from . import paths, preflight, runs
 from .catalog import NOTEBOOKS
-from .errors import ArtifactError, ParamError
+from .errors import ArtifactError, LabError, ParamError
 from .utils import atomic_write_json, atomic_write_text, env_info
 
 TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
@@ -62,6 +65,8 @@ def variant(name: str, role: str, metrics: Mapping[str, Any], bench: Mapping[str
         "latency_ms_b1_p90": bench.get("latency_ms_b1_p90"),
         "throughput_b32": bench.get("throughput_b32"),
         "speedup_vs_reference": bench.get("speedup_vs_reference"),
+        "throughput_b32_spread": bench.get("throughput_spread"),  # (max - min) / median of the repeats
+        "load_average": bench.get("load_average"),  # 1-minute load average while it was measured
     }
     v.update(extra)
     return _plain(v)
@@ -116,7 +121,7 @@ def record(notebook: str, params: Mapping[str, Any], variants: Sequence[Mapping[
            **extra: Any) -> Path:
     """Validate and atomically write the notebook's metrics record; return its path."""
     profile = params["profile"]
-    base = paths.profile_dir(profile)
+    base = runs.current(profile)
     rec = {
         "notebook": notebook,
         "profile": profile,
@@ -127,27 +132,31 @@ def record(notebook: str, params: Mapping[str, Any], variants: Sequence[Mapping[
         "findings": dict(findings),
         "figures": [str(Path(f).relative_to(base)) if Path(f).is_absolute() and base in Path(f).parents else str(f)
                     for f in figures],
+        "run": base.name,
+        "inputs": runs.inputs(),
         **extra,
     }
     rec = _plain(rec)
     validate_record(rec)
-    return atomic_write_json(paths.metrics_path(profile, notebook), rec)
+    out = atomic_write_json(runs.metrics_path(profile, notebook), rec)
+    runs.notebook_done(profile, notebook)  # a notebook run by hand: its run is complete now
+    return out
 
 
 def stamp_run(profile: str, notebook: str, seconds: float, started: datetime) -> bool:
-    """Add the runner's wall-clock ``run_seconds`` to the record the notebook just wrote (atomic rewrite).
+    """Add the runner's wall-clock ``run_seconds`` to the record the notebook just wrote in this run (atomic rewrite).
 
     Returns False, changing nothing, when there is no record or it predates ``started`` (a notebook that did not
     write its record this run must not inherit the time)."""
-    try:
-        rec = load(profile, notebook)
-    except FileNotFoundError:
+    path = runs.metrics_path(profile, notebook)
+    if not path.exists():
         return False
+    rec = json.loads(path.read_text(encoding="utf-8"))
     if datetime.fromisoformat(rec["created"]) < started.replace(microsecond=0):
         return False
     rec["run_seconds"] = float(seconds)
     validate_record(rec)
-    atomic_write_json(paths.metrics_path(profile, notebook), rec)
+    atomic_write_json(path, rec)
     return True
 
 
@@ -171,12 +180,28 @@ def budget_note(profile: str, minutes: float) -> str:
     return f"budget for the whole collection: {budget} min; {left}"
 
 
-def load(profile: str, notebook: str) -> dict[str, Any]:
-    """Read a record written by :func:`record` (``FileNotFoundError`` naming the notebook to run)."""
-    path = paths.metrics_path(profile, notebook)
+def load(profile: str, notebook: str, run: str = "") -> dict[str, Any]:
+    """Read ``notebook``'s record: from ``run`` if named, else this run, else the newest complete run of ``profile``
+    that has one (``FileNotFoundError`` naming the notebook to run)."""
+    rel = f"metrics/{notebook}.json"
+    try:
+        path = runs.source(profile, rel, run) / rel
+    except ArtifactError as e:
+        raise FileNotFoundError(f"no metrics for {notebook} in profile {profile!r} ({e}): run that notebook first") \
+            from None
     if not path.exists():
-        raise FileNotFoundError(f"no metrics for {notebook} in profile {profile!r} ({path}): run that notebook first")
+        raise FileNotFoundError(f"no metrics for {notebook} in run {path.parent.parent.name}: run that notebook first")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_run(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of one run folder, in notebook order."""
+    out = []
+    for nb in NOTEBOOKS:
+        path = Path(run_dir) / "metrics" / f"{nb.name}.json"
+        if path.exists():
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+    return out
 
 
 def _plain(obj: Any) -> Any:
@@ -198,7 +223,7 @@ def _plain(obj: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- README block
 
-README_START = "<!-- results:start (generated by `make readme` from outputs/{profile}/metrics; do not edit) -->"
+README_START = "<!-- results:start (generated by `make readme` from a clean default run; do not edit) -->"
 README_END = "<!-- results:end -->"
 
 
@@ -208,23 +233,43 @@ def _fmt(x: Any, spec: str) -> str:
     return f"`{x}`" if isinstance(x, str) else format(x, spec)
 
 
-def markdown_results(profile: str, notebooks: Sequence[str]) -> str:
-    """A markdown section of every variant of every recorded notebook, with date and machine."""
-    recs = []
-    for name in notebooks:
-        try:
-            recs.append(load(profile, name))
-        except FileNotFoundError:
-            continue
+def readme_refusal(manifest: Mapping[str, Any], profile: str = "default") -> list[str]:
+    """Why a run must not be published as the README's results (empty: it may)."""
+    why = []
+    if manifest.get("profile") != profile:
+        why.append(f"it ran profile {manifest.get('profile')!r}, the README shows {profile!r}")
+    if manifest.get("by") != "runner":
+        why.append("it was run by hand, not by the runner (make run)")
+    if runs.status(manifest) != "complete":
+        why.append(f"it did not complete (status {runs.status(manifest)})")
+    if manifest.get("overrides"):
+        why.append("it ran with -p overrides: " + ", ".join(f"{k}={v!r}" for k, v in manifest["overrides"].items()))
+    missing = [nb.name for nb in NOTEBOOKS if manifest.get("notebooks", {}).get(nb.name, {}).get("status") != "complete"]
+    if missing:
+        why.append(f"it did not run every notebook (missing: {', '.join(missing)})")
+    git = manifest.get("git", {})
+    if git.get("dirty") or git.get("commit") is None:
+        changed = ", ".join(git.get("changed") or []) or "unknown"
+        why.append("the code was not a clean commit" + (" (it changed during the run)" if git.get("changed_during_run")
+                                                        else f" (changed files: {changed})"))
+    return why
+
+
+def markdown_results(run_dir: Path) -> str:
+    """A markdown section of every variant of every record of one run, with its date, machine and run id."""
+    manifest, recs = runs.read_manifest(run_dir), load_run(run_dir)
+    profile = manifest["profile"]
     if not recs:
         return f"_No results for profile `{profile}` yet: run `make run PROFILE={profile}`, then `make readme`._"
     env = recs[0]["env"]
+    commit = (manifest.get("git", {}).get("commit") or "?")[:10]
     lines = [
-        f"Profile `{profile}`, measured {min(r['created'][:10] for r in recs)} on {env['cpu']} "
-        f"(CPU class **{env.get('isa', 'not recorded')}**, {env['threads']} torch threads), Python {env['python']}, "
-        f"torch {env['torch']}, transformers {env['transformers']}. Speed is measured side by side in one process "
-        "(warm-up, median of repeats); `speedup` is batch-32 throughput relative to each notebook's reference. "
-        "int8 and bf16 speed-ups depend on the CPU class (VNNI, native bf16): on another class, expect other ratios.",
+        f"Profile `{profile}`, run `{manifest['id']}` (commit `{commit}`), measured {min(r['created'][:10] for r in recs)} "
+        f"on {env['cpu']} (CPU class **{env.get('isa', 'not recorded')}**, {env['threads']} torch threads), Python "
+        f"{env['python']}, torch {env['torch']}, transformers {env['transformers']}. Speed is measured side by side in "
+        "one process (warm-up, median of repeats); `speedup` is batch-32 throughput relative to each notebook's "
+        "reference. int8 and bf16 speed-ups depend on the CPU class (VNNI, native bf16): on another class, expect "
+        "other ratios.",
         "",
         "| notebook | variant | accuracy | macro-F1 | size (MB) | params (M) | latency b1 p50 (ms) | "
         "throughput b32 (samples/s) | speedup |",
@@ -250,57 +295,62 @@ def markdown_results(profile: str, notebooks: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path | str, profile: str, notebooks: Sequence[str]) -> bool:
-    """Replace the generated block in the README; return whether it changed."""
+def update_readme(path: Path | str, run_dir: Path, profile: str = "default") -> bool:
+    """Replace the generated block in the README with ``run_dir``'s results; return whether it changed.
+
+    Refuses (``LabError`` saying why) a run that is not a complete, clean, override-free runner run of ``profile``."""
+    why = readme_refusal(runs.read_manifest(run_dir), profile)
+    if why:
+        raise LabError(f"run {Path(run_dir).name} cannot be published in the README: " + "; ".join(why)
+                       + f". Run `make run PROFILE={profile}` from a clean commit, then `make readme`.")
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    start = README_START.format(profile=profile)
-    if start not in text or README_END not in text:
-        raise ValueError(f"{path} lacks the markers {start!r} ... {README_END!r}")
-    head, rest = text.split(start, 1)
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} lacks the markers {README_START!r} ... {README_END!r}")
+    head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    new = f"{head}{start}\n{markdown_results(profile, notebooks)}\n{README_END}{tail}"
+    new = f"{head}{README_START}\n{markdown_results(run_dir)}\n{README_END}{tail}"
     if new != text:
         atomic_write_text(path, new)
     return new != text
 
 
-if __name__ == "__main__":  # python -m lib.results --readme [--profile default]
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lib.results [--readme] [--profile default] [--run ID]``: print or publish a run's results."""
     import argparse  # only for the command line
 
     ap = argparse.ArgumentParser(prog="python -m lib.results")
     ap.add_argument("--readme", action="store_true", help="regenerate the results block of README.md")
     ap.add_argument("--profile", default="default")
-    a = ap.parse_args()
-    names = [nb.name for nb in NOTEBOOKS]
-    if a.readme:
-        changed = update_readme(paths.ROOT / "README.md", a.profile, names)
-        print("README.md results updated" if changed else "README.md results already current")
-    else:
-        print(markdown_results(a.profile, names))
+    ap.add_argument("--run", default=runs.LATEST, help="run id (default: the profile's latest complete run)")
+    a = ap.parse_args(argv)
+    try:
+        run_dir = runs.find_run(a.run, a.profile)
+        if a.readme:
+            changed = update_readme(paths.ROOT / "README.md", run_dir, a.profile)
+            print(f"README.md results {'updated' if changed else 'already current'} from run {run_dir.name}")
+        else:
+            print(markdown_results(run_dir))
+    except LabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- comparability
 
-# Parameters that define "the same data split and base model": numbers from two notebooks are only
-# comparable when these agree.
-SPLIT_KEYS = ("dataset", "text_column", "label_column", "group_column", "val_frac", "test_frac", "seed",
-              "max_train_samples", "max_eval_samples", "model", "pooling", "max_length")
-
-
 def comparable_record(profile: str, notebook: str, params: Mapping[str, Any],
-                      keys: Sequence[str] = SPLIT_KEYS) -> dict[str, Any]:
+                      keys: Sequence[str] = preflight.SPLIT_KEYS) -> dict[str, Any]:
     """Load ``notebook``'s record for ``profile`` and check it used the same split/model as ``params``.
 
     Raises a clear error naming every differing parameter (and the fix) instead of silently comparing
     numbers measured on different data.
     """
     try:
-        rec = load(profile, notebook)
+        rec = load(profile, notebook, params.get("input_run", ""))
     except FileNotFoundError as e:
-        raise ArtifactError(f"{e}: python -m lib.run --profile {profile} --only {notebook}") from None
-    diffs = [f"{k}: {notebook} used {rec['params'].get(k)!r}, this notebook has {params.get(k)!r}"
-             for k in keys if k in params and rec["params"].get(k) != params.get(k)]
+        raise ArtifactError(f"{e}. {artifact_hint_for(notebook, profile)}") from None
+    diffs = preflight.split_differences(rec["params"], params, notebook, keys)
     if diffs:
         raise ParamError(
             f"{notebook}'s results (profile {profile!r}) come from different data or model settings, so they "
@@ -309,3 +359,13 @@ def comparable_record(profile: str, notebook: str, params: Mapping[str, Any],
             f"{profile} --only {notebook} -p name=value ...)."
         )
     return rec
+
+
+def artifact_hint_for(notebook: str, profile: str) -> str:
+    if profile == runs.HAND_PROFILE:
+        return f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end, then re-run this notebook."
+    return f"Run it first: python -m lib.run --profile {profile} --only {notebook}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

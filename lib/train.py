@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .bench import PeakMemory
 from .data import Encoded, make_loader
 from .evaluate import evaluate
 from .models import load_tokenizer, trainable_summary
-from .utils import cpu_support, seed_everything, setup
+from .utils import cpu_support, device, progress, seed_everything, setup, to_device
 
 LossFn = Callable[[Any, dict], Any]
 Prepare = Callable[[Any, Any, Any], tuple[Any, Any, Any]]
@@ -66,6 +65,8 @@ def resolve_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
+        if device().type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
         return "bf16" if cpu_support()["bf16"] else "fp32"
     return precision
 
@@ -130,6 +131,8 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
         prepare: Prepare | None = None) -> History:
     """Train ``model`` in place; return its :class:`History`. See the module docstring for the hooks."""
     cfg = cfg or TrainConfig()
+    dev = device()  # lib.setup(seed, device) chose it: the model and every batch go there
+    model.to(dev)
     bf16 = resolve_precision(cfg.precision) == "bf16"
     seed_everything(cfg.seed)
     _reseed_batches(train_loader, cfg.seed)
@@ -149,13 +152,14 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
     hist = History(precision="bf16" if bf16 else "fp32")
     best_score, best_state = -np.inf, None
     step = 0
-    bar = tqdm(total=total, desc="train", unit="step", disable=not cfg.progress)
+    bar = progress(total=total, desc="train", unit="step", disable=not cfg.progress)
     with PeakMemory() as mem:
         for epoch in range(1, cfg.num_epochs + 1):
             model.train()
             t0, n, losses = time.perf_counter(), 0, []
             for batch in train_loader:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # backward follows the cast ops
+                batch = to_device(batch, dev)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):  # backward follows the cast ops
                     loss = loss_fn(model, batch)
                 loss.backward()
                 if cfg.max_grad_norm:

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from .errors import ParamError
+
 
 def num_threads() -> int:
     """Threads for torch: ``$MUXL_THREADS`` or every core (never more: oversubscription is 4x slower)."""
@@ -30,14 +32,68 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(seed: int) -> dict[str, Any]:
-    """Seed every RNG, pin torch's thread count, and return the environment facts for the record."""
+def setup(seed: int, device: str = "auto") -> dict[str, Any]:
+    """Seed every RNG, pin torch's thread count, choose the device (``auto`` | ``cpu`` | ``cuda``) for training,
+    evaluation and benchmarks, and return the environment facts for the record."""
     import torch
 
+    set_device(device)
     torch.set_num_threads(num_threads())
     seed_everything(seed)
     pd.set_option("display.precision", 4)  # tables of ratios and accuracies: 4 digits are enough to read
     return env_info()
+
+
+def resolve_device(name: str = "auto") -> Any:
+    """``auto`` -> a GPU when torch sees one, else the CPU; ``cuda`` without one is a clear error."""
+    import torch  # utils stays importable without torch (the runner's --list); every caller here has it
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise ParamError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ParamError(f"device='cuda' was asked, but {why} (torch {torch.__version__}). Use device='auto' (a GPU "
+                         "when there is one, else the CPU) or device='cpu'.")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def set_device(name: str) -> Any:
+    """Make ``name`` this process's device (and its children's: they inherit ``$MUXL_DEVICE``)."""
+    dev = resolve_device(name)
+    os.environ["MUXL_DEVICE"] = name
+    return dev
+
+
+def device() -> Any:
+    """The device training, evaluation and benchmarks use (``lib.setup(seed, device)`` chose it; default ``auto``)."""
+    return resolve_device(os.environ.get("MUXL_DEVICE", "auto"))
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (a timing must include it); nothing on the CPU."""
+    import torch
+
+    if device().type == "cuda":
+        torch.cuda.synchronize()
+
+
+def to_device(batch: Any, dev: Any) -> Any:
+    """A batch (mapping of tensors) on ``dev``."""
+    return {k: (v.to(dev, non_blocking=True) if hasattr(v, "to") else v) for k, v in batch.items()}
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar: a widget in JupyterLab; plain text under the runner (which streams the kernel's output to
+    the terminal), refreshed at most every few seconds so a long run does not flood the log."""
+    if os.environ.get("MUXL_RUN_BY") == "runner":
+        from tqdm.std import tqdm as text_tqdm  # tqdm is a dependency of every notebook; utils stays light without it
+
+        kwargs.setdefault("mininterval", 5.0)
+        kwargs.setdefault("ascii", True)
+        return text_tqdm(iterable, **kwargs)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, **kwargs)
 
 
 def cpu_flags() -> set[str]:
@@ -85,10 +141,13 @@ def env_info() -> dict[str, Any]:
     import torch
     import transformers
 
+    dev = device()
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "cpu": cpu_model(),
@@ -97,21 +156,43 @@ def env_info() -> dict[str, Any]:
     }
 
 
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and a rename: never half-written."""
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # elsewhere: the classic read-by-setting (restored at once)
+    os.umask(old)
+    return old
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temp file name next to ``path`` to write; on success it becomes ``path`` (with the permissions a plain
+    ``open()`` would give under the user's umask, not mkstemp's private 0600), on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename: never half-written."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def atomic_write_json(path: Path | str, data: Any) -> Path:
@@ -139,6 +220,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it 0700: others could not read the saved model
     try:
         yield tmp
         old = None

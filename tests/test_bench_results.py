@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import copy
 import json
 
@@ -107,7 +109,7 @@ def test_schema_rejects(mutate, fragment):
 
 def test_record_writes_valid_json_atomically(outputs):
     rec = good_record()
-    fig = lib.paths.figures_dir("smoke") / "x.png"
+    fig = lib.runs.figures_dir("smoke") / "x.png"
     path = lib.results.record("00_baseline", {"profile": "smoke", "seed": 1}, rec["variants"], {"a": 1.0},
                               figures=[fig], env=rec["env"])
     data = json.loads(path.read_text())
@@ -131,7 +133,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_comparable_record_names_every_difference(outputs):
     rec = good_record()
     rec["params"] = {"profile": "smoke", "seed": 1, "test_frac": 0.2, "model": "minilm-l6"}
-    lib.utils.atomic_write_json(lib.paths.metrics_path("smoke", "00_baseline"), rec)
+    lib.utils.atomic_write_json(lib.runs.metrics_path("smoke", "00_baseline"), rec)
     same = {"seed": 1, "test_frac": 0.2, "model": "minilm-l6", "batch_size": 8}
     assert lib.results.comparable_record("smoke", "00_baseline", same)["notebook"] == "00_baseline"
     with pytest.raises(lib.errors.ParamError) as e:
@@ -141,24 +143,65 @@ def test_comparable_record_names_every_difference(outputs):
         lib.results.comparable_record("quick", "00_baseline", same)
 
 
-def test_readme_block_is_generated_from_records(outputs, tmp_path):
+def _finished_run(profile, rec, notebooks=("00_baseline",), clean=True, monkeypatch=None, **start):
+    """A runner-made run with records for ``notebooks`` (every catalog notebook marked complete)."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(lib.runs, "git_state", lambda: {"commit": "abc1234def", "dirty": not clean, "changed": []})
+    run_dir = lib.runs.start(profile, by="runner", notebooks=[nb.name for nb in lib.catalog.NOTEBOOKS], **start)
+    for name in notebooks:
+        lib.results.record(name, {"profile": profile, "seed": 1}, rec["variants"], {"tfidf_accuracy": 0.7},
+                           env=rec["env"], headline=["tfidf_accuracy"])
+    for nb in lib.catalog.NOTEBOOKS:
+        lib.runs.notebook_status(run_dir, nb.name, status="complete", seconds=60.0)
+    lib.runs.finish(run_dir, "complete")
+    return run_dir
+
+
+def test_readme_block_is_generated_from_a_clean_run(outputs, tmp_path, monkeypatch):
     rec = good_record()
-    lib.results.record("00_baseline", {"profile": "smoke", "seed": 1}, rec["variants"], {"tfidf_accuracy": 0.7},
-                       env=rec["env"], headline=["tfidf_accuracy"])
+    run_dir = _finished_run("default", rec, monkeypatch=monkeypatch)
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{lib.results.README_START.format(profile='smoke')}\nold\n{lib.results.README_END}\nend\n")
-    assert lib.results.update_readme(readme, "smoke", ["00_baseline"])
+    readme.write_text(f"intro\n{lib.results.README_START}\nold\n{lib.results.README_END}\nend\n")
+    assert lib.results.update_readme(readme, run_dir)
     text = readme.read_text()
     assert "| 00_baseline | teacher (reference) | 0.8000 |" in text and "old" not in text
     assert "`tfidf_accuracy` = 0.7" in text and text.startswith("intro") and text.endswith("end\n")
     assert f"CPU class **{rec['env']['isa']}**" in text  # a speed figure names the CPU class it belongs to
-    assert not lib.results.update_readme(readme, "smoke", ["00_baseline"])  # idempotent
+    assert f"run `{run_dir.name}` (commit `abc1234def`)" in text
+    assert not lib.results.update_readme(readme, run_dir)  # idempotent
 
 
-def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs):
+@pytest.mark.parametrize("kind, why", [
+    ("overrides", "it ran with -p overrides: num_epochs=1"),
+    ("dirty", "the code was not a clean commit"),
+    ("profile", "it ran profile 'smoke'"),
+    ("hand", "it was run by hand"),
+    ("failed", "it did not complete (status failed)"),
+])
+def test_readme_refuses_a_run_that_is_not_a_clean_default_run(outputs, tmp_path, monkeypatch, kind, why):
+    rec = good_record()
+    if kind == "hand" or kind == "failed":
+        monkeypatch.setattr(lib.runs, "git_state", lambda: {"commit": "abc", "dirty": False, "changed": []})
+        run_dir = lib.runs.start("default", by="hand" if kind == "hand" else "runner", notebooks=["00_baseline"])
+        lib.runs.finish(run_dir, "failed" if kind == "failed" else "complete")
+    else:
+        run_dir = _finished_run("smoke" if kind == "profile" else "default", rec, clean=kind != "dirty",
+                                monkeypatch=monkeypatch,
+                                overrides={"num_epochs": 1} if kind == "overrides" else None)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{lib.results.README_START}\nold\n{lib.results.README_END}\n")
+    with pytest.raises(lib.errors.LabError, match=re.escape(why)):
+        lib.results.update_readme(readme, run_dir)
+    assert "old" in readme.read_text()
+    assert lib.results.main(["--readme", "--run", run_dir.name]) == 2  # `make readme` says no, too
+
+
+def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs, monkeypatch):
     from datetime import datetime, timedelta, timezone
 
     rec = good_record()
+    monkeypatch.setattr(lib.runs, "git_state", lambda: {"commit": "abc", "dirty": False, "changed": []})
+    run_dir = lib.runs.start("default", by="runner", notebooks=["00_baseline", "01_lora_finetune"])
     before = datetime.now(timezone.utc) - timedelta(seconds=5)
     lib.results.record("00_baseline", {"profile": "default", "seed": 1}, rec["variants"], {}, env=rec["env"])
     assert lib.results.stamp_run("default", "00_baseline", 45 * 60.0, before)
@@ -168,6 +211,10 @@ def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs):
     assert not lib.results.stamp_run("default", "01_lora_finetune", 1.0, before)  # no record at all
     lib.results.record("01_lora_finetune", {"profile": "default", "seed": 1}, rec["variants"], {}, env=rec["env"])
     lib.results.stamp_run("default", "01_lora_finetune", 20 * 60.0, before)
-    text = lib.results.markdown_results("default", ["00_baseline", "01_lora_finetune"])
+    text = lib.results.markdown_results(run_dir)
     assert "00_baseline 45.0 min, 01_lora_finetune 20.0 min; 65.0 min in all" in text
     assert "budget for the whole collection: 60 min; **over by 5.0 min**" in text
+
+def test_the_readme_has_the_generated_block_markers():
+    text = (lib.paths.ROOT / "README.md").read_text(encoding="utf-8")
+    assert lib.results.README_START in text and lib.results.README_END in text

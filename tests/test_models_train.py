@@ -78,7 +78,7 @@ def test_missing_and_corrupt_artifacts(tiny, outputs):
     with pytest.raises(ArtifactError, match=r"missing.*Run 00_baseline first.*--only 00_baseline"):
         lib.catalog.require_artifact("smoke", "teacher")
     make, tokenizer = tiny
-    path = lib.artifacts.save(lib.paths.artifact_dir("smoke", "teacher"), make(), tokenizer, {})
+    path = lib.artifacts.save(lib.runs.artifact_dir("smoke", "teacher"), make(), tokenizer, {})
     assert lib.catalog.require_artifact("smoke", "teacher") == path
     (path / "model.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(ArtifactError, match="corrupt"):

@@ -65,7 +65,7 @@ def smoke(tmp_path_factory):
     os.environ["MUXL_OUTPUTS"] = str(out)
     try:
         code = main(["--profile", "smoke"])
-        yield SimpleNamespace(code=code, root=out / "smoke",
+        yield SimpleNamespace(code=code, root=lib.runs.latest("smoke") or out / "smoke",
                               rec={nb.name: _load("smoke", nb.name) for nb in lib.catalog.NOTEBOOKS})
     finally:
         if old is None:

@@ -168,6 +168,6 @@ def test_notebook_defaults_describe_the_same_split():
     first = lib.params.declared(lib.catalog.NOTEBOOKS[0].name)
     for nb in lib.catalog.NOTEBOOKS[1:]:
         decls = lib.params.declared(nb.name)
-        for key in lib.results.SPLIT_KEYS:
+        for key in lib.preflight.SPLIT_KEYS:
             if key in decls and key in first:
                 assert decls[key].default == first[key].default, f"{nb.name}: default {key} differs from 00_baseline"

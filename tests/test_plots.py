@@ -36,7 +36,7 @@ def test_prune_and_training_figures(outputs):
                                                                  "val_accuracy_raw": 0.78}],
                                                         step_losses=h.step_losses), "t", "averaged")[1]]
     for p in paths:
-        assert p.exists() and p.stat().st_size > 5000 and p.parent == outputs / "t" / "figures"
+        assert p.exists() and p.stat().st_size > 5000 and p.parent == lib.runs.current("t") / "figures"
     assert not list((outputs / "t").rglob("*.tmp"))
 
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 import lib
@@ -39,7 +46,7 @@ def test_list(capsys):
 def test_refuses_bad_input_before_running(capsys, outputs, argv, fragment):
     code, out = run(capsys, *argv)
     assert code == 2 and fragment in out
-    assert not (outputs / "smoke" / "notebooks").exists()  # nothing ran
+    assert not (outputs / "smoke" / "runs").exists()  # nothing ran, no run folder
 
 
 def test_only_takes_commas_or_spaces():
@@ -61,8 +68,10 @@ def test_missing_or_corrupt_prerequisite(monkeypatch, outputs, tiny):
     with pytest.raises(ParamError, match=r"needs the 'teacher' artifact, which is missing"):
         plan("smoke", ["00_baseline"], [])
     make, tok = tiny
-    path = lib.artifacts.save(lib.paths.artifact_dir("smoke", "teacher"), make(), tok, {})
-    plan("smoke", ["00_baseline"], [])  # present: fine
+    run_dir = lib.runs.start("smoke", by="runner", notebooks=["00_baseline"])
+    path = lib.artifacts.save(lib.runs.artifact_dir("smoke", "teacher"), make(), tok, {})
+    lib.runs.finish(run_dir, "complete")
+    plan("smoke", ["00_baseline"], [])  # present (in the latest complete run): fine
     (path / "metadata.json").write_text("{")
     with pytest.raises(ParamError, match="corrupt"):
         plan("smoke", ["00_baseline"], [])
@@ -80,17 +89,109 @@ def test_prerequisite_made_earlier_in_the_same_run_is_fine(monkeypatch, outputs)
 
 @pytest.mark.notebook
 def test_failing_notebook_is_reported_with_cell_error_and_path(capsys, outputs, tmp_path):
-    missing = tmp_path / "nope.csv"
-    code, out = run(capsys, "--profile", "smoke", "-p", f"dataset=csv:{missing}")
+    tiny = tmp_path / "tiny.csv"  # a readable CSV with two classes (the pre-flight passes), too small to split
+    tiny.write_text("text,label\ngood,pos\nbad,neg\nfine,pos\n")
+    code, out = run(capsys, "--profile", "smoke", "-p", f"dataset=csv:{tiny}", "--only", "00_baseline")
     assert code == 1
-    assert "FAILED: 00_baseline" in out and "DataError" in out and "does not exist" in out
-    failed = outputs / "smoke" / "notebooks" / "00_baseline.failed.ipynb"
+    assert "FAILED: 00_baseline" in out and "DataError" in out and "one class only" in out
+    (run_dir,) = lib.runs.all_runs("smoke")
+    failed = run_dir / "notebooks" / "00_baseline.failed.ipynb"
     assert str(failed) in out and failed.exists()
-    assert not (outputs / "smoke" / "metrics" / "00_baseline.json").exists()
+    assert not (run_dir / "metrics" / "00_baseline.json").exists()
+    assert lib.runs.read_manifest(run_dir)["status"] == "failed" and lib.runs.latest("smoke") is None
+    # In the notebook, a project error shows its message, not a traceback through lib.
+    cells = json.loads(failed.read_text())["cells"]
+    (error,) = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
+    assert error["ename"] == "DataError" and len(error["traceback"]) == 1 and "one class only" in error["traceback"][0]
 
 
 @pytest.mark.notebook
 def test_cell_timeout_is_reported_as_a_timeout(capsys, outputs):
-    code, out = run(capsys, "--profile", "smoke", "--execution-timeout", "1")
+    # nbclient looks at the clock every 5 s: 20 epochs make the training cell run far longer than that
+    code, out = run(capsys, "--profile", "smoke", "--only", "00_baseline", "--execution-timeout", "1",
+                    "-p", "num_epochs=20")
     assert code == 1
     assert "FAILED: 00_baseline" in out and "--execution-timeout=1s" in out
+
+
+def _start_runner(outputs, *argv):
+    env = {**os.environ, "MUXL_OUTPUTS": str(outputs)}
+    return subprocess.Popen([sys.executable, "-m", "lib.run", "--profile", "smoke", "--only", "00_baseline", *argv],
+                            cwd=lib.paths.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_kernel(outputs, proc, seconds=60):
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        found = list(outputs.glob("smoke/runs/*/.runtime/tmp*.json"))
+        if found:
+            return found[0].parent.parent
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.2)
+    raise AssertionError("the runner started no kernel")
+
+
+def _kernels_of(run_dir):
+    """Processes whose command line names this run's kernel connection file."""
+    out = []
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and str(run_dir) in open(f"/proc/{p}/cmdline").read():
+                out.append(int(p))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.notebook
+def test_interrupted_and_killed_runs_are_marked_and_the_next_run_completes(outputs):
+    """Ctrl-C, SIGTERM and SIGKILL in the middle of a notebook: the run is marked incomplete, `latest` stays where it
+    was, no kernel and no kernel file is left behind, and the next run completes."""
+    ended = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        proc = _start_runner(outputs)
+        run_dir = _wait_for_kernel(outputs, proc)
+        time.sleep(4)  # well inside 00_baseline's cells
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal does: the whole foreground group
+        else:
+            proc.send_signal(sig)
+        out = proc.communicate(timeout=60)[0]
+        ended[sig] = run_dir
+        if sig != signal.SIGKILL:
+            assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
+            assert lib.runs.read_manifest(run_dir)["status"] == "interrupted"
+            assert (run_dir / "notebooks" / "00_baseline.interrupted.ipynb").exists()
+            assert not (run_dir / ".runtime").exists() and not _kernels_of(run_dir)
+        assert lib.runs.latest("smoke") is None
+    killed = ended[signal.SIGKILL]
+    assert lib.runs.status(lib.runs.read_manifest(killed)) == "killed"
+    for _ in range(50):  # the orphaned kernel notices its parent is gone and exits
+        if not _kernels_of(killed):
+            break
+        time.sleep(0.2)
+    assert not _kernels_of(killed)
+    proc = _start_runner(outputs)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    (latest,) = [d for d in lib.runs.all_runs("smoke") if d not in ended.values()]
+    assert lib.runs.latest("smoke") == latest and lib.runs.read_manifest(latest)["status"] == "complete"
+    assert lib.runs.read_manifest(killed)["status"] == "killed" and not (killed / ".runtime").exists()
+
+
+@pytest.mark.notebook
+def test_two_runs_two_folders_and_an_override_run_is_marked_and_refused_by_readme(capsys, outputs, tmp_path):
+    for argv in ([], ["-p", "num_epochs=2"]):
+        code, out = run(capsys, "--profile", "smoke", "--only", "00_baseline", *argv)
+        assert code == 0, out
+    first, second = lib.runs.all_runs("smoke")
+    assert lib.runs.latest("smoke") == second
+    m1, m2 = lib.runs.read_manifest(first), lib.runs.read_manifest(second)
+    assert m1["status"] == m2["status"] == "complete" and m1["overrides"] == {}
+    assert m2["overrides"] == {"num_epochs": 2} and m2["override_diff"] == {"num_epochs": {"profile": 1, "run": 2}}
+    assert m2["notebooks"]["00_baseline"]["seconds"] > 0 and m2["machine"]["isa"] == lib.utils.isa()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{lib.results.README_START}\nold\n{lib.results.README_END}\n")
+    with pytest.raises(lib.errors.LabError, match="num_epochs=2"):
+        lib.results.update_readme(readme, second, "smoke")

@@ -32,11 +32,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import pandas as pd
 import torch
 from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
-from tqdm.auto import tqdm
 
 from ..bench import serialized_mb
 from ..models import count_params
 from ..predict import BackendError, OnnxPredictor, TorchPredictor, onnxruntime
+from ..utils import progress as progress_bar
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -257,7 +257,7 @@ def build_variants(model: Any, example: Mapping[str, Any], workdir: Path | str,
     if embeddings_fp32_variant:
         grid.append((*grid[-1][:2], False))
     torch_pc = [False] + ([True] if True in per_channel else [])
-    bar = tqdm(total=2 + len(torch_pc) + len(grid) + int(bf16), desc="variants", disable=not progress)
+    bar = progress_bar(total=2 + len(torch_pc) + len(grid) + int(bf16), desc="variants", disable=not progress)
 
     def info(backend: str, dtype: str, mb: float, **options: Any) -> dict[str, Any]:
         bar.update()

@@ -1,0 +1,398 @@
+"""Run folders: every run keeps its own folder, a manifest saying what made it, and never changes once it ends.
+
+``outputs/<profile>/runs/<run id>/`` holds one run's ``notebooks/`` (executed copies), ``metrics/`` (one JSON record
+per notebook), ``figures/``, ``models/`` (the artifacts later notebooks start from), ``work/`` (scratch) and
+``manifest.json``: profile, the ``-p`` overrides (as a diff against the profile), git commit and whether the tree was
+dirty, package versions, machine and CPU class, and per notebook its status and wall time.
+``outputs/<profile>/latest`` points to the last *complete* run of the profile.
+
+A run id is the start time plus a short random suffix (``20261126-053007-412-a3f1``: date, time, milliseconds, random): ids sort by time and never clash.
+The runner (``python -m lib.run``) starts a run and tells the notebook kernels which one through ``$MUXL_RUN_DIR``; a
+notebook run by hand in JupyterLab starts its own run (profile ``lab``) when its parameters are checked, and that run
+is complete once the notebook writes its record.
+
+A later notebook takes an earlier one's artifacts and record from the **same run** when it has them, else from the
+newest complete run of the profile that has them, or from the run named by its ``input_run`` parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import paths
+from .errors import ArtifactError, LabError
+from .utils import atomic_write_json, cpu_flags, cpu_model, isa
+
+ENV_DIR = "MUXL_RUN_DIR"  # the run folder a notebook kernel writes into (set by the runner)
+ENV_BY = "MUXL_RUN_BY"  # "runner" when the runner started it
+HAND_PROFILE = "lab"  # the profile of a notebook run by hand (no params/lab.yaml: the notebook's own defaults)
+MANIFEST = "manifest.json"
+LATEST = "latest"
+ENDED = ("complete", "failed", "interrupted", "killed")
+# The packages whose versions decide the numbers (recorded in every manifest).
+PACKAGES = ("torch", "transformers", "peft", "onnxruntime", "onnx", "numpy", "scikit-learn", "pandas", "papermill",
+            "lime", "captum", "opacus", "mlflow")
+
+_hand: dict[str, Path] = {}  # profile -> the run this process started by hand (a JupyterLab kernel)
+_inputs: dict[str, str] = {}  # what this process read from earlier runs: "models/teacher" -> run id
+
+
+# ---------------------------------------------------------------------------------------------- where runs live
+
+def runs_dir(profile: str) -> Path:
+    return paths.profile_dir(profile) / "runs"
+
+
+def new_id() -> str:
+    now = datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
+
+
+def all_runs(profile: str | None = None) -> list[Path]:
+    """Every run folder (of one profile, or of all), oldest first."""
+    root = paths.outputs_root()
+    pattern = f"{profile}/runs/*/{MANIFEST}" if profile else f"*/runs/*/{MANIFEST}"
+    return sorted((p.parent for p in root.glob(pattern)), key=lambda d: d.name)
+
+
+def find_run(run: str, profile: str | None = None) -> Path:
+    """A run folder by id (any profile), a unique id prefix, ``latest`` (of ``profile``) or a folder path."""
+    if run == LATEST:
+        if profile is None:
+            raise LabError("'latest' needs a profile (--profile NAME)")
+        target = latest(profile)
+        if target is None:
+            raise ArtifactError(f"profile {profile!r} has no complete run yet: python -m lib.run --profile {profile}")
+        return target
+    if Path(run).is_dir() and (Path(run) / MANIFEST).exists():
+        return Path(run).resolve()
+    matches = [d for d in all_runs(profile) if d.name == run] or [d for d in all_runs(profile) if d.name.startswith(run)]
+    if len(matches) != 1:
+        known = ", ".join(d.name for d in all_runs(profile)[-5:]) or "none"
+        what = "no run" if not matches else f"{len(matches)} runs"
+        raise ArtifactError(f"{what} with id {run!r} under {paths.outputs_root()} (newest: {known}; "
+                            "see python -m lib.run --runs)")
+    return matches[0]
+
+
+def latest(profile: str) -> Path | None:
+    link = paths.profile_dir(profile) / LATEST
+    return link.resolve() if link.is_symlink() and (link.resolve() / MANIFEST).exists() else None
+
+
+def _set_latest(run_dir: Path) -> None:
+    """Point ``outputs/<profile>/latest`` at ``run_dir`` atomically (a relative link: the folder can move)."""
+    link = run_dir.parent.parent / LATEST
+    tmp = link.with_name(f".{LATEST}.{secrets.token_hex(3)}")
+    tmp.symlink_to(Path("runs") / run_dir.name)
+    os.replace(tmp, link)
+
+
+# ---------------------------------------------------------------------------------------------- the manifest
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
+
+
+def _write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / MANIFEST, dict(manifest))
+
+
+def status(manifest: Mapping[str, Any]) -> str:
+    """The run's status; a run whose process is gone without ending it (SIGKILL, power cut) is ``killed``."""
+    s = manifest.get("status", "?")
+    if s == "running" and manifest.get("host") == socket.gethostname() and not _alive(manifest.get("pid")):
+        return "killed"
+    return s
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and whether tracked files differ from it (outputs/ is ignored, so results never count)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20,
+                              check=True).stdout.strip()
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": [c[3:] for c in changed][:20]}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "changed": []}
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """This machine as speed figures need it: CPU model and class (ISA), the flags that matter, cores, memory."""
+    flags = cpu_flags()
+    try:
+        mem = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem = None
+    return {"cpu": cpu_model(), "isa": isa(flags), "cpu_count": os.cpu_count(), "memory_bytes": mem,
+            "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))),
+            "platform": platform.platform(), "python": platform.python_version(), "host": socket.gethostname()}
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------------------------------------- lifecycle
+
+def start(profile: str, *, by: str, notebooks: Sequence[str], overrides: Mapping[str, Any] | None = None,
+          override_diff: Mapping[str, Any] | None = None, argv: Sequence[str] = ()) -> Path:
+    """Create a new run folder with its manifest (status ``running``) and make it this process's current run."""
+    sweep_killed(profile)
+    run_dir = runs_dir(profile) / new_id()
+    run_dir.mkdir(parents=True)
+    _write_manifest(run_dir, {
+        "id": run_dir.name, "profile": profile, "by": by, "argv": list(argv), "status": "running",
+        "started": _now(), "ended": None, "minutes": None, "pid": os.getpid(), "host": socket.gethostname(),
+        "notebooks": {name: {"status": "pending"} for name in notebooks},
+        "overrides": dict(overrides or {}), "override_diff": dict(override_diff or {}),
+        "git": git_state(), "packages": package_versions(), "machine": machine(), "load_average_start": load_average(),
+        "inputs": {},
+    })
+    os.environ[ENV_DIR] = str(run_dir)
+    os.environ[ENV_BY] = by
+    if by == "hand":
+        _hand[profile] = run_dir
+    return run_dir
+
+
+def update(run_dir: Path, **changes: Any) -> dict[str, Any]:
+    """Change a *running* run's manifest (a run that ended is never modified)."""
+    manifest = read_manifest(run_dir)
+    if manifest["status"] in ENDED:
+        raise LabError(f"run {run_dir.name} has ended ({manifest['status']}): it is never modified. "
+                       "Start a new run (re-run the notebook from the top, or python -m lib.run).")
+    manifest.update(changes)
+    _write_manifest(run_dir, manifest)
+    return manifest
+
+
+def notebook_status(run_dir: Path, notebook: str, **fields: Any) -> None:
+    manifest = read_manifest(run_dir)
+    entry = {**manifest["notebooks"].get(notebook, {}), **fields}
+    update(run_dir, notebooks={**manifest["notebooks"], notebook: entry})
+
+
+def finish(run_dir: Path, final: str) -> dict[str, Any]:
+    """End a run: its final status, end time, minutes and git state; ``latest`` moves only to a complete run."""
+    assert final in ENDED, final
+    manifest = read_manifest(run_dir)
+    if manifest["status"] in ENDED:
+        return manifest
+    end_git = git_state()
+    git = dict(manifest["git"])
+    if end_git["commit"] != git.get("commit") or end_git["dirty"]:  # the code changed while it ran
+        git["dirty"] = True
+        git["changed_during_run"] = True
+    started = datetime.fromisoformat(manifest["started"])
+    manifest.update(status=final, ended=_now(), git=git, load_average_end=load_average(),
+                    minutes=round((datetime.now(timezone.utc) - started).total_seconds() / 60, 2))
+    _write_manifest(run_dir, manifest)
+    shutil.rmtree(run_dir / ".runtime", ignore_errors=True)  # kernel connection files of this run
+    if final == "complete":
+        _set_latest(run_dir)
+    if os.environ.get(ENV_DIR) == str(run_dir):
+        os.environ.pop(ENV_DIR, None)
+        os.environ.pop(ENV_BY, None)
+    return manifest
+
+
+def sweep_killed(profile: str) -> list[Path]:
+    """Mark runs whose process died without ending them (SIGKILL) as ``killed``, and drop their kernel files."""
+    found = []
+    for d in all_runs(profile):
+        try:
+            manifest = read_manifest(d)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if manifest.get("status") == "running" and status(manifest) == "killed":
+            manifest.update(status="killed", ended=_now())
+            _write_manifest(d, manifest)
+            shutil.rmtree(d / ".runtime", ignore_errors=True)
+            found.append(d)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------- the current run
+
+def begin_hand_run(profile: str, notebook: str) -> Path:
+    """Called when a notebook checks its parameters: join the runner's run, or start a run of its own (by hand)."""
+    joined = _runner_run(profile)
+    if joined is not None:
+        return joined
+    _inputs.clear()
+    return start(profile, by="hand", notebooks=[notebook])
+
+
+def _runner_run(profile: str) -> Path | None:
+    env = os.environ.get(ENV_DIR)
+    if env and os.environ.get(ENV_BY) == "runner" and Path(env).parent == runs_dir(profile):
+        return Path(env)
+    return None
+
+
+def _here(profile: str) -> Path | None:
+    """This process's run of ``profile`` under today's outputs folder (the runner's, or one started by hand)."""
+    run_dir = _runner_run(profile) or _hand.get(profile)
+    return run_dir if run_dir is not None and run_dir.parent == runs_dir(profile) else None
+
+
+def current(profile: str) -> Path:
+    """The folder this process writes ``profile``'s results into: the runner's run, the notebook's own run (by
+    hand), or, for library use outside a notebook, a run started now."""
+    run_dir = _here(profile)
+    if run_dir is not None and (run_dir / MANIFEST).exists():
+        manifest = read_manifest(run_dir)
+        if manifest["status"] in ENDED:
+            raise LabError(f"run {run_dir.name} has ended ({manifest['status']}) and is never modified: re-run the "
+                           "notebook from the top (its parameters cell starts a new run).")
+        return run_dir
+    return start(profile, by="hand", notebooks=[])
+
+
+def source(profile: str, relpath: str, run: str = "") -> Path:
+    """The run folder to read ``relpath`` (e.g. ``models/teacher``) from: the run named by ``run``, else the current
+    run if it has it, else the newest complete run of ``profile`` that has it."""
+    if run:
+        found = find_run(run, profile)
+    else:
+        here = _here(profile)
+        if here is not None and (here / relpath).exists():
+            return here
+        candidates = [d for d in reversed(all_runs(profile)) if (d / relpath).exists() and _complete(d)]
+        if not candidates:
+            raise ArtifactError(f"no complete run of profile {profile!r} has {relpath}")
+        found = candidates[0]
+    if found != _here(profile):
+        _inputs[relpath] = found.name
+    return found
+
+
+def inputs() -> dict[str, str]:
+    """What this process took from earlier runs (``relpath -> run id``), for the record's provenance."""
+    return dict(_inputs)
+
+
+def _complete(run_dir: Path) -> bool:
+    try:
+        return read_manifest(run_dir).get("status") == "complete"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def notebook_done(profile: str, notebook: str) -> None:
+    """A hand run ends when its notebook has written its record (the runner ends its own runs)."""
+    run_dir = _hand.get(profile)
+    if run_dir is None or _runner_run(profile) is not None:
+        return
+    manifest = read_manifest(run_dir)
+    if list(manifest["notebooks"]) == [notebook] and manifest["status"] == "running":
+        notebook_status(run_dir, notebook, status="complete")
+        update(run_dir, inputs=inputs())
+        finish(run_dir, "complete")  # _hand keeps it: a later write in this kernel is refused, not misplaced
+
+
+# ---------------------------------------------------------------------------------------------- inside the current run
+
+def metrics_path(profile: str, notebook: str) -> Path:
+    return current(profile) / "metrics" / f"{notebook}.json"
+
+
+def figures_dir(profile: str) -> Path:
+    path = current(profile) / "figures"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def artifact_dir(profile: str, name: str) -> Path:
+    """Where this run saves artifact ``name`` (e.g. ``artifact_dir("default", "teacher")``)."""
+    return current(profile) / "models" / name
+
+
+def work_dir(profile: str, notebook: str) -> Path:
+    """Scratch files of one notebook in this run (e.g. the ONNX files of every quantized variant)."""
+    path = current(profile) / "work" / notebook
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- housekeeping
+
+def delete(run_dirs: Iterable[Path]) -> list[str]:
+    """Remove runs (never one still running); ``latest`` moves back to the newest complete run left, if any."""
+    gone = []
+    for d in run_dirs:
+        manifest = read_manifest(d)
+        if status(manifest) == "running":
+            raise LabError(f"run {d.name} is still running (pid {manifest.get('pid')}): stop it first")
+        profile = manifest["profile"]
+        was_latest = latest(profile) == d.resolve()
+        shutil.rmtree(d)
+        gone.append(d.name)
+        if was_latest:
+            link = paths.profile_dir(profile) / LATEST
+            rest = [r for r in all_runs(profile) if _complete(r)]
+            if rest:
+                _set_latest(rest[-1])
+            else:
+                link.unlink(missing_ok=True)
+    return gone
+
+
+def minutes_history(profile: str, notebook: str, limit: int = 5) -> list[float]:
+    """Wall minutes of ``notebook`` in the newest complete runner runs of ``profile`` (for an ETA)."""
+    out = []
+    for d in reversed(all_runs(profile)):
+        try:
+            entry = read_manifest(d)["notebooks"].get(notebook, {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        if entry.get("status") == "complete" and entry.get("seconds"):
+            out.append(entry["seconds"] / 60)
+        if len(out) >= limit:
+            break
+    return out
