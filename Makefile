@@ -1,5 +1,5 @@
 # The few verbs people use. Everything runs inside .venv (created on first use).
-#   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill
+#   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill (MLFLOW=1: also log to MLflow)
 #   make test                  set up if needed, then the gate: unit tests + every notebook on smoke (< 10 min)
 #   make test-all              make test + nbval (every notebook with its own defaults) + slow tests (~20 min)
 #   make lab                   JupyterLab from .venv (the notebooks' "python3" kernel is this project's Python)
@@ -9,6 +9,7 @@
 #   make clean                 remove outputs/ run results (keeps outputs/README.md)
 #   make readme [RUN=id]       regenerate the README results block from a clean complete default run
 #   make runs                  list the runs (python -m lib.run --runs; --compare A B; --delete ID)
+#   make mlflow-ui             browse the MLflow store of `make run MLFLOW=1` runs
 
 PYTHON ?= python3.11
 PROFILE ?= default
@@ -20,7 +21,7 @@ PIP_ARGS := -c requirements/constraints.txt -e .[dev]
 # A kernel name per clone (a hash of its path): registering a second clone never re-points the first one's kernel.
 KERNEL := model-ux-lab-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 
-.PHONY: install run smoke test test-all lab kernel clean clean-notebooks lock readme runs
+.PHONY: install run smoke test test-all lab kernel clean clean-notebooks lock readme runs mlflow-ui
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -32,7 +33,7 @@ $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/python -m lib.run --profile $(PROFILE) $(ARGS)
+	$(BIN)/python -m lib.run --profile $(PROFILE) $(if $(MLFLOW),--mlflow) $(ARGS)
 
 smoke: install
 	$(BIN)/python -m lib.run --profile smoke
@@ -53,6 +54,10 @@ kernel: install
 
 runs: install
 	$(BIN)/python -m lib.run --runs
+
+# Browse what `make run MLFLOW=1` logged (a local store, no server to set up): http://127.0.0.1:5000
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --port 5000
 
 clean-notebooks: install
 	$(BIN)/nbstripout notebooks/*.ipynb

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import paths, preflight, runs
+from . import paths, preflight, runs, tracking
 from .catalog import NOTEBOOKS
 from .errors import ArtifactError, LabError, ParamError
 from .utils import atomic_write_json, atomic_write_text, env_info
@@ -139,6 +139,9 @@ def record(notebook: str, params: Mapping[str, Any], variants: Sequence[Mapping[
     rec = _plain(rec)
     validate_record(rec)
     out = atomic_write_json(runs.metrics_path(profile, notebook), rec)
+    if tracking.enabled():  # opt-in: python -m lib.run --mlflow, or MUXL_MLFLOW=1
+        seconds = tracking.log_record(rec, base, out)
+        print(f"MLflow: {notebook} logged to {tracking.tracking_uri()} in {seconds:.1f} s")
     runs.notebook_done(profile, notebook)  # a notebook run by hand: its run is complete now
     return out
 

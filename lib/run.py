@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from . import catalog, params, paths, preflight, results, runs
+from . import catalog, params, paths, preflight, results, runs, tracking
 from .errors import ArtifactError, LabError, ParamError
 
 # The notebooks name the "python3" kernel, which Jupyter resolves to the Python it runs in: here the runner's own
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="what changed between two runs")
     p.add_argument("--delete", nargs="+", metavar="RUN", help="delete runs by id, or 'incomplete' for every ended "
                    "run that did not complete")
+    p.add_argument("--mlflow", action="store_true", help="also log every record to MLflow (a local store: "
+                   "outputs/mlflow.db; browse with `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`)")
     p.add_argument("--quiet", action="store_true", help="do not stream the notebooks' output (one bar per notebook)")
     return p
 
@@ -464,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         print(f"ok: {len(resolved)} notebook(s) valid for profile {profile!r}")
         return 0
+    if args.mlflow:
+        os.environ[tracking.ENV] = "1"  # the notebook kernels inherit it
     try:
         return run_notebooks(profile, resolved, args.param, args.execution_timeout, not args.quiet, argv)
     except KeyboardInterrupt:  # a second Ctrl-C while the run was being closed

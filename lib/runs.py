@@ -191,7 +191,7 @@ def start(profile: str, *, by: str, notebooks: Sequence[str], overrides: Mapping
         "notebooks": {name: {"status": "pending"} for name in notebooks},
         "overrides": dict(overrides or {}), "override_diff": dict(override_diff or {}),
         "git": git_state(), "packages": package_versions(), "machine": machine(), "load_average_start": load_average(),
-        "inputs": {},
+        "inputs": {}, "mlflow": os.environ.get("MUXL_MLFLOW", "").lower() in ("1", "true", "yes", "on"),
     })
     os.environ[ENV_DIR] = str(run_dir)
     os.environ[ENV_BY] = by
