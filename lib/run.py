@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import statistics
@@ -188,11 +189,12 @@ def execute(nb: catalog.Notebook, values: dict[str, Any], run_dir: Path, timeout
     runtime.mkdir(exist_ok=True)
     old_tmp, tempfile.tempdir = tempfile.tempdir, str(runtime)
     with _stderr_to(run_dir / "jupyter.log") as terminal:
+        _gates[:] = [_Gate(sys.stdout), _Gate(terminal)] if stream else []
         try:
             pm.execute_notebook(str(paths.notebook_path(nb.name)), str(running), parameters=values,
                                 kernel_name=KERNEL, cwd=str(paths.NOTEBOOKS), progress_bar=False,
                                 execution_timeout=timeout, report_mode=False,
-                                stdout_file=sys.stdout if stream else None, stderr_file=terminal if stream else None)
+                                stdout_file=_gates[0] if stream else None, stderr_file=_gates[1] if stream else None)
         except BaseException as e:
             if running.exists():
                 why = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
@@ -200,6 +202,7 @@ def execute(nb: catalog.Notebook, values: dict[str, Any], run_dir: Path, timeout
             raise
         finally:
             tempfile.tempdir = old_tmp
+            _gates.clear()
     os.replace(running, out)
     return out
 
@@ -360,8 +363,45 @@ def _eta(profile: str, name: str) -> str:
     return f"~{statistics.median(past):.1f} min (median of {len(past)} earlier run(s))" if past else "no earlier run"
 
 
+class _Gate:
+    """A stream the notebooks' output passes through to the terminal; closed the moment the user interrupts, so the
+    dying kernel's last words (a KeyboardInterrupt inside some ``__del__``) do not follow the runner's own message."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.open = stream, True
+
+    def write(self, text: str) -> int:
+        if self.open:
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.open:
+            self.stream.flush()
+
+
+_gates: list[_Gate] = []
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    for gate in _gates:
+        gate.open = False
+    raise KeyboardInterrupt()
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    for gate in _gates:
+        gate.open = False
     raise Terminated()
+
+
+def _redeliver_interrupts(unraisable: Any) -> None:
+    """A Ctrl-C (or SIGTERM) that lands inside a finalizer (``__del__``) is "ignored" by Python, with a traceback:
+    send the signal again, so it interrupts the run where it can, silently."""
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+        os.kill(os.getpid(), signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM)
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def run_notebooks(profile: str, resolved: list[tuple[catalog.Notebook, dict]], overrides: Sequence[str],
@@ -372,6 +412,7 @@ def run_notebooks(profile: str, resolved: list[tuple[catalog.Notebook, dict]], o
     # Kernel connection files live in the run (removed when it ends): a killed run leaves nothing elsewhere.
     os.environ["JUPYTER_RUNTIME_DIR"] = str(run_dir / ".runtime")
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    old_int = signal.signal(signal.SIGINT, _on_sigint)
     print(f"run {run_dir.name} (profile {profile!r}{', overrides ' + ' '.join(overrides) if overrides else ''}): "
           f"{run_dir}", file=sys.stderr)
     started, timings, final = time.perf_counter(), {}, "failed"
@@ -399,6 +440,9 @@ def run_notebooks(profile: str, resolved: list[tuple[catalog.Notebook, dict]], o
         final = "complete"
     except (KeyboardInterrupt, Terminated) as e:
         final = "interrupted"
+        # nbclient's cell task dies with the kernel; when Python later collects it, asyncio logs "Task exception was
+        # never retrieved ... DeadKernelError". The run is over and says so below: that log is noise now.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         if current is not None:
             runs.notebook_status(run_dir, current.name, status="interrupted")
         what = "Ctrl-C" if isinstance(e, KeyboardInterrupt) else "SIGTERM"
@@ -408,6 +452,7 @@ def run_notebooks(profile: str, resolved: list[tuple[catalog.Notebook, dict]], o
         return 130
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
         _update_inputs(run_dir)
         runs.finish(run_dir, final)
         os.environ.pop("JUPYTER_RUNTIME_DIR", None)
@@ -441,6 +486,17 @@ def _update_inputs(run_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    old_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_interrupts
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a run started, or a second Ctrl-C while one was being closed
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.unraisablehook = old_hook
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.list:
@@ -468,10 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.mlflow:
         os.environ[tracking.ENV] = "1"  # the notebook kernels inherit it
-    try:
-        return run_notebooks(profile, resolved, args.param, args.execution_timeout, not args.quiet, argv)
-    except KeyboardInterrupt:  # a second Ctrl-C while the run was being closed
-        return 130
+    return run_notebooks(profile, resolved, args.param, args.execution_timeout, not args.quiet, argv)
 
 
 if __name__ == "__main__":

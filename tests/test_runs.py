@@ -306,3 +306,14 @@ def test_one_kernel_story():
     install = makefile.split("$(BIN)/.installed:")[1].split("\n\n")[0]
     assert "kernel install" not in install  # installing never touches the user's kernels
     assert "--name $(KERNEL)" in makefile and "KERNEL := model-ux-lab-$(" in makefile
+
+
+def test_an_interrupt_inside_a_finalizer_is_sent_again_not_printed(monkeypatch):
+    import signal
+    import types
+
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    lib.run._redeliver_interrupts(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
+    lib.run._redeliver_interrupts(types.SimpleNamespace(exc_value=lib.run.Terminated()))
+    assert sent == [(os.getpid(), signal.SIGINT), (os.getpid(), signal.SIGTERM)]
