@@ -33,6 +33,7 @@ from transformers import DataCollatorWithPadding
 from .data import Encoded
 from .models import count_params
 from .predict import Predictor, as_predictor
+from .results import MAX_SPREAD
 from .utils import device, progress, synchronize
 
 
@@ -73,10 +74,6 @@ def _time_pass(predictor: Predictor, probe: Probe) -> tuple[list[float], float]:
     synchronize()
     return lat, probe.n_batched / (time.perf_counter() - t0)
 
-
-# A repeat spread above this (max - min over median of the batch-32 throughputs) makes a speed figure untrustworthy:
-# the machine was busy or throttling. On an idle 2-core machine the spread stayed under 0.10.
-MAX_SPREAD = 0.25
 
 
 def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, reference: str | None = None,

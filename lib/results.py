@@ -45,6 +45,9 @@ VARIANT_KEYS = ("name", "role", "accuracy", "f1", "size_mb", "num_params", "late
                 "throughput_b32", "speedup_vs_reference")
 ENV_KEYS = ("python", "torch", "transformers", "threads", "cpu", "isa")  # isa: every speed figure names its CPU class
 ROLES = ("reference", "variant")
+# A repeat spread above this ((max - min) / median of the batch-32 throughputs) makes a speed figure untrustworthy:
+# the machine was busy or throttling. In the idle 2-core default run of 2026-11-26 every spread was 1-10%.
+MAX_SPREAD = 0.25
 # How long a whole `make run` of each profile may take on the 2-core reference machine (all notebooks).
 BUDGET_MINUTES = {"smoke": 5, "quick": 10, "default": 60}
 
@@ -174,6 +177,26 @@ def run_times(profile: str, recs: Sequence[Mapping[str, Any]]) -> str:
             + f"; {total:.1f} min in all{f' ({verdict})' if verdict else ''}.")
 
 
+def speed_trust(recs: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on how quiet the machine was while the speed figures were measured (load, repeat spread)."""
+    timed = [(r["notebook"], v) for r in recs for v in r["variants"] if v.get("throughput_b32") is not None]
+    loads = [v["load_average"] for _, v in timed if isinstance(v.get("load_average"), (int, float))]
+    spreads = [(v["throughput_b32_spread"], f"{n} {v['name']}") for n, v in timed
+               if isinstance(v.get("throughput_b32_spread"), (int, float))]
+    if not loads and not spreads:
+        return ""
+    parts = []
+    if loads:
+        parts.append(f"1-minute load average at most {max(loads):.2f} while timing")
+    if spreads:
+        worst = max(spreads)
+        parts.append(f"largest repeat spread of a batch-32 throughput {worst[0]:.0%} ({worst[1]})")
+        shaky = [name for spread, name in spreads if spread > MAX_SPREAD]
+        if shaky:
+            parts.append(f"**unsteady (spread over {MAX_SPREAD:.0%}): {', '.join(shaky)}**")
+    return "Speed measurement conditions: " + "; ".join(parts) + "."
+
+
 def budget_note(profile: str, minutes: float) -> str:
     """``minutes`` against the profile's budget for the whole collection ("" for a profile without one)."""
     budget = BUDGET_MINUTES.get(profile)
@@ -287,6 +310,9 @@ def markdown_results(run_dir: Path) -> str:
                 f"{_fmt(params_m, '.1f')} | {_fmt(v['latency_ms_b1_p50'], '.2f')} | "
                 f"{_fmt(v['throughput_b32'], '.1f')} | {_fmt(v['speedup_vs_reference'], '.2f')} |")
     lines.append("")
+    trust = speed_trust(recs)
+    if trust:
+        lines += [trust, ""]
     times = run_times(profile, recs)
     if times:
         lines += [times, ""]

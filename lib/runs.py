@@ -17,6 +17,7 @@ newest complete run of the profile that has them, or from the run named by its `
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -66,7 +67,7 @@ def all_runs(profile: str | None = None) -> list[Path]:
 
 
 def find_run(run: str, profile: str | None = None) -> Path:
-    """A run folder by id (any profile), a unique id prefix, ``latest`` (of ``profile``) or a folder path."""
+    """A run folder by id or unique id prefix (of any profile: ids are unique), ``latest`` (of ``profile``) or a path."""
     if run == LATEST:
         if profile is None:
             raise LabError("'latest' needs a profile (--profile NAME)")
@@ -76,7 +77,8 @@ def find_run(run: str, profile: str | None = None) -> Path:
         return target
     if Path(run).is_dir() and (Path(run) / MANIFEST).exists():
         return Path(run).resolve()
-    matches = [d for d in all_runs(profile) if d.name == run] or [d for d in all_runs(profile) if d.name.startswith(run)]
+    every = all_runs()  # ids are unique across profiles
+    matches = [d for d in every if d.name == run] or [d for d in every if d.name.startswith(run)]
     if len(matches) != 1:
         known = ", ".join(d.name for d in all_runs(profile)[-5:]) or "none"
         what = "no run" if not matches else f"{len(matches)} runs"
@@ -132,15 +134,19 @@ def _alive(pid: Any) -> bool:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit and whether tracked files differ from it (outputs/ is ignored, so results never count)."""
+    """Commit, whether tracked files differ from it (outputs/ is ignored, so results never count), which, and a
+    fingerprint of the difference (to tell whether the code changed *during* a run)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20,
-                              check=True).stdout.strip()
+                              check=True).stdout
     try:
-        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changed), "changed": [c[3:] for c in changed][:20]}
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()  # "XY path": keep the columns
+        diff = git("diff", "HEAD")
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed),
+                "changed": [line[3:] for line in changed][:20],
+                "diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if changed else None}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "changed": []}
+        return {"commit": None, "dirty": None, "changed": [], "diff_sha1": None}
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
@@ -225,9 +231,8 @@ def finish(run_dir: Path, final: str) -> dict[str, Any]:
         return manifest
     end_git = git_state()
     git = dict(manifest["git"])
-    if end_git["commit"] != git.get("commit") or end_git["dirty"]:  # the code changed while it ran
-        git["dirty"] = True
-        git["changed_during_run"] = True
+    if (end_git["commit"], end_git["diff_sha1"]) != (git.get("commit"), git.get("diff_sha1")):
+        git.update(dirty=True, changed_during_run=True)  # the code changed while it ran: no clean provenance
     started = datetime.fromisoformat(manifest["started"])
     manifest.update(status=final, ended=_now(), git=git, load_average_end=load_average(),
                     minutes=round((datetime.now(timezone.utc) - started).total_seconds() / 60, 2))

@@ -173,7 +173,7 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
                 n += int(batch["input_ids"].shape[0])
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", epoch=epoch)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", epoch=epoch, refresh=False)  # redraw at its own pace
                 if step >= total:
                     break
             seconds = time.perf_counter() - t0

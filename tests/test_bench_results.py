@@ -218,3 +218,16 @@ def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs, monkeypat
 def test_the_readme_has_the_generated_block_markers():
     text = (lib.paths.ROOT / "README.md").read_text(encoding="utf-8")
     assert lib.results.README_START in text and lib.results.README_END in text
+
+
+def test_speed_conditions_are_stated_and_unsteady_figures_named():
+    rec = good_record()
+    rec["variants"][0].update(load_average=1.9, throughput_b32_spread=0.04)
+    rec["variants"].append({**rec["variants"][0], "name": "int8", "role": "variant", "load_average": 2.4,
+                            "throughput_b32_spread": 0.31})
+    text = lib.results.speed_trust([rec])
+    assert "load average at most 2.40" in text and "largest repeat spread of a batch-32 throughput 31% (00_baseline int8)" in text
+    assert "**unsteady (spread over 25%): 00_baseline int8**" in text
+    rec["variants"][-1]["throughput_b32_spread"] = 0.05
+    assert "unsteady" not in lib.results.speed_trust([rec])
+    assert lib.results.speed_trust([{"variants": [{"throughput_b32": None}]}]) == ""

@@ -217,3 +217,42 @@ def test_bf16_training_casts_the_forward_and_keeps_fp32_weights(tiny):
     assert runs["bf16"].step_losses[0] != runs["fp32"].step_losses[0]  # autocast really changed the arithmetic
     assert abs(runs["bf16"].step_losses[0] - runs["fp32"].step_losses[0]) < 0.05  # ... by bf16 rounding only
     assert max(e["val_accuracy"] for e in runs["bf16"].epochs) >= 0.9  # and it still learns
+
+
+def test_under_the_runner_the_training_bar_does_not_flood_the_log(tiny, monkeypatch, capsys):
+    """The runner streams every redraw to the terminal and into the executed notebook: at most one per few seconds."""
+    make, tokenizer = tiny
+    monkeypatch.setenv("MUXL_RUN_BY", "runner")
+    cfg = lib.train.TrainConfig(num_epochs=4, learning_rate=1e-3, seed=0)  # 24 steps, a second or two
+    lib.train.fit(make(), loaders_for(tokenizer).train, None, cfg)
+    redraws = capsys.readouterr().err.count("\r")
+    assert 1 <= redraws <= 6, redraws  # first draw, a timed redraw or two, the close; not one per step
+
+
+def test_device_resolution_and_moves_on_cpu(tiny, monkeypatch):
+    monkeypatch.delenv("MUXL_DEVICE", raising=False)
+    assert lib.utils.resolve_device("cpu").type == "cpu"
+    assert lib.utils.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(lib.errors.ParamError, match="must be 'auto', 'cpu' or 'cuda'"):
+        lib.utils.resolve_device("tpu")
+    lib.utils.set_device("cpu")
+    assert lib.utils.device().type == "cpu" and lib.utils.env_info()["device"] == "cpu"
+    make, tokenizer = tiny
+    model = make()
+    batch = next(iter(loaders_for(tokenizer).val))
+    moved = lib.utils.to_device(batch, lib.utils.device())
+    assert all(v.device.type == "cpu" for v in moved.values())
+    assert lib.predict.TorchPredictor(model)(batch).shape == (len(batch["labels"]), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on the reference machines)")
+def test_training_and_prediction_run_on_cuda(tiny, monkeypatch):
+    make, tokenizer = tiny
+    lib.utils.set_device("cuda")
+    model = make()
+    loaders = loaders_for(tokenizer)
+    lib.train.fit(model, loaders.train, None, lib.train.TrainConfig(num_epochs=1, seed=0, progress=False))
+    assert next(model.parameters()).device.type == "cuda"
+    logits, labels = lib.evaluate.predict_logits(model, loaders.val)
+    assert logits.shape == (len(labels), 2)
+    lib.utils.set_device("cpu")

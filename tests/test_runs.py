@@ -317,3 +317,42 @@ def test_an_interrupt_inside_a_finalizer_is_sent_again_not_printed(monkeypatch):
     lib.run._redeliver_interrupts(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
     lib.run._redeliver_interrupts(types.SimpleNamespace(exc_value=lib.run.Terminated()))
     assert sent == [(os.getpid(), signal.SIGINT), (os.getpid(), signal.SIGTERM)]
+
+
+def test_eta_comes_from_the_profiles_earlier_complete_runs(outputs):
+    assert lib.run._eta("smoke", "00_baseline") == "no earlier run"
+    for seconds in (60.0, 120.0, 600.0):
+        d = runs.start("smoke", by="runner", notebooks=["00_baseline"])
+        runs.notebook_status(d, "00_baseline", status="complete", seconds=seconds)
+        runs.finish(d, "complete")
+    d = runs.start("smoke", by="runner", notebooks=["00_baseline"])
+    runs.notebook_status(d, "00_baseline", status="failed", seconds=5.0)  # a failed notebook says nothing
+    runs.finish(d, "failed")
+    assert lib.run._eta("smoke", "00_baseline") == "~2.0 min (median of 3 earlier run(s))"
+
+
+@pytest.mark.parametrize("start, end, changed", [
+    ({"commit": "a", "dirty": False, "diff_sha1": None}, {"commit": "a", "dirty": False, "diff_sha1": None}, False),
+    ({"commit": "a", "dirty": True, "diff_sha1": "x"}, {"commit": "a", "dirty": True, "diff_sha1": "x"}, False),
+    ({"commit": "a", "dirty": False, "diff_sha1": None}, {"commit": "a", "dirty": True, "diff_sha1": "y"}, True),
+    ({"commit": "a", "dirty": False, "diff_sha1": None}, {"commit": "b", "dirty": False, "diff_sha1": None}, True),
+])
+def test_code_that_changes_during_a_run_is_recorded(outputs, monkeypatch, start, end, changed):
+    monkeypatch.setattr(runs, "git_state", lambda: {**start, "changed": []})
+    d = runs.start("smoke", by="runner", notebooks=[])
+    monkeypatch.setattr(runs, "git_state", lambda: {**end, "changed": []})
+    git = runs.finish(d, "complete")["git"]
+    assert git.get("changed_during_run", False) == changed
+    assert git["dirty"] == (start["dirty"] or changed)
+
+
+def test_git_state_names_changed_files_whole():
+    state = runs.git_state()
+    if state["commit"] is None:
+        pytest.skip("not a git checkout")
+    assert all((lib.paths.ROOT / path).exists() or " -> " in path for path in state["changed"])
+
+
+def test_a_run_is_found_by_id_from_any_profile(outputs):
+    d = runs.start("smoke", by="runner", notebooks=[])
+    assert runs.find_run(d.name, "default") == d and runs.find_run(d.name[:17]) == d
