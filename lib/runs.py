@@ -231,7 +231,7 @@ def finish(run_dir: Path, final: str) -> dict[str, Any]:
         return manifest
     end_git = git_state()
     git = dict(manifest["git"])
-    if (end_git["commit"], end_git["diff_sha1"]) != (git.get("commit"), git.get("diff_sha1")):
+    if (end_git.get("commit"), end_git.get("diff_sha1")) != (git.get("commit"), git.get("diff_sha1")):
         git.update(dirty=True, changed_during_run=True)  # the code changed while it ran: no clean provenance
     started = datetime.fromisoformat(manifest["started"])
     manifest.update(status=final, ended=_now(), git=git, load_average_end=load_average(),
