@@ -242,7 +242,7 @@ def validate(notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl]
     errs: list[str] = []
     for name in values:
         if name not in decls:
-            close = _close_names(name, decls)
+            close = close_names(name, decls)
             errs.append(
                 f"unknown parameter {name!r} for {notebook}"
                 + (f" (did you mean {close}?)" if close else "")
@@ -270,7 +270,7 @@ def validate(notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl]
     return resolved
 
 
-def _close_names(name: str, decls: Iterable[str]) -> str:
+def close_names(name: str, decls: Iterable[str]) -> str:
     return " or ".join(repr(n) for n in difflib.get_close_matches(name, list(decls), n=2))
 
 
@@ -322,7 +322,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _with_close(name: str, known: Iterable[str]) -> str:
-    close = _close_names(name, known)
+    close = close_names(name, known)
     return f"{name!r}" + (f" (did you mean {close}?)" if close else "")
 
 

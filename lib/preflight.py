@@ -3,7 +3,8 @@
 Parameter *values* are checked by :mod:`lib.params`; here is what needs a look at the world: that a CSV path is a
 readable UTF-8 file with the named columns and at least two classes, that an earlier run's artifact is complete (its
 safetensors headers included) and was made from the same data settings, and that a device asked for exists. Only the
-standard library (plus torch for the device question), so ``python -m lib.run --check`` answers in seconds.
+standard library (plus torch for the device question, through :func:`lib.utils.resolve_device`), so
+``python -m lib.run --check`` answers in seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import DataError
+from .errors import DataError, ParamError
+from .utils import resolve_device
 
 # Parameters that define "the same data split and base model": numbers from two notebooks are only comparable, and an
 # artifact only reusable, when these agree.
@@ -99,12 +101,8 @@ def producer_params(run_dir: Path, producer: str) -> dict[str, Any] | None:
 
 def device_problem(device: str) -> str | None:
     """``cuda`` asked on a machine without a usable GPU: say so (and the fix) before any work."""
-    if device != "cuda":
-        return None
-    import torch  # the one heavy import here, and only when a GPU is asked for
-
-    if not torch.cuda.is_available():
-        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        return (f"device='cuda' was asked, but {why} (torch {torch.__version__}). Use device='auto' (a GPU when "
-                "there is one, else the CPU) or device='cpu'.")
+    try:
+        resolve_device(device)
+    except ParamError as e:
+        return str(e)
     return None

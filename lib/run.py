@@ -99,7 +99,7 @@ def plan(profile: str, only: Sequence[str] | None, overrides: Sequence[str]) -> 
     every = {name for d in declared.values() for name in d}
     for key in parsed:
         if key not in every and key != "profile":
-            close = params._close_names(key, every)
+            close = params.close_names(key, every)
             errors.append(f"override {key!r} is not a parameter of any selected notebook "
                           f"({', '.join(declared)})" + (f"; did you mean {close}?" if close else ""))
     if "profile" in parsed:
