@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 import lib
-from lib.techniques.distributed import ShardedBatches, main
+from lib.techniques.distributed import LaunchError, ShardedBatches, launch, main, torchrun_command
 from tests.conftest import toy_dataset
 
 
@@ -60,3 +60,34 @@ def test_two_processes_reach_the_weights_of_one(tmp_path, tiny, monkeypatch):
     s1, s2 = json.loads((one_out / "stats.json").read_text()), json.loads((two_out / "stats.json").read_text())
     assert s1["steps"] == s2["steps"] == 6 and s2["world_size"] == 2 and s2["backend"] == "gloo"
     assert np.isfinite(s2["losses"]).all()  # rank 0's own share of each step's loss (its scaled half)
+
+
+@pytest.mark.notebook
+def test_two_nodes_on_one_machine_match_two_ranks_in_one_launch(tmp_path, tiny):
+    """The multi-machine path for real: two torchrun launches (--nnodes 2, one per node rank, c10d rendezvous on
+    127.0.0.1) finish with the weights of world size 2 in one launch."""
+    spec, out = _spec(tmp_path, tiny, 2)
+    launch(spec, 2)
+    single = load_file(out / "weights.safetensors")
+    port = lib.distributed.free_port()
+    procs = [subprocess.Popen(torchrun_command(spec, 1, nnodes=2, node_rank=r, rdzv_endpoint=f"127.0.0.1:{port}",
+                                               rdzv_id="test2nodes"), cwd=lib.paths.ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    nodes = load_file(out / "weights.safetensors")  # node 0's rank 0 wrote it
+    assert max(float((single[k] - nodes[k]).abs().max()) for k in single) < 1e-6
+
+
+@pytest.mark.notebook
+def test_a_crashing_worker_fails_the_launch_with_its_own_error(tmp_path, tiny):
+    spec, _ = _spec(tmp_path, tiny, 2)
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), "fail_on_rank": 1}))
+    with pytest.raises(LaunchError, match=r"RuntimeError: worker 1 failed on purpose"):
+        launch(spec, 2)
+
+
+def test_worker_error_is_found_in_torchrun_output():
+    stderr = "W1126 warning\nTraceback (most recent call last):\n  File x\nValueError: bad shape (3, 4)\n" \
+             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+    assert lib.distributed.worker_error(stderr) == "ValueError: bad shape (3, 4)"

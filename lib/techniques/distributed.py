@@ -21,6 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,11 +32,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
 from ..data import Encoded
+from ..errors import LabError
 from ..models import fresh_classifier, load_tokenizer
 from ..train import TrainConfig, fit
 from ..utils import num_threads, seed_everything
@@ -112,8 +117,55 @@ def scaled_loss(global_batch: int, world_size: int):
     return loss_fn
 
 
+# ---------------------------------------------------------------------------------------------- launching
+
+class LaunchError(LabError, RuntimeError):
+    """A torchrun launch failed; the message carries the failing worker's own error."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it), for a rendezvous on this machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(spec_path: Path | str, nproc: int, nnodes: int = 1, node_rank: int = 0,
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "muxl") -> list[str]:
+    """The torchrun command for this worker. One machine: ``--standalone`` (a free port is chosen). Several: every
+    machine runs the same command with its own ``node_rank`` and the same ``rdzv_endpoint`` (``host:port`` of one of
+    them; c10d rendezvous). With gloo across machines, set ``GLOO_SOCKET_IFNAME`` to the network interface: the
+    hostname often resolves to 127.0.1.1."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes == 1 and rdzv_endpoint is None:
+        cmd.append("--standalone")
+    else:
+        cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", rdzv_endpoint or f"127.0.0.1:{free_port()}", "--rdzv-id", rdzv_id]
+    return cmd + ["-m", __name__, "--spec", str(spec_path)]
+
+
+def launch(spec_path: Path | str, nproc: int, **rendezvous: Any) -> dict[str, Any]:
+    """Run the worker under torchrun and return rank 0's stats; a :class:`LaunchError` with the failing worker's
+    error if any rank fails (torchrun then stops the others)."""
+    done = subprocess.run(torchrun_command(spec_path, nproc, **rendezvous), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise LaunchError(f"torchrun failed (exit {done.returncode}): {worker_error(done.stdout + done.stderr)}")
+    out = Path(json.loads(Path(spec_path).read_text())["out"])
+    return json.loads((out / "stats.json").read_text())
+
+
+def worker_error(stderr: str) -> str:
+    """The failing worker's exception line from torchrun's output (its last ``SomethingError: ...`` line)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ": " in ln and ln.split(": ", 1)[0].split(".")[-1].endswith(("Error", "Exception"))
+              and "ChildFailedError" not in ln]
+    return errors[-1] if errors else (lines[-1] if lines else "no output")
+
+
 # ---------------------------------------------------------------------------------------------- the worker
 
+@record  # on a crash, torchrun's summary shows this worker's own traceback (not just "exit code 1")
 def main(argv: Sequence[str] | None = None) -> None:
     """One rank of a data-parallel training run; ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT."""
     ap = argparse.ArgumentParser(prog="python -m lib.techniques.distributed")
@@ -127,9 +179,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     torch.set_num_threads(int(spec.get("threads") or max(1, num_threads() // world)))
+    if rank == spec.get("fail_on_rank"):  # for the failure test: a worker that crashes
+        raise RuntimeError(f"worker {rank} failed on purpose (spec fail_on_rank={rank})")
     seed_everything(spec["seed"])
     model = fresh_classifier(spec["model"], spec["num_labels"], pooling=spec.get("pooling", "cls"), seed=spec["seed"])
-    if spec.get("no_dropout"):  # for the equivalence proof: each rank draws its own dropout masks (same law, not values)
+    if spec.get("no_dropout"):  # for the equivalence proof: each rank draws its own dropout masks (same law, new values)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
