@@ -135,15 +135,18 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def run_hint(notebook: str, profile: str) -> str:
+    """How to get what ``notebook`` makes: run it by hand (profile ``lab``) or with the runner."""
+    if profile == runs.HAND_PROFILE:
+        return (f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end (Run > Run All Cells), then "
+                "re-run this notebook; or name a run that has it in the input_run parameter.")
+    return f"Run {notebook} first: python -m lib.run --profile {profile} --only {notebook}"
+
+
 def artifact_hint(name: str, profile: str) -> str:
     """How to make artifact ``name``: run the notebook that produces it (by hand, or with the runner)."""
     producer = producer_of(name)
-    if producer is None:
-        return ""
-    if profile == runs.HAND_PROFILE:
-        return (f"Open notebooks/{producer}.ipynb in JupyterLab and run it to the end (Run > Run All Cells), then "
-                "re-run this notebook; or name a run that has it in the input_run parameter.")
-    return f"Run {producer} first: python -m lib.run --profile {profile} --only {producer}"
+    return "" if producer is None else run_hint(producer, profile)
 
 
 def require_artifact(profile: str, name: str, run: str = "") -> Path:

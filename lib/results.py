@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import paths, preflight, runs, tracking
-from .catalog import NOTEBOOKS
+from .catalog import NOTEBOOKS, run_hint
 from .errors import ArtifactError, LabError, ParamError
 from .utils import atomic_write_json, atomic_write_text, env_info
 
@@ -378,7 +378,7 @@ def comparable_record(profile: str, notebook: str, params: Mapping[str, Any],
     try:
         rec = load(profile, notebook, params.get("input_run", ""))
     except FileNotFoundError as e:
-        raise ArtifactError(f"{e}. {artifact_hint_for(notebook, profile)}") from None
+        raise ArtifactError(f"{e}. {run_hint(notebook, profile)}") from None
     diffs = preflight.split_differences(rec["params"], params, notebook, keys)
     if diffs:
         raise ParamError(
@@ -388,12 +388,6 @@ def comparable_record(profile: str, notebook: str, params: Mapping[str, Any],
             f"{profile} --only {notebook} -p name=value ...)."
         )
     return rec
-
-
-def artifact_hint_for(notebook: str, profile: str) -> str:
-    if profile == runs.HAND_PROFILE:
-        return f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end, then re-run this notebook."
-    return f"Run it first: python -m lib.run --profile {profile} --only {notebook}"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from . import paths
+from . import paths, tracking
 from .errors import ArtifactError, LabError
 from .utils import atomic_write_json, cpu_flags, cpu_model, isa
 
@@ -197,7 +197,7 @@ def start(profile: str, *, by: str, notebooks: Sequence[str], overrides: Mapping
         "notebooks": {name: {"status": "pending"} for name in notebooks},
         "overrides": dict(overrides or {}), "override_diff": dict(override_diff or {}),
         "git": git_state(), "packages": package_versions(), "machine": machine(), "load_average_start": load_average(),
-        "inputs": {}, "mlflow": os.environ.get("MUXL_MLFLOW", "").lower() in ("1", "true", "yes", "on"),
+        "inputs": {}, "mlflow": tracking.enabled(),
     })
     os.environ[ENV_DIR] = str(run_dir)
     os.environ[ENV_BY] = by
