@@ -57,6 +57,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=("teacher",),
         produces=("student",),
     ),
+    Notebook(
+        "05_distributed",
+        "Distributed: data-parallel training with torch.distributed (torchrun, DDP), proven equal and measured",
+        needs=(),  # fine-tunes the pretrained model itself: nothing from earlier notebooks
+        produces=(),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

@@ -185,6 +185,14 @@ RULES: dict[str, Rule] = {
     "sweep_temperatures": _positive,
     "sweep_alphas": _between(0, 1, fix="values in [0, 1]"),
     "sweep_epochs": _at_least(1),
+    "world_size": _between(2, 64, fix="ranks on this machine; the comparison with one process needs at least 2"),
+    "threads_per_rank": _at_least(0, "0 shares this machine's cores evenly between the ranks"),
+    "train_steps": _at_least(1),
+    "comm_hooks": _one_of("fp16", "powersgd"),
+    "powersgd_rank": _between(1, 64, fix="PowerSGD's matrix rank: 1 to 8 is usual"),
+    "equivalence_steps": _at_least(1),
+    "equivalence_batch_size": _at_least(1),
+    "equivalence_dtype": _one_of("float32", "float64"),
 }
 
 

@@ -296,3 +296,62 @@ def runs_compare(histories: Mapping[str, Any], profile: str, name: str, title: s
     b.legend()
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def distributed_runs(table: Any, losses: Mapping[str, Sequence[float]], profile: str, name: str = "distributed_runs"):
+    """Data-parallel runs side by side: the training loss of each global batch (running mean of 5, left) and where a step's
+    time goes (right: forward, backward, the communication left over after overlapping backward, the rest)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, (label, values) in enumerate(losses.items()):
+        v = np.asarray(values, dtype=float)
+        k = min(5, max(len(v), 1))
+        a.plot(np.arange(k, len(v) + 1), np.convolve(v, np.ones(k) / k, mode="valid"), color=f"C{i}", label=label)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (global batch, running mean of 5)")
+    a.set_title("Same steps, same data")
+    a.legend()
+    parts = [("forward_s", "forward"), ("backward_s", "backward"), ("exposed_comm_s", "communication not hidden"),
+             ("other_s", "optimizer, data, rest")]
+    y = np.arange(len(table.index))
+    split = table["forward_s"].notna().to_numpy() if "forward_s" in table else np.zeros(len(y), bool)
+    left = np.zeros(len(y))
+    for j, (col, label) in enumerate(parts):
+        vals = np.where(split, table[col].fillna(0).to_numpy(dtype=float), 0.0)
+        b.barh(y, vals, left=left, color=f"C{j}", label=label)
+        left += vals
+    if (~split).any():  # no DDP timers in one process: its step is shown whole
+        b.barh(y[~split], table["step_s"].to_numpy(dtype=float)[~split], color="0.6", label="whole step (no DDP timers)")
+    b.set_yticks(y, table.index)
+    b.invert_yaxis()
+    b.set_xlabel("seconds per step (median)")
+    b.set_title("Where a step's time goes")
+    b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def scaling_model(frame: Any, profile: str, scheme: str = "allreduce", network: str | None = None,
+                  name: str = "scaling_model"):
+    """The scaling model's prediction: efficiency against the number of workers, per network for ``scheme`` (left),
+    and per communication scheme on ``network`` (right; default the slowest). Solid: no overlap; dashed: communication
+    hidden under the backward pass where it fits."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    network = network or frame["network"].iloc[0]
+    for ax, key, fixed, title in ((a, "network", ("scheme", scheme), f"{scheme}: by network"),
+                                  (b, "scheme", ("network", network), f"{network}: by scheme")):
+        sub = frame[frame[fixed[0]] == fixed[1]]
+        for i, value in enumerate(dict.fromkeys(sub[key])):
+            for overlap, style in (("none", "-"), ("backward", "--")):
+                part = sub[(sub[key] == value) & (sub["overlap"] == overlap)].sort_values("workers")
+                ax.plot(part["workers"], part["efficiency"], style, marker="o", ms=3, color=f"C{i}",
+                        label=value if overlap == "none" else None)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("workers (machines like this one)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    a.set_ylabel("scaling efficiency (1 = linear)")
+    a.set_ylim(0, 1.05)
+    fig.text(0.5, -0.02, "solid: no overlap; dashed: communication hidden under the backward pass where it fits",
+             ha="center", fontsize=8)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

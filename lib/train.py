@@ -77,6 +77,7 @@ class History:
 
     epochs: list[dict] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step, data loading included
     best_epoch: int = 0
     train_seconds: float = 0.0  # time in training steps only (evaluation excluded)
     samples: int = 0
@@ -157,6 +158,7 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
         for epoch in range(1, cfg.num_epochs + 1):
             model.train()
             t0, n, losses = time.perf_counter(), 0, []
+            tick = t0
             for batch in train_loader:
                 batch = to_device(batch, dev)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):  # backward follows the cast ops
@@ -169,7 +171,10 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
                     ema.update_parameters(model)
-                losses.append(float(loss.detach()))
+                losses.append(float(loss.detach()))  # waits for the step to finish (also on a GPU)
+                now = time.perf_counter()
+                hist.step_seconds.append(now - tick)
+                tick = now
                 n += int(batch["input_ids"].shape[0])
                 step += 1
                 bar.update(1)

@@ -84,8 +84,9 @@ def to_device(batch: Any, dev: Any) -> Any:
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
     """A tqdm progress bar: a widget in JupyterLab; plain text under the runner (which streams the kernel's output to
-    the terminal), refreshed at most every few seconds so a long run does not flood the log."""
-    if os.environ.get("MUXL_RUN_BY") == "runner":
+    the terminal) and in a worker process whose output a parent relays (``$MUXL_PROGRESS=text``), refreshed at most
+    every few seconds so a long run does not flood the log."""
+    if os.environ.get("MUXL_RUN_BY") == "runner" or os.environ.get("MUXL_PROGRESS") == "text":
         from tqdm.std import tqdm as text_tqdm  # tqdm is a dependency of every notebook; utils stays light without it
 
         kwargs.setdefault("mininterval", 5.0)

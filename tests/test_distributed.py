@@ -22,19 +22,22 @@ def test_every_example_of_every_global_batch_is_seen_exactly_once(n, batch, worl
         per_rank = [list(iter(s)) for s in ranks]
         assert len({len(p) for p in per_rank}) == 1  # every rank takes the same number of steps
         for step, global_batch in enumerate(ranks[0].global_batches(ranks[0].epoch - 1)):
-            real = [i for p in per_rank for i in p[step] if i >= 0]
+            real = [i for p in per_rank for i, w in p[step] if w > 0]
             assert sorted(real) == sorted(global_batch)  # nothing dropped, nothing duplicated
-        seen = [i for p in per_rank for b in p for i in b if i >= 0]
+            weights = [w for p in per_rank for _, w in p[step]]
+            assert sum(weights) == pytest.approx(1.0)  # each example weighs 1/|global batch|, a stand-in 0
+        seen = [i for p in per_rank for b in p for i, w in b if w > 0]
         assert sorted(seen) == list(range(n))
 
 
-def _spec(tmp_path, tiny, world):
+def _spec(tmp_path, tiny, world, **extra):
     _, tokenizer = tiny
     enc = lib.data.Encoded(toy_dataset(40), tokenizer, 16)
     features = tmp_path / "features.json"
     features.write_text(json.dumps(enc.features))
     spec = {"model": lib.models.TINY, "num_labels": 2, "features": str(features), "batch_size": 8, "steps": 6,
-            "learning_rate": 1e-3, "seed": 0, "no_dropout": True, "out": str(tmp_path / f"world{world}")}
+            "learning_rate": 1e-3, "seed": 0, "no_dropout": True, "out": str(tmp_path / f"world{world}"),
+            "allreduce_repeats": 0, **extra}
     path = tmp_path / f"spec{world}.json"
     path.write_text(json.dumps(spec))
     return path, tmp_path / f"world{world}"
@@ -91,3 +94,114 @@ def test_worker_error_is_found_in_torchrun_output():
     stderr = "W1126 warning\nTraceback (most recent call last):\n  File x\nValueError: bad shape (3, 4)\n" \
              "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
     assert lib.distributed.worker_error(stderr) == "ValueError: bad shape (3, 4)"
+
+
+def test_the_loss_scaling_matches_one_batch_and_a_per_slice_mean_does_not(tiny):
+    """In one process, no DDP: the average of the simulated ranks' gradients is the global batch's gradient with
+    scaled_loss; with each slice's plain mean (the usual mistake) it is not, once the slices differ in size."""
+    make, tokenizer = tiny
+    model = make()
+    enc = lib.data.Encoded(toy_dataset(40), tokenizer, 16)
+    good = lib.distributed.simulated_ranks_gap(model, enc, tokenizer, lib.distributed.scaled_loss, 7, 2, seed=1)
+    assert good["max_abs_grad_diff"] <= 1e-6 * good["max_abs_grad"]
+
+    def slice_mean(world):
+        def loss(m, batch):
+            batch = {k: v for k, v in batch.items() if k != lib.distributed.WEIGHT}
+            return m(**batch).loss  # mean over this rank's slice only: 4 and 3 examples weigh the same
+        return loss
+
+    bad = lib.distributed.simulated_ranks_gap(model, enc, tokenizer, slice_mean, 7, 2, seed=1)
+    assert bad["max_abs_grad_diff"] > 1e-3 * bad["max_abs_grad"]
+
+
+def test_counting_allreduce_counts_payload_bytes_per_step():
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{lib.distributed.free_port()}", rank=0, world_size=1)
+    try:
+        counter = lib.distributed.CountingAllReduce()
+        with counter:
+            counter.next_step()
+            dist.all_reduce(torch.ones(10))
+            dist.all_reduce(torch.ones(3, dtype=torch.float16))
+            counter.next_step()
+            dist.all_reduce(torch.ones(5, dtype=torch.float64))
+        dist.all_reduce(torch.ones(100))  # not counted: outside
+        assert counter.calls == [2, 1] and counter.bytes == [46, 40]
+        assert dist.all_reduce is not None and lib.distributed.CountingAllReduce().calls == []
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ring_allreduce_model():
+    ring = lib.distributed.ring_allreduce_seconds
+    assert ring(1e9, 1, 8.0, 1e-3) == 0.0  # one worker sends nothing
+    assert ring(1e9, 2, 8.0, 0.0) == pytest.approx(1.0)  # 2 (W-1)/W = 1: the whole gigabyte once, at 1 GB/s
+    assert ring(1e9, 64, 8.0, 0.0) == pytest.approx(2 * 63 / 64)  # bandwidth term bounded by 2x: the ring's point
+    assert ring(0, 4, 8.0, 1e-3, messages=3) == pytest.approx(2 * 3 * 1e-3 * 3)  # 2 (W-1) latencies per message
+    frame = lib.distributed.scaling_model(0.5, 0.3, 32, {"allreduce": 90e6, "fp16": 45e6})
+    for _, part in frame.groupby(["network", "scheme", "overlap"]):
+        eff = part.sort_values("workers")["efficiency"].to_numpy()
+        assert eff[0] == 1.0 and (np.diff(eff) <= 1e-12).all() and (eff > 0).all()
+    key = ["network", "scheme", "workers"]
+    both = frame.pivot_table(index=key, columns="overlap", values="step_s")
+    assert (both["backward"] <= both["none"]).all()  # hiding communication never makes a step longer
+    slow = frame[(frame.workers == 64) & (frame.overlap == "none") & (frame.network == "1 Gb/s Ethernet")]
+    assert slow.set_index("scheme")["efficiency"]["fp16"] > slow.set_index("scheme")["efficiency"]["allreduce"]
+
+
+def test_runs_table_reads_step_times_and_ddp_split():
+    one = {"world_size": 1, "batch_size": 32, "threads_per_rank": 2, "steps": 5, "step_seconds": [9, 9, 1.0, 1.0, 1.0],
+           "allreduce_bytes_per_step": 0.0}
+    two = {"world_size": 2, "batch_size": 32, "threads_per_rank": 1, "comm_hook": "fp16", "steps": 5,
+           "step_seconds": [9, 9, 2.0, 2.0, 2.0], "allreduce_bytes_per_step": 45e6,
+           "ddp_timing": {"forward": 0.5, "backward_compute": 1.0, "backward_comm": 0.8, "overlap": 0.6}}
+    table = lib.distributed.runs_table({"one": one, "two": two}, reference="one", warmup=2)
+    assert table.loc["one", "samples_per_s"] == 32 and table.loc["two", "speedup_vs_reference"] == 0.5
+    assert table.loc["two", "exposed_comm_s"] == pytest.approx(0.2) and table.loc["two", "other_s"] == pytest.approx(0.3)
+    assert table.loc["two", "mb_per_step"] == 45
+
+
+def test_unknown_spec_keys_are_refused_before_any_launch(tmp_path):
+    with pytest.raises(LaunchError, match="unknown spec keys \\['bacth_size'\\]"):
+        lib.distributed.run("x", {"model": "m", "bacth_size": 8}, 2, tmp_path)
+
+
+def test_a_busy_rendezvous_port_is_a_clear_error(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        t0 = time.perf_counter()
+        with pytest.raises(LaunchError, match=f"port {port} on 127.0.0.1 is already in use"):
+            launch(tmp_path / "spec.json", 2, nnodes=2, node_rank=0, rdzv_endpoint=f"127.0.0.1:{port}")
+        assert time.perf_counter() - t0 < 1  # refused before starting anything
+
+
+@pytest.mark.notebook
+def test_sharded_evaluation_equals_one_process_and_hooks_send_what_they_say(tmp_path, tiny):
+    """Distributed evaluation (every other batch per rank, gathered) gives one process's logits exactly; fp16 sends
+    exactly half of plain all-reduce's bytes, PowerSGD far fewer (after its plain first steps)."""
+    _, tokenizer = tiny
+    test = lib.data.Encoded(toy_dataset(50, seed=3), tokenizer, 16)
+    (tmp_path / "test.json").write_text(json.dumps(test.features))
+    stats = {}
+    for hook in lib.distributed.COMM_HOOKS:
+        spec, out = _spec(tmp_path, tiny, 2, comm_hook=hook, eval_features=str(tmp_path / "test.json"),
+                          eval_batch_size=8, out=str(tmp_path / hook))
+        stats[hook] = launch(spec, 2, echo=None)
+    trained = lib.distributed.load_weights(tmp_path / "allreduce", lib.models.fresh_classifier(lib.models.TINY, 2))
+    one, _ = lib.evaluate.predict_logits(trained, lib.data.make_loader(test, tokenizer, 8, shuffle=False))
+    gathered = np.load(tmp_path / "allreduce" / "eval_logits.npy")
+    assert gathered.shape == one.shape == (50, 2) and np.abs(one - gathered).max() < 1e-6
+    plain = stats["allreduce"]["allreduce_bytes_per_step"]
+    assert plain == stats["allreduce"]["grad_bytes_fp32"] == 4 * stats["allreduce"]["grad_numel"]
+    assert stats["fp16"]["allreduce_bytes_per_step"] == plain / 2
+    assert stats["powersgd"]["allreduce_bytes_per_step"] < plain / 2 and stats["powersgd"]["powersgd_compression_rate"] > 2
+    assert stats["powersgd"]["allreduce_bytes"][0] == plain  # its first steps are plain all-reduce
+    assert set(stats["allreduce"]["ddp_timing"]) == {"forward", "backward_compute", "backward_comm", "overlap"}

@@ -98,7 +98,7 @@ def test_smoke_run_finishes_every_notebook(smoke):
 def test_smoke_records_are_valid_timed_and_have_their_figures(smoke, name):
     rec = smoke.rec[name]
     lib.results.validate_record(rec)
-    assert rec["profile"] == "smoke" and rec["params"]["max_train_samples"] == 128
+    assert rec["profile"] == "smoke" and rec["params"].get("max_train_samples", 128) == 128  # 05 sizes by train_steps
     assert rec["run_seconds"] > 0  # stamped by the runner
     assert rec["env"]["isa"] == lib.utils.isa()  # every speed figure names the CPU class
     for fig in rec["figures"]:
@@ -176,6 +176,23 @@ def test_smoke_04_students_are_smaller_and_retention_is_a_ratio(smoke):
     assert any(x.get("sweep") for x in rec["variants"])
 
 
+@pytest.mark.notebook
+def test_smoke_05_ranks_equal_one_process_and_bytes_are_measured(smoke):
+    rec = smoke.rec["05_distributed"]
+    f, v = rec["findings"], by_name(rec)
+    assert f["equivalence_dtype"] == "float64" and f["max_abs_weight_diff"] < 1e-10  # the same arithmetic
+    assert 0 < f["max_abs_weight_diff_fp32_train"] < 1e-3  # float32: round-off, amplified by Adam, but small
+    assert f["eval_identical"] is True and f["eval_max_abs_logit_diff"] < 1e-5 and f["eval_examples"] == 64
+    assert set(f["throughput"]) == {"1", "2"} and all(x > 0 for x in f["throughput"].values())
+    assert f["grad_bytes_per_step"] == 4 * v["1process"]["num_params"]  # every fp32 gradient, once per step
+    hooks = f["comm_hooks"]
+    assert hooks["fp16"]["bytes_vs_allreduce"] == 0.5 and hooks["powersgd"]["bytes_vs_allreduce"] < 0.1
+    assert v["1process"]["role"] == "reference" and v["1process"]["mb_per_step"] == 0
+    assert "failed on purpose" in f["worker_failure_message"]
+    split = f["step_split"]["2 ranks, allreduce"]
+    assert split["comm_s"] > 0 and 0 <= split["exposed_comm_s"] <= split["comm_s"]
+
+
 # ---------------------------------------------------------------------------------------------- Summaries
 
 def summary_text(notebook, findings, params, env):
@@ -213,6 +230,9 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
     ("04_distill", {"kd_minus_labels_points": 1.0}, {"kd_minus_labels_points": -1.0}, "did **not** beat labels alone"),
     ("04_distill", {"retention": 0.99, "random_init_retention": 0.9}, {"retention": 0.9, "random_init_retention": 0.99},
      "did **not** help here"),
+    ("05_distributed", {"speedup_world_vs_1": 1.5}, {"speedup_world_vs_1": 0.8}, "(slower)"),
+    ("05_distributed", {"speedup_world_vs_1": 0.8}, {"speedup_world_vs_1": 1.5}, "(faster)"),
+    ("05_distributed", {"eval_identical": True}, {"eval_identical": False}, "**differ from**"),
 ]
 
 

@@ -79,6 +79,9 @@ def test_impossible_values(name, value):
     ("03_quantize", "min_agreement", 1.5), ("03_quantize", "max_points_lost", -1.0),
     ("04_distill", "alpha", 1.5), ("04_distill", "temperature", 0.0), ("04_distill", "student_narrow", 1.0),
     ("04_distill", "student_layers", 0), ("04_distill", "sweep_alphas", [0.5, 2.0]),
+    ("05_distributed", "world_size", 1), ("05_distributed", "comm_hooks", ["fp16", "int4"]),
+    ("05_distributed", "equivalence_dtype", "float16"), ("05_distributed", "powersgd_rank", 0),
+    ("05_distributed", "threads_per_rank", -1), ("05_distributed", "train_steps", 0),
 ])
 def test_impossible_values_of_later_notebooks(notebook, name, value):
     with pytest.raises(ParamError, match=name):
