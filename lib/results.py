@@ -256,6 +256,8 @@ README_END = "<!-- results:end -->"
 def _fmt(x: Any, spec: str) -> str:
     if x is None:
         return "–"
+    if isinstance(x, bool):  # before numbers: True would print as 1
+        return f"`{str(x).lower()}`"
     return f"`{x}`" if isinstance(x, str) else format(x, spec)
 
 

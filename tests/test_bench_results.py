@@ -231,3 +231,7 @@ def test_speed_conditions_are_stated_and_unsteady_figures_named():
     rec["variants"][-1]["throughput_b32_spread"] = 0.05
     assert "unsteady" not in lib.results.speed_trust([rec])
     assert lib.results.speed_trust([{"variants": [{"throughput_b32": None}]}]) == ""
+
+
+def test_readme_numbers_format_booleans_as_words():
+    assert lib.results._fmt(True, ".4g") == "`true`" and lib.results._fmt(0.5, ".4g") == "0.5"
