@@ -63,7 +63,7 @@ _show_project_errors_briefly()
 
 CORE = ("paths", "errors", "runs", "preflight", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
         "evaluate", "bench", "baselines", "experiment", "results", "tracking", "plots", "run")
-TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed")
+TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain")
 
 __all__ = [*CORE, *TECHNIQUES, "techniques", "setup", "__version__"]
 

@@ -63,6 +63,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=(),  # fine-tunes the pretrained model itself: nothing from earlier notebooks
         produces=(),
     ),
+    Notebook(
+        "06_explain",
+        "Explanations: LIME and Integrated Gradients, their faithfulness measured, and whether they survive compression",
+        needs=("teacher",),  # the student (04) and the int8 model (03) too, when asked: checked in the notebook
+        produces=(),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

@@ -193,6 +193,12 @@ RULES: dict[str, Rule] = {
     "equivalence_steps": _at_least(1),
     "equivalence_batch_size": _at_least(1),
     "equivalence_dtype": _one_of("float32", "float64"),
+    "num_explain": _at_least(4, "the four example roles (confident/uncertain, correct/wrong) need four texts"),
+    "lime_num_samples": _at_least(20, "LIME fits a linear model on these samples: far fewer than the words is noise"),
+    "lime_stability_sentences": _at_least(0, "0 skips the check"),
+    "ig_steps": _at_least(2, "Integrated Gradients needs a path of several steps (its completeness gap says if enough)"),
+    "top_share": _between(0, 1, lo_open=True, fix="a share of a text's words, e.g. 0.2"),
+    "global_min_count": _at_least(1),
 }
 
 

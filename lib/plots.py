@@ -355,3 +355,69 @@ def scaling_model(frame: Any, profile: str, scheme: str = "allreduce", network: 
              ha="center", fontsize=8)
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def word_attributions(examples: Sequence[tuple[str, Sequence[str], Mapping[str, Sequence[float]]]], profile: str,
+                      name: str = "explanations"):
+    """One panel per explained text: each word's score from each method (bars side by side; right of 0 = toward the
+    predicted class). Scores are scaled per method to the largest |score| of that text, so methods on different scales
+    (LIME's coefficients, IG's probability shares) compare by rank and sign."""
+    n = len(examples)
+    cols = 2 if n > 1 else 1
+    rows = -(-n // cols)
+    height = max(3.0, max(len(words) for _, words, _ in examples) * 0.22 + 1.2)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, height * rows), squeeze=False)
+    for ax, (title, words, by_method) in zip(axes.flat, examples):
+        y = np.arange(len(words))
+        width = 0.8 / max(len(by_method), 1)
+        for j, (method, scores) in enumerate(by_method.items()):
+            s = np.asarray(scores, dtype=float)
+            top = np.abs(s).max() or 1.0
+            ax.barh(y + j * width - 0.4 + width / 2, s / top, width, color=f"C{j}", label=method)
+        ax.set_yticks(y, words, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("score / largest |score| (right: toward the predicted class)", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+METHOD_COLORS = {"lime": "C0", "integrated_gradients": "C1", "random": "0.6"}
+
+
+def faithfulness(table: Any, profile: str, name: str = "faithfulness"):
+    """ERASER AOPC per model and method: comprehensiveness (left, higher is more faithful) and sufficiency (right,
+    lower is more faithful), with the standard error over the explained texts."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    labels = [f"{m} · {e}" for m, e in table.index]
+    y = np.arange(len(labels))
+    for ax, metric, hint in ((axes[0], "comprehensiveness", "higher = more faithful"),
+                             (axes[1], "sufficiency", "lower = more faithful")):
+        colors = [METHOD_COLORS.get(e, "C3") for _, e in table.index]
+        ax.barh(y, table[metric], xerr=table.get(f"{metric}_se"), color=colors, capsize=3)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{metric} (AOPC; {hint})")
+        ax.set_xlabel("drop in the predicted class's probability")
+    axes[0].set_yticks(y, labels)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def global_words(frame: Any, class_names: Sequence[str], profile: str, top: int = 12, name: str = "global_words"):
+    """The words with the largest mean score toward each class (``frame``: mean score toward ``class_names[1]``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * top + 1.4))
+    for ax, part, cls, color in ((axes[0], frame.head(top), class_names[1], "C2"),
+                                 (axes[1], frame.tail(top).iloc[::-1], class_names[0], "C3")):
+        ax.barh(np.arange(len(part)), part["mean_score"].abs(), color=color)
+        ax.set_yticks(np.arange(len(part)), [f"{w} ({c})" for w, c in zip(part.index, part["count"])], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"toward '{cls}'")
+        ax.set_xlabel("mean score (word count in brackets)")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

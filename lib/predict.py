@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from .errors import ArtifactError, LabError
 from .utils import device, to_device
@@ -95,3 +96,30 @@ def as_predictor(obj: Any) -> Predictor:
     if not callable(obj):
         raise TypeError(f"expected a torch model or a batch -> logits callable, got {type(obj).__name__}")
     return obj
+
+
+class TextProba:
+    """``texts -> class probabilities`` for any model or predictor: tokenizes and predicts in length-sorted batches of
+    ``batch_size`` (LIME passes all its ``num_samples`` perturbed texts in one call; one batch of thousands would be
+    slow and memory-hungry, one text at a time slower still). Returns float64 probabilities in the texts' order."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, batch_size: int = 64):
+        self.call, self.tokenizer = as_predictor(model), tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
+        self.texts_seen = 0  # how many texts went through: the cost of an explanation, in forward passes
+
+    def __call__(self, texts: Any) -> np.ndarray:
+        texts = [str(t) for t in texts]
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out: np.ndarray | None = None
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.max_length, padding=True,
+                                   return_tensors="pt")
+            logits = np.asarray(self.call(dict(batch)), dtype=np.float64)
+            if out is None:
+                out = np.empty((len(texts), logits.shape[-1]))
+            out[idx] = softmax(logits, axis=-1)
+        self.texts_seen += len(texts)
+        return out if out is not None else np.empty((0, 0))
+

@@ -193,6 +193,22 @@ def test_smoke_05_ranks_equal_one_process_and_bytes_are_measured(smoke):
     assert split["comm_s"] > 0 and 0 <= split["exposed_comm_s"] <= split["comm_s"]
 
 
+@pytest.mark.notebook
+def test_smoke_06_every_method_is_measured_against_random(smoke):
+    rec = smoke.rec["06_explain"]
+    f = rec["findings"]
+    methods = {"lime", "integrated_gradients", "random"}
+    assert set(f["comprehensiveness"]) == set(f["sufficiency"]) == methods
+    assert set(f["seconds_per_explanation"]) == {"lime", "integrated_gradients"}
+    assert all(s > 0 for s in f["seconds_per_explanation"].values())
+    assert all(-1 <= x <= 1 for x in f["comprehensiveness"].values())  # differences of probabilities
+    assert {(r["model"], r["method"]) for r in f["survival"]} == {("student", "lime"), ("student", "integrated_gradients"),
+                                                                   ("int8", "lime")}
+    assert f["texts_explained"] == 4 and f["lime_vs_lime"] is not None
+    htmls = list((smoke.root / "figures").glob("lime_*.html"))
+    assert len(htmls) == 4 and all(h.stat().st_size > 1000 for h in htmls)
+
+
 # ---------------------------------------------------------------------------------------------- Summaries
 
 def summary_text(notebook, findings, params, env):
@@ -233,6 +249,8 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
     ("05_distributed", {"speedup_world_vs_1": 1.5}, {"speedup_world_vs_1": 0.8}, "(slower)"),
     ("05_distributed", {"speedup_world_vs_1": 0.8}, {"speedup_world_vs_1": 1.5}, "(faster)"),
     ("05_distributed", {"eval_identical": True}, {"eval_identical": False}, "**differ from**"),
+    ("06_explain", {"comprehensiveness": {"lime": 0.3, "integrated_gradients": 0.3, "random": 0.1}},
+     {"comprehensiveness": {"lime": 0.05, "integrated_gradients": 0.3, "random": 0.1}}, "does **not** beat"),
 ]
 
 

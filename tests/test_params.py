@@ -82,6 +82,8 @@ def test_impossible_values(name, value):
     ("05_distributed", "world_size", 1), ("05_distributed", "comm_hooks", ["fp16", "int4"]),
     ("05_distributed", "equivalence_dtype", "float16"), ("05_distributed", "powersgd_rank", 0),
     ("05_distributed", "threads_per_rank", -1), ("05_distributed", "train_steps", 0),
+    ("06_explain", "lime_num_samples", 5), ("06_explain", "top_share", 0.0), ("06_explain", "num_explain", 2),
+    ("06_explain", "ig_steps", 1),
 ])
 def test_impossible_values_of_later_notebooks(notebook, name, value):
     with pytest.raises(ParamError, match=name):
