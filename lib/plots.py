@@ -380,10 +380,11 @@ def word_attributions(examples: Sequence[tuple[str, Sequence[str], Mapping[str, 
         ax.set_xlim(-1.05, 1.05)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("score / largest |score| (right: toward the predicted class)", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), fontsize=9)
     return fig, save(fig, profile, name)
 
 

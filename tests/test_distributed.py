@@ -70,7 +70,7 @@ def test_two_nodes_on_one_machine_match_two_ranks_in_one_launch(tmp_path, tiny):
     """The multi-machine path for real: two torchrun launches (--nnodes 2, one per node rank, c10d rendezvous on
     127.0.0.1) finish with the weights of world size 2 in one launch."""
     spec, out = _spec(tmp_path, tiny, 2)
-    launch(spec, 2)
+    launch(spec, 2, timeout=300)
     single = load_file(out / "weights.safetensors")
     port = lib.distributed.free_port()
     procs = [subprocess.Popen(torchrun_command(spec, 1, nnodes=2, node_rank=r, rdzv_endpoint=f"127.0.0.1:{port}",
@@ -87,7 +87,7 @@ def test_a_crashing_worker_fails_the_launch_with_its_own_error(tmp_path, tiny):
     spec, _ = _spec(tmp_path, tiny, 2)
     spec.write_text(json.dumps({**json.loads(spec.read_text()), "fail_on_rank": 1}))
     with pytest.raises(LaunchError, match=r"RuntimeError: worker 1 failed on purpose"):
-        launch(spec, 2)
+        launch(spec, 2, timeout=300)
 
 
 def test_worker_error_is_found_in_torchrun_output():
@@ -194,7 +194,7 @@ def test_sharded_evaluation_equals_one_process_and_hooks_send_what_they_say(tmp_
     for hook in lib.distributed.COMM_HOOKS:
         spec, out = _spec(tmp_path, tiny, 2, comm_hook=hook, eval_features=str(tmp_path / "test.json"),
                           eval_batch_size=8, out=str(tmp_path / hook))
-        stats[hook] = launch(spec, 2, echo=None)
+        stats[hook] = launch(spec, 2, echo=None, timeout=300)
     trained = lib.distributed.load_weights(tmp_path / "allreduce", lib.models.fresh_classifier(lib.models.TINY, 2))
     one, _ = lib.evaluate.predict_logits(trained, lib.data.make_loader(test, tokenizer, 8, shuffle=False))
     gathered = np.load(tmp_path / "allreduce" / "eval_logits.npy")
@@ -205,3 +205,15 @@ def test_sharded_evaluation_equals_one_process_and_hooks_send_what_they_say(tmp_
     assert stats["powersgd"]["allreduce_bytes_per_step"] < plain / 2 and stats["powersgd"]["powersgd_compression_rate"] > 2
     assert stats["powersgd"]["allreduce_bytes"][0] == plain  # its first steps are plain all-reduce
     assert set(stats["allreduce"]["ddp_timing"]) == {"forward", "backward_compute", "backward_comm", "overlap"}
+
+
+def test_a_launch_that_overruns_its_timeout_is_killed_whole(tmp_path, tiny):
+    import time
+
+    spec, _ = _spec(tmp_path, tiny, 2)
+    t0 = time.perf_counter()
+    with pytest.raises(LaunchError, match="did not finish within 0.5 s"):
+        launch(spec, 2, echo=None, timeout=0.5)
+    assert time.perf_counter() - t0 < 10
+    leftover = subprocess.run(["pgrep", "-f", str(spec)], capture_output=True, text=True).stdout.split()
+    assert not leftover  # torchrun and both ranks are gone

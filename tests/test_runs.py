@@ -220,7 +220,7 @@ def test_device_cuda_without_a_gpu_fails_fast(capsys, outputs):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["-p", "dataset=csv:"], "dataset: must be 'rotten_tomatoes', 'csv:<path>'"),  # was: got dict {'csv': None}
-    (["-p", "num_epocs=1"], "did you mean 'num_epochs'?"),
+    (["-p", "num_epocs=1"], "did you mean 'num_epochs'"),
     (["--only", ","], "--only names no notebook"),
     (["--only", ""], "--only names no notebook"),
     (["--execution-timeout", "-5"], "--execution-timeout must be a positive number"),

@@ -19,12 +19,15 @@ process (the child cannot import the kernel's ``__main__``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -359,11 +362,12 @@ def _local(host: str) -> bool:
 
 
 def launch(spec_path: Path | str, nproc: int, echo: Callable[[str], None] | None = print, threads: int | None = None,
-           **rendezvous: Any) -> dict[str, Any]:
+           timeout: float | None = None, **rendezvous: Any) -> dict[str, Any]:
     """Run the worker under torchrun, stream its output line by line to ``echo`` (rank 0's progress bar, torchrun's
     messages), and return rank 0's stats. Any failing rank makes a :class:`LaunchError` carrying that worker's own
     error (torchrun then stops the others). ``threads``: torch threads per rank (``OMP_NUM_THREADS``; default: this
-    machine's cores shared evenly)."""
+    machine's cores shared evenly). ``timeout``: seconds after which every process of the launch is killed and a
+    :class:`LaunchError` says so (default: none)."""
     endpoint = rendezvous.get("rdzv_endpoint")
     if endpoint and rendezvous.get("node_rank", 0) == 0:
         host, _, port = endpoint.rpartition(":")
@@ -376,22 +380,35 @@ def launch(spec_path: Path | str, nproc: int, echo: Callable[[str], None] | None
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, num_threads() // nproc)),
            "PYTHONUNBUFFERED": "1", "MUXL_PROGRESS": "text"}
     proc = subprocess.Popen(torchrun_command(spec_path, nproc, **rendezvous), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)  # its own group: killable whole
+    watchdog = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL)) if timeout else None
+    if watchdog is not None:
+        watchdog.start()
     tail: list[str] = []
     assert proc.stdout is not None
     pending = b""
-    for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
-        pending += chunk
-        *lines, pending = re.split(rb"[\r\n]", pending)  # tqdm redraws with \r: each redraw is a line here
-        for raw in lines:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                tail = (tail + [line])[-400:]
-                if echo is not None:
-                    echo(line)
+    try:
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)  # tqdm redraws with \r: each redraw is a line here
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    tail = (tail + [line])[-400:]
+                    if echo is not None:
+                        echo(line)
+    except BaseException:  # Ctrl-C in the notebook: stop the workers too
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     code = proc.wait()
     if pending.strip():
         tail.append(pending.decode(errors="replace"))
+    if code == -signal.SIGKILL and timeout:
+        raise LaunchError(f"torchrun did not finish within {timeout:g} s and was stopped; its last lines: "
+                          + " | ".join(tail[-3:]))
     if code != 0:
         raise LaunchError(f"torchrun failed (exit {code}): {worker_error(chr(10).join(tail))}")
     out = Path(json.loads(Path(spec_path).read_text())["out"])
@@ -407,7 +424,7 @@ def worker_error(stderr: str) -> str:
 
 
 def run(name: str, spec: dict[str, Any], nproc: int, work: Path | str, threads: int | None = None,
-        echo: Callable[[str], None] | None = print, **rendezvous: Any) -> dict[str, Any]:
+        echo: Callable[[str], None] | None = print, timeout: float | None = None, **rendezvous: Any) -> dict[str, Any]:
     """Launch one training run: its spec goes to ``work/<name>/spec.json``, its results to ``work/<name>/``; returns
     rank 0's stats with ``out`` (the folder). Unknown spec keys are refused here, before any process starts."""
     unknown = sorted(set(spec) - set(SPEC_KEYS) - {"out"})
@@ -419,7 +436,7 @@ def run(name: str, spec: dict[str, Any], nproc: int, work: Path | str, threads: 
     spec_path = atomic_write_json(out / "spec.json", {**spec, "out": str(out)})
     if echo is not None:
         echo(f"[{name}] {' '.join(torchrun_command(spec_path, nproc, **rendezvous)[1:])}")
-    return {**launch(spec_path, nproc, echo=echo, threads=threads, **rendezvous), "out": str(out)}
+    return {**launch(spec_path, nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous), "out": str(out)}
 
 
 def load_weights(out: Path | str, model: Any) -> Any:
@@ -542,6 +559,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     with counter:
         hist = fit(model, loader, None, cfg, loss_fn=counter.counted(scaled_loss(world)), prepare=wrap)
     seconds = time.perf_counter() - t0
+    timing, compression = {}, None
+    if "ddp" in wrapped:
+        timing = ddp_timing(wrapped["ddp"])
+        state = wrapped["state"]
+        if state is not None and state.total_numel_after_compression:
+            compression = state.compression_stats()[0]
+    wrapped.clear()  # drop DDP now: its reducer holds the process group, which must not outlive leave_group()
+    gc.collect()
     losses = hist.step_losses  # this rank's share of each step's loss; their mean over the ranks is the global loss
     if world > 1:
         shares: list[list[float]] = [None] * world  # type: ignore[list-item]
@@ -561,13 +586,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "allreduce_calls": counter.calls, "allreduce_bytes": counter.bytes,
         "allreduce_bytes_per_step": float(np.median(steady)) if steady else 0.0,
     }
-    if "ddp" in wrapped:
-        stats["ddp_timing"] = ddp_timing(wrapped["ddp"])
-        state = wrapped["state"]
-        if state is not None and state.total_numel_after_compression:
-            stats["powersgd_compression_rate"] = state.compression_stats()[0]
-        if spec.get("allreduce_repeats", 5):
-            stats["allreduce_seconds_fp32"] = allreduce_seconds(grad_numel, spec.get("allreduce_repeats", 5))
+    if timing:
+        stats["ddp_timing"] = timing
+    if compression is not None:
+        stats["powersgd_compression_rate"] = compression
+    if world > 1 and spec.get("allreduce_repeats", 5):
+        stats["allreduce_seconds_fp32"] = allreduce_seconds(grad_numel, spec.get("allreduce_repeats", 5))
     if spec.get("eval_features"):
         test = Encoded.from_features(json.loads(Path(spec["eval_features"]).read_text()))
         t1 = time.perf_counter()
@@ -584,7 +608,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
         atomic_write_json(out / "stats.json", stats)  # written last: its presence means the run finished
     if world > 1:
-        dist.destroy_process_group()
+        leave_group()
+
+
+def leave_group() -> None:
+    """Destroy the process group without gloo's teardown deadlock: destroying a gloo group holds the GIL and waits
+    for gloo's worker threads, while a worker thread may still be freeing the last collective's tensors, for which it
+    needs the GIL (pytorch/pytorch#56297; seen here once in CI: a rank hung for ever after its last all_gather). So:
+    a barrier (every rank is done with every collective), a pause with the GIL released for those threads, then
+    the destruction."""
+    dist.barrier()
+    time.sleep(0.2)
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
