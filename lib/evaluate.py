@@ -26,13 +26,22 @@ def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.n
             batch = dict(batch)
             labels.append(batch.pop("labels").cpu().numpy())
             logits.append(np.asarray(call(batch), dtype=np.float32))
-    logits_, labels_ = np.concatenate(logits), np.concatenate(labels)
-    order = getattr(getattr(loader, "sampler", None), "indices", None)
-    if order is not None and len(order) == len(labels_):
-        restored = np.empty_like(logits_), np.empty_like(labels_)
-        restored[0][order], restored[1][order] = logits_, labels_
-        return restored
+    logits_, labels_ = in_dataset_order(loader, np.concatenate(logits), np.concatenate(labels))
     return logits_, labels_
+
+
+def in_dataset_order(loader: Any, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Arrays predicted in ``loader``'s batch order, put back in dataset order when the loader's sampler says what
+    that order was (``indices``: the length-sorted evaluation loaders of :func:`lib.data.make_loader`)."""
+    order = getattr(getattr(loader, "sampler", None), "indices", None)
+    if order is None or len(order) != len(arrays[0]):
+        return arrays
+    restored = []
+    for a in arrays:
+        r = np.empty_like(a)
+        r[np.asarray(order)] = a
+        restored.append(r)
+    return tuple(restored)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int | None = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_
 
 from ..data import Encoded, make_loader
 from ..errors import LabError
-from ..evaluate import predict_logits
+from ..evaluate import in_dataset_order, predict_logits
 from ..models import fresh_classifier, load_tokenizer
 from ..predict import as_predictor
 from ..train import TrainConfig, fit
@@ -268,13 +268,7 @@ def sharded_logits(model: Any, loader: DataLoader, world_size: int, rank: int) -
     if rank != 0:
         return None
     merged = {i: logits for part in parts for i, logits in part.items()}
-    logits = np.concatenate([merged[i] for i in range(len(batches))])
-    order = getattr(loader.sampler, "indices", None)  # length-sorted evaluation order -> dataset order
-    if order is not None:
-        restored = np.empty_like(logits)
-        restored[np.asarray(order)] = logits
-        return restored
-    return logits
+    return in_dataset_order(loader, np.concatenate([merged[i] for i in range(len(batches))]))[0]
 
 
 # ---------------------------------------------------------------------------------------------- beyond this machine
