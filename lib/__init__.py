@@ -27,8 +27,9 @@ Two layers, imported lazily (``import lib`` is instant; ``python -m lib.run --li
 - ``lib.run``        the papermill runner (``python -m lib.run``)
 
 **Techniques** (``lib/techniques/``) — one module per technique, only its mechanism, importing only core;
-reachable as ``lib.lora``, ``lib.prune``, ``lib.quantize``, ``lib.distill`` and ``lib.distributed`` (DDP under
-torchrun). A function marked ``#@save`` is defined, identically, in the notebook that teaches it (a test keeps the two
+reachable as ``lib.lora``, ``lib.prune``, ``lib.quantize``, ``lib.distill``, ``lib.distributed`` (DDP under
+torchrun), ``lib.explain`` (LIME, Integrated Gradients, faithfulness) and ``lib.privacy`` (DP-SGD with Opacus, the
+membership-inference audit). A function marked ``#@save`` is defined, identically, in the notebook that teaches it (a test keeps the two
 the same).
 """
 
@@ -63,7 +64,7 @@ _show_project_errors_briefly()
 
 CORE = ("paths", "errors", "runs", "preflight", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
         "evaluate", "bench", "baselines", "experiment", "results", "tracking", "plots", "run")
-TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain")
+TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain", "privacy")
 
 __all__ = [*CORE, *TECHNIQUES, "techniques", "setup", "__version__"]
 

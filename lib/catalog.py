@@ -69,6 +69,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=("teacher",),  # the student (04) and the int8 model (03) too, when asked: checked in the notebook
         produces=(),
     ),
+    Notebook(
+        "07_privacy",
+        "Privacy: DP-SGD fine-tuning with Opacus at several ε, and a membership-inference audit of every model",
+        needs=(),  # starts from the public pretrained model: a teacher fine-tuned without DP would carry its leak along
+        produces=(),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

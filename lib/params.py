@@ -199,6 +199,15 @@ RULES: dict[str, Rule] = {
     "ig_steps": _at_least(2, "Integrated Gradients needs a path of several steps (its completeness gap says if enough)"),
     "top_share": _between(0, 1, lo_open=True, fix="a share of a text's words, e.g. 0.2"),
     "global_min_count": _at_least(1),
+    "trainable_layers": _between(0, 48, fix="top encoder layers trained with the head; 0 = the head alone"),
+    "target_epsilons": lambda v: None if v > 0 else (f"must be > 0, got {v!r} (ε = 0 would allow no learning at all; "
+                                                     "typical budgets are 1 to 10)"),
+    "delta": _between(0, 1, hi_open=True, fix="0 means 1/n_train; a value must not exceed 1/n_train (checked with the data)"),
+    "max_grad_norm": lambda v: None if v > 0 else f"must be > 0, got {v!r} (each example's gradient is clipped to this norm)",
+    "accountant": _one_of("prv", "rdp"),
+    "head_hidden": _at_least(0, "hidden units of the trained head; 0 = a linear head"),
+    "overfit_epochs": _at_least(1),
+    "audit_size": _at_least(0, "0 means as many members and non-members as the test split has"),
 }
 
 

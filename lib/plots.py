@@ -422,3 +422,50 @@ def global_words(frame: Any, class_names: Sequence[str], profile: str, top: int 
         ax.set_xlabel("mean score (word count in brackets)")
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def privacy_utility(table: Any, profile: str, name: str = "privacy_utility"):
+    """Test accuracy (left, with ±1 standard error) and the loss attack's AUC (right) against the ε each DP model spent
+    (log scale); the non-private models, which have no ε, are horizontal lines."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    private = table[table["epsilon"].notna()].sort_values("epsilon")
+    public = table[table["epsilon"].isna()]
+    for ax, col, title in ((axes[0], "accuracy", "test accuracy"), (axes[1], "mia_auc", "loss attack AUC (0.5 = chance)")):
+        ax.errorbar(private["epsilon"], private[col], yerr=private.get(f"{col}_se") if col == "accuracy" else None,
+                    marker="o", capsize=3, color="C0", label="DP-SGD")
+        for j, (label, row) in enumerate(public.iterrows()):
+            ax.axhline(row[col], ls="--", color=f"C{j + 1}", label=f"{label} (no DP)")
+        ax.set_xscale("log")
+        ax.set_xlabel("ε spent (log scale; smaller = more private)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    axes[1].axhline(0.5, color="k", lw=0.8)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def membership_roc(audits: Mapping[str, Mapping[str, Any]], bounds: Mapping[str, Any], profile: str,
+                   name: str = "membership_roc", title: str = "Membership inference: loss-threshold attack"):
+    """ROC curves of the loss attack on log-log axes (the corner of few false positives is where an attack matters),
+    the chance diagonal, and for each DP model the most any attack could reach against its (ε, δ), dashed in its
+    colour. ``bounds[name]`` is an array of the bound at ``audits[name]["fpr"]`` (absent for non-private models)."""
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    floor = min(1.0 / max(a["nonmembers"], 1) for a in audits.values())
+    grid = np.logspace(np.log10(floor), 0, 200)
+    ax.plot(grid, grid, color="k", lw=0.8, label="chance")
+    for j, (label, a) in enumerate(audits.items()):
+        fpr, tpr = np.maximum(a["fpr"], floor), np.maximum(a["tpr"], floor)
+        ax.plot(fpr, tpr, color=f"C{j}", lw=1.5, label=f"{label} (AUC {a['auc']:.3f})")
+        if label in bounds:
+            ax.plot(np.maximum(a["fpr"], floor), np.maximum(bounds[label], floor), color=f"C{j}", ls="--", lw=1,
+                    label=f"{label}: DP bound")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1.02)
+    ax.set_xlabel("false-positive rate (non-members called members)")
+    ax.set_ylabel("true-positive rate (members found)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

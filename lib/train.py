@@ -9,7 +9,10 @@ restored at the end), seeding, and a tqdm progress bar. Extension points for lat
 - ``optimizer``: pass your own (otherwise AdamW over the parameters with ``requires_grad``, so freezing
   or LoRA just works);
 - ``prepare(model, optimizer, loader) -> (model, optimizer, loader)``: wrap them before training
-  (DP-SGD: Opacus' ``make_private``).
+  (DP-SGD: ``lib.privacy.Private``, Opacus' ``make_private_with_epsilon``).
+
+A batch is a dict of tensors with ``labels``; what else it holds is the model's business (token ids, or the cached
+hidden states of ``lib.privacy``).
 
 ``TrainConfig.ema_decay`` > 0 keeps an exponential moving average of the weights (``torch.optim.swa_utils``):
 the averaged weights are what gets evaluated, kept and returned; the raw weights' validation accuracy is logged
@@ -175,7 +178,7 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
                 now = time.perf_counter()
                 hist.step_seconds.append(now - tick)
                 tick = now
-                n += int(batch["input_ids"].shape[0])
+                n += int(batch["labels"].shape[0])  # varies under Poisson sampling (DP-SGD), may be 0
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", epoch=epoch, refresh=False)  # redraw at its own pace

@@ -114,7 +114,8 @@ def test_each_technique_notebook_teaches_its_mechanism():
     by_notebook: dict[str, list[str]] = {}
     for name, (nb, _) in saved_in_notebooks().items():
         by_notebook.setdefault(nb, []).append(name)
-    for nb in ("01_lora_finetune", "02_prune", "03_quantize", "04_distill", "05_distributed", "06_explain"):
+    for nb in ("01_lora_finetune", "02_prune", "03_quantize", "04_distill", "05_distributed", "06_explain",
+               "07_privacy"):
         assert by_notebook.get(nb), f"{nb} defines no #@save mechanism cell"
 
 

@@ -209,6 +209,22 @@ def test_smoke_06_every_method_is_measured_against_random(smoke):
     assert len(htmls) == 4 and all(h.stat().st_size > 1000 for h in htmls)
 
 
+@pytest.mark.notebook
+def test_smoke_07_private_models_spend_their_epsilon_and_are_audited(smoke):
+    rec = smoke.rec["07_privacy"]
+    f, v = rec["findings"], by_name(rec)
+    assert set(v) == {"non-private", "dp-eps-8", "overfit"} and v["non-private"]["role"] == "reference"
+    assert v["non-private"]["epsilon"] is None and v["overfit"]["epsilon"] is None
+    assert 7.5 <= v["dp-eps-8"]["epsilon"] <= 8.0 * 1.01 and v["dp-eps-8"]["delta"] == f["delta"] == 1 / f["n_train"]
+    for x in v.values():
+        assert 0 <= x["mia_auc"] <= 1 and 0 <= x["mia_tpr_at_1pct_fpr"] <= 1 and 0 <= x["accuracy"] <= 1
+        assert 0 <= x["mia_calibrated_auc"] <= 1
+    assert f["audit_members"] == f["audit_nonmembers"] == 64
+    checks = list(f["mechanism_checks"].values())
+    assert checks[0] < 1e-5 and checks[1] < 1e-5  # per-example mean = batch gradient; the notebook's formula = Opacus
+    assert v["overfit"]["epochs"] == 2 and v["dp-eps-8"]["epochs"] == 1
+
+
 # ---------------------------------------------------------------------------------------------- Summaries
 
 def summary_text(notebook, findings, params, env):
@@ -251,6 +267,11 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
     ("05_distributed", {"eval_identical": True}, {"eval_identical": False}, "**differ from**"),
     ("06_explain", {"comprehensiveness": {"lime": 0.3, "integrated_gradients": 0.3, "random": 0.1}},
      {"comprehensiveness": {"lime": 0.05, "integrated_gradients": 0.3, "random": 0.1}}, "does **not** beat"),
+    ("07_privacy", {"accuracy_gap_points": 2.0}, {"accuracy_gap_points": 7.0}, "**more than** 5 points"),
+    ("07_privacy", {"dp_below_overfit_tpr": True}, {"dp_below_overfit_tpr": False}, "**not** below the overfit model's under the"),
+    ("07_privacy", {"dp_below_overfit_tpr_calibrated": True}, {"dp_below_overfit_tpr_calibrated": False},
+     "**not** below it under the calibrated"),
+    ("07_privacy", {"dp_below_overfit_auc": True}, {"dp_below_overfit_auc": False}, "is **not** below the"),
 ]
 
 

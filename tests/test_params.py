@@ -84,6 +84,9 @@ def test_impossible_values(name, value):
     ("05_distributed", "threads_per_rank", -1), ("05_distributed", "train_steps", 0),
     ("06_explain", "lime_num_samples", 5), ("06_explain", "top_share", 0.0), ("06_explain", "num_explain", 2),
     ("06_explain", "ig_steps", 1),
+    ("07_privacy", "target_epsilons", [1.0, 0.0]), ("07_privacy", "max_grad_norm", 0.0), ("07_privacy", "delta", 1.0),
+    ("07_privacy", "delta", -1.0e-5), ("07_privacy", "accountant", "moments"), ("07_privacy", "trainable_layers", -1),
+    ("07_privacy", "overfit_epochs", 0), ("07_privacy", "audit_size", -5),
 ])
 def test_impossible_values_of_later_notebooks(notebook, name, value):
     with pytest.raises(ParamError, match=name):
