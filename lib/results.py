@@ -258,6 +258,8 @@ def _fmt(x: Any, spec: str) -> str:
         return "–"
     if isinstance(x, bool):  # before numbers: True would print as 1
         return f"`{str(x).lower()}`"
+    if isinstance(x, Mapping):  # a finding per method or model, e.g. {"lime": 0.49, "random": 0.04}
+        return "{" + ", ".join(f"{k}: {_fmt(v, spec)}" for k, v in x.items()) + "}"
     return f"`{x}`" if isinstance(x, str) else format(x, spec)
 
 

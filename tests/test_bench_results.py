@@ -235,3 +235,4 @@ def test_speed_conditions_are_stated_and_unsteady_figures_named():
 
 def test_readme_numbers_format_booleans_as_words():
     assert lib.results._fmt(True, ".4g") == "`true`" and lib.results._fmt(0.5, ".4g") == "0.5"
+    assert lib.results._fmt({"lime": 0.49351, "random": None}, ".3g") == "{lime: 0.494, random: –}"  # a finding per method
