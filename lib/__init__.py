@@ -22,6 +22,7 @@ Two layers, imported lazily (``import lib`` is instant; ``python -m lib.run --li
 - ``lib.baselines``  the TF-IDF reference and the check of ``lib.train`` against ``transformers.Trainer``
 - ``lib.experiment`` the comparison every notebook fills: variants -> scores, timings -> table -> record
 - ``lib.results``    the metrics record every notebook writes (schema + atomic write), the README block
+- ``lib.report``     the trade-off view: Pareto front, objectives normalised, the variant a user's weights pick
 - ``lib.tracking``   opt-in MLflow logging of every record (local SQLite store under outputs/)
 - ``lib.plots``      the figures
 - ``lib.run``        the papermill runner (``python -m lib.run``)
@@ -63,7 +64,7 @@ def _show_project_errors_briefly() -> None:
 _show_project_errors_briefly()
 
 CORE = ("paths", "errors", "runs", "preflight", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
-        "evaluate", "bench", "baselines", "experiment", "results", "tracking", "plots", "run")
+        "evaluate", "bench", "baselines", "experiment", "results", "report", "tracking", "plots", "run")
 TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain", "privacy")
 
 __all__ = [*CORE, *TECHNIQUES, "techniques", "setup", "__version__"]
