@@ -22,7 +22,8 @@ Two layers, imported lazily (``import lib`` is instant; ``python -m lib.run --li
 - ``lib.baselines``  the TF-IDF reference and the check of ``lib.train`` against ``transformers.Trainer``
 - ``lib.experiment`` the comparison every notebook fills: variants -> scores, timings -> table -> record
 - ``lib.results``    the metrics record every notebook writes (schema + atomic write), the README block
-- ``lib.report``     the trade-off view: Pareto front, objectives normalised, the variant a user's weights pick
+- ``lib.report``     the trade-off view: every record's variants in one table, Pareto front, the variant a user's
+                     weights pick, the run's ``report.html``
 - ``lib.tracking``   opt-in MLflow logging of every record (local SQLite store under outputs/)
 - ``lib.plots``      the figures
 - ``lib.run``        the papermill runner (``python -m lib.run``)

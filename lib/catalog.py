@@ -75,6 +75,12 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         needs=(),  # starts from the public pretrained model: a teacher fine-tuned without DP would carry its leak along
         produces=(),
     ),
+    Notebook(
+        "08_report",
+        "Report: every variant of the run side by side, a stacked deployment variant, Pareto fronts, a weighted choice",
+        needs=("teacher",),  # and the student (04) when the stack starts from it: checked in the notebook
+        produces=("stacked",),
+    ),
 )
 
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

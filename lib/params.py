@@ -208,6 +208,13 @@ RULES: dict[str, Rule] = {
     "head_hidden": _at_least(0, "hidden units of the trained head; 0 = a linear head"),
     "overfit_epochs": _at_least(1),
     "audit_size": _at_least(0, "0 means as many members and non-members as the test split has"),
+    "stack_base": _one_of("student", "teacher"),
+    "stack_prune_fractions": _between(0, 1, hi_open=True, fix="fractions of heads and neurons to remove, e.g. [0.1, 0.2]"),
+    "stack_max_val_points": _between(0, 100, fix="validation accuracy points the pruning may cost, e.g. 0.5"),
+    "weight_speed": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
+    "weight_cost": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
+    "weight_explainability": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
+    "weight_privacy": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
 }
 
 
@@ -219,6 +226,10 @@ def _cross_checks(p: Mapping[str, Any]) -> list[str]:
                 f"val_frac + test_frac = {p['val_frac'] + p['test_frac']:.2f} leaves under 10% for training; "
                 "lower one of them"
             )
+    weights = [p[k] for k in ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy") if k in p]
+    if len(weights) == 4 and all(isinstance(w, (int, float)) for w in weights) and not any(w > 0 for w in weights):
+        errs.append("weight_speed, weight_cost, weight_explainability and weight_privacy are all 0: nothing to choose "
+                    "by; give at least one a positive weight")
     return errs
 
 

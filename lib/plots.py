@@ -469,3 +469,59 @@ def membership_roc(audits: Mapping[str, Mapping[str, Any]], bounds: Mapping[str,
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def pareto(table: Any, fronts: Mapping[str, Any], profile: str, highlight: Sequence[str] = (), name: str = "pareto"):
+    """Accuracy against speed-up over the teacher (left) and against size (right, log scale): every variant with both
+    numbers, coloured by its notebook; the Pareto front of each panel (``fronts[x column]``: a boolean Series) is
+    joined by a line and its points are labelled; ``highlight`` names get a star."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    sources = sorted(table["source"].dropna().unique())
+    colour = {s: f"C{i}" for i, s in enumerate(sources)}
+    for ax, x, xlabel in ((axes[0], "speedup_vs_teacher", "speed-up over the teacher (batch-32 throughput, ×)"),
+                          (axes[1], "size_mb", "size on disk (MB, log scale)")):
+        shown = table[table[x].notna() & table["accuracy"].notna()]
+        for src in sources:
+            part = shown[shown["source"] == src]
+            if len(part):
+                ax.scatter(part[x], part["accuracy"], s=28, color=colour[src], label=src, alpha=0.8)
+        front = shown[fronts[x].reindex(shown.index, fill_value=False)].sort_values(x)
+        ax.plot(front[x], front["accuracy"], color="k", lw=1.2, ls="--", label="Pareto front")
+        for label, row in front.iterrows():
+            ax.annotate(str(label), (row[x], row["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        for label in highlight:
+            if label in shown.index:
+                ax.scatter(shown.loc[label, x], shown.loc[label, "accuracy"], marker="*", s=220, color="gold",
+                           edgecolor="k", zorder=5, label=f"{label}")
+        if x == "size_mb":
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy")
+    axes[0].set_title("accuracy vs speed (up and right is better)")
+    axes[1].set_title("accuracy vs size (up and left is better)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def stack_stages(table: Any, profile: str, name: str = "stacked"):
+    """The stacked variant stage by stage against the teacher: speed-up (left), times smaller (middle) and test accuracy
+    (right), one bar per stage, each labelled with its value."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(table) + 1.8), sharey=True)
+    y = np.arange(len(table))
+    for ax, col, title, fmt in ((axes[0], "speedup_vs_reference", "speed-up (batch 32, ×)", "{:.2f}×"),
+                                (axes[1], "smaller_x", "times smaller than the teacher", "{:.1f}×"),
+                                (axes[2], "accuracy", "test accuracy", "{:.3f}")):
+        values = table[col].astype(float)
+        ax.barh(y, values, color=["C7"] + ["C0"] * (len(table) - 2) + ["C2"] if len(table) > 1 else "C7")
+        for yi, v in zip(y, values):
+            ax.text(v, yi, " " + fmt.format(v), va="center", fontsize=8)
+        ax.set_title(title)
+        if col == "accuracy":
+            ax.set_xlim(max(0.0, values.min() - 0.08), min(1.0, values.max() + 0.04))
+        else:
+            ax.set_xlim(0, values.max() * 1.25)
+    axes[0].set_yticks(y, table.index, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

@@ -230,6 +230,11 @@ def load_run(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+def own_variants(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The variants a record measured itself: 08_report's record also lists every other notebook's (``source``)."""
+    return [v for v in rec["variants"] if v.get("source", rec["notebook"]) == rec["notebook"]]
+
+
 def _plain(obj: Any) -> Any:
     """numpy scalars/arrays and paths -> plain JSON types, NaN -> None."""
     if isinstance(obj, Mapping):
@@ -306,7 +311,7 @@ def markdown_results(run_dir: Path) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rec in recs:
-        for v in rec["variants"]:
+        for v in own_variants(rec):
             params_m = None if v["num_params"] is None else v["num_params"] / 1e6
             lines.append(
                 f"| {rec['notebook']} | {v['name']}{' (reference)' if v['role'] == 'reference' else ''} | "

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from . import catalog, params, paths, preflight, results, runs, tracking
+from . import catalog, params, paths, preflight, report, results, runs, tracking
 from .errors import ArtifactError, LabError, ParamError
 
 # The notebooks name the "python3" kernel, which Jupyter resolves to the Python it runs in: here the runner's own
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="what changed between two runs")
     p.add_argument("--delete", nargs="+", metavar="RUN", help="delete runs by id, or 'incomplete' for every ended "
                    "run that did not complete")
+    p.add_argument("--html", metavar="RUN", help="(re)write a run's report.html (its table, figures and every executed "
+                   "notebook as HTML) and exit; the runner writes it at the end of every run")
     p.add_argument("--mlflow", action="store_true", help="also log every record to MLflow (a local store: "
                    "outputs/mlflow.db; browse with `mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`)")
     p.add_argument("--quiet", action="store_true", help="do not stream the notebooks' output (one bar per notebook)")
@@ -256,7 +258,7 @@ def headline(run_dir: Path) -> str:
     rows = [f"{'notebook':<14} {'variant':<22} {'acc':>6} {'F1':>6} {'MB':>7} {'ms b1':>7} {'smp/s b32':>10} "
             f"{'speedup':>8}"]
     for rec in results.load_run(run_dir):
-        for v in rec["variants"]:
+        for v in results.own_variants(rec):
             rows.append(f"{rec['notebook']:<14} {v['name']:<22} {_fmt(v['accuracy'], '.4f'):>6} "
                         f"{_fmt(v['f1'], '.4f'):>6} {_fmt(v['size_mb'], '.1f'):>7} "
                         f"{_fmt(v['latency_ms_b1_p50'], '.2f'):>7} {_fmt(v['throughput_b32'], '.1f'):>10} "
@@ -456,6 +458,8 @@ def run_notebooks(profile: str, resolved: list[tuple[catalog.Notebook, dict]], o
         _update_inputs(run_dir)
         runs.finish(run_dir, final)
         os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+        if final != "interrupted":  # a stopped run is left as it is; `--html RUN` writes its page later
+            _write_report(run_dir)
     total = time.perf_counter() - started
     budget = results.budget_note(profile, total / 60).replace("*", "")
     print(f"\nDone: {len(resolved)} notebook(s), profile {profile!r}, {total / 60:.1f} min "
@@ -463,6 +467,15 @@ def run_notebooks(profile: str, resolved: list[tuple[catalog.Notebook, dict]], o
     print(f"  run folder: {run_dir}\n  latest: {paths.profile_dir(profile) / runs.LATEST}\n")
     print(headline(run_dir))
     return 0
+
+
+def _write_report(run_dir: Path) -> None:
+    """The run's ``report.html``, with whatever the run has; a failure here is reported, never the run's failure."""
+    try:
+        print(f"  report: {report.write_html(run_dir)}", file=sys.stderr, flush=True)
+    except Exception as e:  # noqa: BLE001 - the run's results are intact; say why the page is missing
+        print(f"  report.html not written ({type(e).__name__}: {e}); retry: python -m lib.run --html {run_dir.name}",
+              file=sys.stderr, flush=True)
 
 
 def _record_warnings(run_dir: Path, notebook: str) -> list[str]:
@@ -511,6 +524,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.delete:
             print(delete_runs(args.delete, args.profile))
+            return 0
+        if args.html:
+            print(report.write_html(runs.find_run(args.html, args.profile)))
             return 0
         if args.execution_timeout is not None and args.execution_timeout <= 0:
             raise ParamError(f"--execution-timeout must be a positive number of seconds, got {args.execution_timeout}")

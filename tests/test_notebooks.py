@@ -225,6 +225,27 @@ def test_smoke_07_private_models_spend_their_epsilon_and_are_audited(smoke):
     assert v["overfit"]["epochs"] == 2 and v["dp-eps-8"]["epochs"] == 1
 
 
+@pytest.mark.notebook
+def test_smoke_08_reports_every_variant_the_stack_and_the_choices(smoke):
+    rec = smoke.rec["08_report"]
+    f, v = rec["findings"], by_name(rec)
+    sources = {x["source"] for x in rec["variants"]}
+    assert sources == {nb.name for nb in lib.catalog.NOTEBOOKS if nb.name != "06_explain"}  # 06 adds a column
+    assert f["missing_notebooks"] == [] and len(f["records"]) == len(lib.catalog.NOTEBOOKS) - 1
+    stacked = [n for n in v if n.startswith("stacked")]
+    assert stacked == [f["stacked_name"]] and v[stacked[0]]["source"] == "08_report"
+    s = v[stacked[0]]
+    assert s["size_mb"] < v["teacher"]["size_mb"] / 4 and s["speedup_vs_teacher"] > 1  # student, trimmed, int8
+    assert f["stacked_reload_max_abs_logit_diff"] == 0.0 and f["trim_train_max_abs_logit_diff"] < 1e-4
+    assert 0 < f["vocabulary_kept"] < f["vocabulary_size"] and 0 <= f["test_tokens_unk"] < 0.5
+    assert set(f["best_variant"]) == {"yours", "explanations first", "privacy required"}
+    assert all(b in v for b in f["best_variant"].values())
+    assert v["teacher"]["faithfulness"] is not None and v["dp-eps-8"]["epsilon"] is not None
+    page = (smoke.root / "report.html").read_text(encoding="utf-8")
+    assert f["stacked_name"] in page and 'src="figures/pareto.png"' in page
+    assert all(f'href="html/{nb.name}.html"' in page for nb in lib.catalog.NOTEBOOKS)
+
+
 # ---------------------------------------------------------------------------------------------- Summaries
 
 def summary_text(notebook, findings, params, env):
@@ -272,6 +293,8 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
     ("07_privacy", {"dp_below_overfit_tpr_calibrated": True}, {"dp_below_overfit_tpr_calibrated": False},
      "**not** below it under the calibrated"),
     ("07_privacy", {"dp_below_overfit_auc": True}, {"dp_below_overfit_auc": False}, "is **not** below the"),
+    ("08_report", {"stacked_meets_bar": True}, {"stacked_meets_bar": False}, "does **not** meet"),
+    ("08_report", {"missing_notebooks": []}, {"missing_notebooks": ["05_distributed"]}, "missing: 05_distributed"),
 ]
 
 

@@ -87,6 +87,9 @@ def test_impossible_values(name, value):
     ("07_privacy", "target_epsilons", [1.0, 0.0]), ("07_privacy", "max_grad_norm", 0.0), ("07_privacy", "delta", 1.0),
     ("07_privacy", "delta", -1.0e-5), ("07_privacy", "accountant", "moments"), ("07_privacy", "trainable_layers", -1),
     ("07_privacy", "overfit_epochs", 0), ("07_privacy", "audit_size", -5),
+    ("08_report", "stack_base", "pruned"), ("08_report", "stack_prune_fractions", [0.2, 1.0]),
+    ("08_report", "stack_max_val_points", -1.0), ("08_report", "weight_speed", -1.0),
+    ("08_report", "weight_privacy", -0.5), ("08_report", "max_points_lost", -3.0),
 ])
 def test_impossible_values_of_later_notebooks(notebook, name, value):
     with pytest.raises(ParamError, match=name):
@@ -102,6 +105,13 @@ def test_rules_reject_impossible_fractions():
 def test_cross_check_leaves_room_for_training():
     with pytest.raises(ParamError, match="val_frac \\+ test_frac"):
         validate(NB, {"val_frac": 0.5, "test_frac": 0.45})
+
+
+def test_weights_that_are_all_zero_choose_nothing():
+    zero = {"weight_speed": 0.0, "weight_cost": 0.0, "weight_explainability": 0.0, "weight_privacy": 0.0}
+    with pytest.raises(ParamError, match="all 0: nothing to choose by"):
+        validate("08_report", zero)
+    assert validate("08_report", {**zero, "weight_privacy": 1.0})["weight_privacy"] == 1.0
 
 
 def test_all_problems_reported_at_once():

@@ -81,11 +81,11 @@ def test_importance_scores_and_plan(tiny, method):
     make, tok = tiny
     model = make()
     imp = lib.prune.unit_importance(model, loaders_for(tok).val, method)
-    assert imp.heads.shape == (2, 4) and [len(n) for n in imp.neurons] == [64, 64]
-    assert torch.all(imp.heads >= 0) and torch.allclose(imp.heads.norm(dim=1), torch.ones(2))
+    assert [len(h) for h in imp.heads] == [4, 4] and [len(n) for n in imp.neurons] == [64, 64]
+    assert all(torch.all(h >= 0) for h in imp.heads) and torch.allclose(torch.stack(imp.heads).norm(dim=1), torch.ones(2))
     p = lib.prune.plan(imp, 0.5)
     assert sum(map(len, p.heads.values())) == 4 and sum(map(len, p.neurons.values())) == 64
-    low = min(range(4), key=lambda h: float(imp.heads[0, h]))
+    low = min(range(4), key=lambda h: float(imp.heads[0][h]))
     assert low in p.heads[0] or len(p.heads[0]) == 3  # the weakest head of layer 0 goes, unless the layer is at its minimum
     extreme = lib.prune.plan(imp, 0.99)
     assert all(len(v) == 3 for v in extreme.heads.values())  # at least one head stays per layer
@@ -101,11 +101,11 @@ def test_gradient_importance_scores_a_unit_that_does_nothing_zero(tiny):
     zero_units(model, Plan(heads={1: [2]}, neurons={0: [7]}))
     val = loaders_for(tok).val
     g = lib.prune.gradient_importance(model, val)
-    assert float(g.heads[1, 2]) == 0.0 and float(g.neurons[0][7]) == 0.0
+    assert float(g.heads[1][2]) == 0.0 and float(g.neurons[0][7]) == 0.0
     assert float(g.heads[1].min()) == 0.0 and (g.heads[1] > 0).sum() == 3  # the others do matter
     assert 2 in lib.prune.plan(g, 0.25).heads[1] and 7 in lib.prune.plan(g, 0.01).neurons[0]
     m = lib.prune.magnitude_importance(model)
-    assert float(m.heads[1, 2]) > 0  # the data-free score cannot tell
+    assert float(m.heads[1][2]) > 0  # the data-free score cannot tell
 
 
 def test_unit_importance_dispatches_by_method(tiny):
@@ -114,10 +114,10 @@ def test_unit_importance_dispatches_by_method(tiny):
     make, tok = tiny
     model = make()
     val = loaders_for(tok).val
-    assert torch.equal(lib.prune.unit_importance(model, val, "gradient").heads,
-                       lib.prune.gradient_importance(model, val).heads)
-    assert torch.equal(lib.prune.unit_importance(model, val, "magnitude").heads,
-                       lib.prune.magnitude_importance(model).heads)
+    assert torch.equal(torch.stack(lib.prune.unit_importance(model, val, "gradient").heads),
+                       torch.stack(lib.prune.gradient_importance(model, val).heads))
+    assert torch.equal(torch.stack(lib.prune.unit_importance(model, val, "magnitude").heads),
+                       torch.stack(lib.prune.magnitude_importance(model).heads))
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "half", True])
@@ -153,3 +153,41 @@ def test_magnitude_pruning_sparsity_masks_survive_training_and_storage(tiny):
     assert sparse["dense_mb"] == pytest.approx(dense["dense_mb"], rel=1e-3)  # zeros alone: same file size
     assert sparse["sparse_mb"] < dense["sparse_mb"]  # CSR of a 70%-sparse encoder is smaller
     copy.deepcopy(model)  # a plain model again
+
+
+# ---------------------------------------------------------------------------------------------- uneven layers, vocabulary
+
+def test_an_already_pruned_model_is_scored_and_pruned_again(tiny):
+    """A student or a pruned model has layers of different widths: importance and the plan work per layer."""
+    from tests.test_models_train import loaders_for
+
+    make, tok = tiny
+    model = lib.prune.remove_units(make(), Plan(heads={0: [0, 1]}, neurons={1: list(range(20))}))
+    for method in lib.prune.METHODS:
+        imp = lib.prune.unit_importance(model, loaders_for(tok).val, method)
+        assert [len(h) for h in imp.heads] == [2, 4] and [len(n) for n in imp.neurons] == [64, 44]
+    again = lib.prune.pruned_copy(model, imp, 0.5)
+    assert sum(lib.models.layout(again)["heads"]) == 3 and sum(lib.models.layout(again)["intermediate"]) == 54
+
+
+def test_trimmed_vocabulary_is_exact_on_kept_tokens_and_reads_the_rest_as_unk(tiny):
+    make, tok = tiny
+    model = make().eval()
+    kept_texts = ["a film that moved me", "dull and loud"]
+    enc = [dict(input_ids=ids) for ids in tok(kept_texts)["input_ids"]]
+    keep = lib.prune.used_token_ids(enc, tok)
+    assert set(tok.all_special_ids) <= keep and len(keep) < 30
+    trimmed = lib.prune.trim_vocabulary(model, keep, tok.unk_token_id)
+    assert trimmed.get_input_embeddings().weight.shape[0] == len(keep)
+    x = dict(tok(kept_texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, trimmed(**x).logits)  # every token kept: the very same numbers
+        new = dict(tok(["a superb film"], return_tensors="pt"))  # "superb" was never kept
+        as_unk = {k: v.clone() for k, v in new.items()}
+        as_unk["input_ids"][as_unk["input_ids"] == tok.convert_tokens_to_ids("superb")] = tok.unk_token_id
+        assert torch.allclose(trimmed(**new).logits, model(**as_unk).logits, atol=1e-6)
+        assert not torch.allclose(trimmed(**new).logits, model(**new).logits)
+    effect = lib.prune.vocabulary_effect([dict(input_ids=new["input_ids"][0].tolist())], keep)
+    assert effect == {"tokens_unk": 1 / new["input_ids"].shape[1], "texts_with_unk": 1.0}
+    with pytest.raises(ValueError, match="UNK"):
+        lib.prune.trim_vocabulary(model, keep - {tok.unk_token_id}, tok.unk_token_id)

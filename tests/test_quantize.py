@@ -214,3 +214,19 @@ def test_per_channel_scales_contain_an_outlier(tiny):
     row = errors.loc["layer.0.output.dense"]
     assert row["per-channel"] < row["per-matrix"] / 3  # one scale per row confines the outlier to its row
     assert errors["per-matrix"].idxmax() == "layer.0.output.dense"
+
+
+def test_a_stacked_model_exports_to_int8_onnx(tiny, tmp_path):
+    """Pruned (uneven layers) and vocabulary-trimmed: the int8 file predicts like the torch model and is small."""
+    make, tok = tiny
+    model = lib.prune.remove_units(make(seed=1), lib.prune.Plan(heads={0: [0]}, neurons={1: list(range(16))}))
+    x = texts_batch(tok)
+    keep = {int(i) for i in x["input_ids"].flatten()} | set(tok.all_special_ids)
+    trimmed = lib.prune.trim_vocabulary(model, keep, tok.unk_token_id).eval()
+    path = lib.quantize.int8_onnx(trimmed, x, tmp_path, name="stacked")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stacked.onnx"]  # the fp32 intermediates are gone
+    ort = lib.predict.OnnxPredictor(path)(x)
+    with torch.no_grad():
+        ref = trimmed(**x).logits.numpy()
+    assert np.abs(ort - ref).max() < 0.1 * np.abs(ref).max() + 0.05
+    assert path.stat().st_size < lib.bench.serialized_mb(trimmed) * 1e6  # int8 weights (the int32 remap table stays)

@@ -56,3 +56,84 @@ def test_bad_objectives_and_weights_are_refused():
         lib.report.weighted_choice(TABLE, OBJECTIVES, {"accuracy": 0.0})
     with pytest.raises(ValueError, match=">= 0"):
         lib.report.weighted_choice(TABLE, OBJECTIVES, {"accuracy": 1.0, "size_mb": -1.0})
+
+
+# ---------------------------------------------------------------------------------------------- the run's table
+
+def _v(name, role="variant", **kw):
+    base = {"name": name, "role": role, "accuracy": None, "f1": None, "size_mb": None, "num_params": None,
+            "latency_ms_b1_p50": None, "throughput_b32": None, "speedup_vs_reference": None}
+    return {**base, **kw}
+
+
+TEACHER = dict(accuracy=0.83, f1=0.82, size_mb=90.0, num_params=22e6, throughput_b32=150.0, speedup_vs_reference=1.0)
+RECORDS = [
+    {"notebook": "00_baseline", "params": {}, "findings": {},
+     "variants": [_v("teacher", "reference", **TEACHER), _v("tfidf-logreg", accuracy=0.74)]},
+    {"notebook": "03_quantize", "params": {}, "findings": {"best_int8": "ort int8"},
+     "variants": [_v("fp32", "reference", **{**TEACHER, "throughput_b32": 160.0}),
+                  _v("ort int8", accuracy=0.82, size_mb=23.0, throughput_b32=500.0, speedup_vs_reference=3.1,
+                     backend="onnxruntime", dtype="int8")]},
+    {"notebook": "06_explain", "params": {}, "findings": {"faithfulness": [
+        {"model": "teacher", "method": "lime", "comprehensiveness": 0.5},
+        {"model": "teacher", "method": "random", "comprehensiveness": 0.04},
+        {"model": "int8", "method": "lime", "comprehensiveness": 0.45}]}, "variants": []},
+    {"notebook": "07_privacy", "params": {}, "findings": {"trainable_params": 1000},
+     "variants": [_v("non-private", "reference", accuracy=0.76, epsilon=None),
+                  _v("dp-eps-8", accuracy=0.75, epsilon=8.0), _v("dp-eps-1", accuracy=0.70, epsilon=1.0)]},
+]
+
+
+def test_variants_table_folds_the_teacher_and_attaches_what_other_notebooks_measured():
+    t = lib.report.variants_table(RECORDS)
+    assert list(t.index) == ["teacher", "tfidf-logreg", "ort int8", "non-private", "dp-eps-8", "dp-eps-1"]  # no "fp32"
+    assert t.loc["ort int8", "speedup_vs_teacher"] == 3.1 and t.loc["ort int8", "faithfulness"] == 0.45
+    assert t.loc["teacher", "faithfulness"] == 0.5 and t.loc["teacher", "trainable_params"] == 22e6
+    assert pd.isna(t.loc["dp-eps-8", "speedup_vs_teacher"])  # 07's reference is not the teacher
+    assert t.loc["dp-eps-8", "epsilon"] == 8.0 and t.loc["dp-eps-8", "trainable_params"] == 1000
+    assert t.loc["ort int8", "provenance"] == "03_quantize: backend onnxruntime, dtype int8"
+    assert lib.report.missing_notebooks(RECORDS) == ["01_lora_finetune", "02_prune", "04_distill", "05_distributed"]
+    assert list(lib.report.teacher_remeasured(RECORDS)["throughput_b32"]) == [150.0, 160.0]
+
+
+def test_the_choice_respects_the_accuracy_limit_and_privacy_needs_a_guarantee():
+    t = lib.report.variants_table(RECORDS)
+    best, values = lib.report.choose(t, {"speed": 1, "cost": 1, "explainability": 0, "privacy": 0}, 3.0, 0.83)
+    assert best == "ort int8" and set(values.index) == {"teacher", "ort int8"}  # the rest are > 3 points behind
+    best, values = lib.report.choose(t, {"speed": 0, "cost": 0, "explainability": 0, "privacy": 1}, 20.0, 0.83)
+    assert best == "dp-eps-1" and values.loc["dp-eps-8", "privacy"] == pytest.approx(1 / 9)
+    assert values.loc["non-private", "privacy"] == 0.0  # no guarantee: the worst, not missing
+    best, _ = lib.report.choose(t, {"speed": 0, "cost": 0, "explainability": 1, "privacy": 0}, 3.0, 0.83)
+    assert best == "teacher"
+    with pytest.raises(ValueError, match="raise max_points_lost"):
+        lib.report.choose(t, {"speed": 1}, 0.0, 0.99)
+
+
+def test_record_variants_name_their_source_and_keep_the_teacher_as_reference():
+    t = lib.report.variants_table(RECORDS)
+    stage = pd.DataFrame({"accuracy": [0.81], "f1": [0.8], "size_mb": [9.0], "latency_ms_b1_p50": [1.0],
+                          "throughput_b32": [1200.0], "speedup_vs_reference": [8.0]}, index=["stacked (x)"])
+    rows = lib.report.record_variants(lib.report.with_rows(t, stage, "08_report", {}))
+    by = {r["name"]: r for r in rows}
+    assert by["teacher"]["role"] == "reference" and by["teacher"]["source"] == "00_baseline"
+    assert by["stacked (x)"]["source"] == "08_report" and by["stacked (x)"]["speedup_vs_teacher"] == 8.0
+    assert by["dp-eps-8"]["size_mb"] is None  # missing stays missing (JSON null), never NaN
+    rec = {"notebook": "08_report", "variants": rows}
+    assert [v["name"] for v in lib.results.own_variants(rec)] == ["stacked (x)"]
+
+
+def test_report_html_shows_what_the_run_has(outputs):
+    run_dir = lib.runs.start("smoke", by="test", notebooks=["00_baseline", "03_quantize"])
+    (run_dir / "metrics").mkdir()
+    env = {"cpu": "test CPU", "isa": "AVX2", "threads": 2}
+    for rec in RECORDS[:2]:
+        lib.utils.atomic_write_json(run_dir / "metrics" / f"{rec['notebook']}.json", {**rec, "env": env})
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# executed"}], "metadata": {},
+          "nbformat": 4, "nbformat_minor": 4}
+    (run_dir / "notebooks").mkdir()
+    lib.utils.atomic_write_json(run_dir / "notebooks" / "00_baseline.ipynb", nb)
+    page = lib.report.write_html(run_dir).read_text(encoding="utf-8")
+    assert "<table" in page and "ort int8" in page and "AVX2" in page
+    assert 'href="html/00_baseline.html"' in page and (run_dir / "html" / "00_baseline.html").exists()
+    assert "03_quantize: <em>not in this run</em>" in page  # no executed notebook
+    assert "No record from: 01_lora_finetune" in page and "08_report has not run" in page

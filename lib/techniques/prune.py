@@ -12,6 +12,10 @@ attention module's head counts consistent. Which units go is decided by an impor
 validation split (:func:`unit_importance`): ``gradient`` (Michel et al., 2019: |∂loss/∂mask| of a mask on
 every head/neuron) or ``magnitude`` (norm of the unit's weights).
 
+**Vocabulary trimming** (:func:`trim_vocabulary`) prunes the token-embedding table, most of a small model's bytes:
+only the rows of the token ids a training split uses are kept, every other id is read as ``[UNK]``
+(:func:`vocabulary_effect` measures how often that happens on new text).
+
 A pruned model records its per-layer shapes in ``config.pruned_layout``; :func:`lib.artifacts.load`
 rebuilds those shapes before loading the weights, so it reloads like any other artifact.
 """
@@ -102,21 +106,21 @@ def storage_mb(model: Any) -> dict[str, float]:
 
 @dataclass
 class Importance:
-    """Per-unit scores (higher = more important): ``heads[l, h]`` and ``neurons[l][j]``."""
+    """Per-unit scores (higher = more important): ``heads[l][h]`` and ``neurons[l][j]``, one tensor per layer
+    (layers may differ in width: a student or an already pruned model has uneven layers)."""
 
     method: str
-    heads: torch.Tensor
+    heads: list[torch.Tensor]
     neurons: list[torch.Tensor]
-
 
     def layers(self, idx: Sequence[int]) -> "Importance":
         """The scores of the layers ``idx`` only (e.g. the teacher layers a student is built from)."""
-        return Importance(self.method, self.heads[list(idx)], [self.neurons[i] for i in idx])
+        return Importance(self.method, [self.heads[i] for i in idx], [self.neurons[i] for i in idx])
 
 
 def normalised(imp: Importance) -> Importance:
     """Scores divided by their layer's L2 norm (as Michel et al. do), so a global ranking compares layers fairly."""
-    heads = imp.heads / imp.heads.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    heads = [h / h.norm().clamp(min=1e-12) for h in imp.heads]
     neurons = [n / n.norm().clamp(min=1e-12) for n in imp.neurons]
     return Importance(imp.method, heads, neurons)
 
@@ -146,7 +150,7 @@ def gradient_importance(model: Any, loader: Iterable[dict], max_batches: int = 0
         for h in hooks:
             h.remove()
     n = len(layers)
-    return normalised(Importance("gradient", torch.stack(scores[:n]), scores[n:]))
+    return normalised(Importance("gradient", scores[:n], scores[n:]))
 
 
 def magnitude_importance(model: Any) -> Importance:
@@ -160,7 +164,7 @@ def magnitude_importance(model: Any) -> Importance:
         heads.append((rows + cols).sqrt())
         neurons.append((layer.intermediate.dense.weight.detach().pow(2).sum(1)
                         + layer.output.dense.weight.detach().pow(2).sum(0)).sqrt())
-    return normalised(Importance("magnitude", torch.stack(heads), neurons))
+    return normalised(Importance("magnitude", heads, neurons))
 
 
 def unit_importance(model: Any, loader: Iterable[dict], method: str = "gradient", max_batches: int = 0) -> Importance:
@@ -182,8 +186,7 @@ def plan(importance: Importance, fraction: float, min_heads: int = 1, min_neuron
     """Remove the ``fraction`` of heads and the same fraction of FFN neurons with the lowest scores, ranked
     across all layers, keeping at least ``min_heads`` heads and ``min_neurons`` neurons in every layer."""
     check_fraction("fraction", fraction)
-    n_layers, n_heads = importance.heads.shape
-    heads = _lowest([importance.heads[l] for l in range(n_layers)], round(fraction * n_layers * n_heads), min_heads)
+    heads = _lowest(importance.heads, round(fraction * sum(len(h) for h in importance.heads)), min_heads)
     neurons = _lowest(importance.neurons, round(fraction * sum(len(n) for n in importance.neurons)), min_neurons)
     return Plan(heads, neurons)
 
@@ -245,3 +248,49 @@ def removed_fraction(model: Any, reference: Any) -> dict[str, float]:
         return sum(p.numel() for p in m.parameters())
 
     return {"encoder_removed": 1 - enc(model) / enc(reference), "params_removed": 1 - total(model) / total(reference)}
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary
+
+def used_token_ids(encoded: Iterable[dict], tokenizer: Any) -> set[int]:
+    """The token ids that occur in ``encoded`` (tokenized examples: use the **training** split only, so that test
+    texts meet the trimmed vocabulary as new texts would), plus the tokenizer's special tokens."""
+    used = {int(i) for f in encoded for i in f["input_ids"]}
+    return used | {int(i) for i in tokenizer.all_special_ids}
+
+
+class RemappedEmbedding(nn.Module):
+    """A token-embedding table holding only the kept rows: ``remap[old id]`` is the row of a kept token and the
+    ``[UNK]`` row for every other one, so the tokenizer and the model's inputs stay as they were."""
+
+    def __init__(self, weight: torch.Tensor, remap: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.register_buffer("remap", remap)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(self.remap[input_ids], self.weight)
+
+
+#@save
+def trim_vocabulary(model: Any, keep: set[int], unk_id: int) -> Any:
+    """A copy of ``model`` whose token-embedding table keeps only the rows of the token ids in ``keep``; any other
+    id is looked up as ``[UNK]`` (``unk_id``). Texts made only of kept tokens get exactly the same vector as before;
+    a word outside the kept vocabulary is read as ``[UNK]``: a real change in behaviour, to be measured."""
+    if unk_id not in keep:
+        raise ValueError(f"the [UNK] id {unk_id} must be kept: every dropped token is mapped to it")
+    trimmed = copy.deepcopy(model)
+    table = trimmed.get_input_embeddings().weight.detach()
+    kept = torch.tensor(sorted(keep))
+    remap = torch.full((table.shape[0],), int((kept == unk_id).nonzero()[0, 0]), dtype=torch.int32)
+    remap[kept] = torch.arange(len(kept), dtype=torch.int32)
+    trimmed.set_input_embeddings(RemappedEmbedding(table[kept].clone(), remap))
+    return trimmed
+
+
+def vocabulary_effect(encoded: Iterable[dict], keep: set[int]) -> dict[str, float]:
+    """How much of a split a trimmed vocabulary changes: the share of its tokens read as ``[UNK]`` and the share of
+    its texts that contain at least one."""
+    counts = [(len(f["input_ids"]), sum(int(i) not in keep for i in f["input_ids"])) for f in encoded]
+    tokens, unk = sum(n for n, _ in counts), sum(m for _, m in counts)
+    return {"tokens_unk": unk / max(tokens, 1), "texts_with_unk": sum(m > 0 for _, m in counts) / max(len(counts), 1)}

@@ -227,6 +227,22 @@ def onnx_int8(fp32_path: Path | str, out_path: Path | str, reduce_range: bool, q
     return out_path
 
 
+def int8_onnx(model: Any, example: Mapping[str, Any], workdir: Path | str, reduce_range: bool = True,
+              per_channel: bool = True, name: str = "int8") -> Path:
+    """``model`` as one ONNX Runtime int8 file (``workdir/<name>.onnx``): exported, fused (the BERT optimizer detects
+    the head count itself, so layers of different widths, as pruning leaves them, are fine) and quantized dynamically
+    with its embedding tables. The intermediate fp32 files are removed."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    raw = export_onnx(model, workdir / f"{name}.exported.onnx", example)
+    fp32 = optimize_onnx(raw, workdir / f"{name}.fp32.onnx", 0, 0)
+    try:
+        return onnx_int8(fp32, workdir / f"{name}.onnx", reduce_range, True, per_channel=per_channel)
+    finally:
+        raw.unlink(missing_ok=True)
+        fp32.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------- the variants
 
 def int8_name(reduce_range: bool, per_channel: bool, embeddings: bool = True) -> str:
