@@ -8,7 +8,8 @@
 #   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
 #   make clean                 remove outputs/ run results (keeps outputs/README.md)
 #   make readme [RUN=id]       regenerate the README results block from a clean complete default run
-#   make runs                  list the runs (python -m lib.run --runs; --compare A B; --delete ID)
+#   make runs                  list the runs (python -m lib.run --runs; --compare A B; --delete ID; --html ID)
+#                              every run folder gets report.html: the whole run on one page
 #   make mlflow-ui             browse the MLflow store of `make run MLFLOW=1` runs
 
 PYTHON ?= python3.11

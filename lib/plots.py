@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg; in Jupyter: inline
 import numpy as np
+import pandas as pd
 
 from . import runs
 from .utils import atomic_path
@@ -478,17 +479,21 @@ def pareto(table: Any, fronts: Mapping[str, Any], profile: str, highlight: Seque
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     sources = sorted(table["source"].dropna().unique())
     colour = {s: f"C{i}" for i, s in enumerate(sources)}
+    on_front = pd.concat([table.loc[f[f].index, "accuracy"] for f in fronts.values()]).astype(float)
+    floor = float(on_front.min()) - 0.03 if len(on_front) else 0.0  # zoom on the front: far-worse variants are counted
     for ax, x, xlabel in ((axes[0], "speedup_vs_teacher", "speed-up over the teacher (batch-32 throughput, ×)"),
                           (axes[1], "size_mb", "size on disk (MB, log scale)")):
-        shown = table[table[x].notna() & table["accuracy"].notna()]
+        placed = table[table[x].notna() & table["accuracy"].notna()]
+        shown = placed[placed["accuracy"].astype(float) >= floor]
         for src in sources:
             part = shown[shown["source"] == src]
             if len(part):
                 ax.scatter(part[x], part["accuracy"], s=28, color=colour[src], label=src, alpha=0.8)
         front = shown[fronts[x].reindex(shown.index, fill_value=False)].sort_values(x)
         ax.plot(front[x], front["accuracy"], color="k", lw=1.2, ls="--", label="Pareto front")
-        for label, row in front.iterrows():
-            ax.annotate(str(label), (row[x], row["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        for j, (label, row) in enumerate(front.iterrows()):  # alternate above/below: neighbours on the front are close
+            ax.annotate(str(label), (row[x], row["accuracy"]), fontsize=7, xytext=(4, 5 if j % 2 == 0 else -11),
+                        textcoords="offset points")
         for label in highlight:
             if label in shown.index:
                 ax.scatter(shown.loc[label, x], shown.loc[label, "accuracy"], marker="*", s=220, color="gold",
@@ -496,7 +501,8 @@ def pareto(table: Any, fronts: Mapping[str, Any], profile: str, highlight: Seque
         if x == "size_mb":
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy" + (f" ({len(placed) - len(shown)} variant(s) below {floor:.2f} not shown)"
+                                         if len(placed) > len(shown) else ""))
     axes[0].set_title("accuracy vs speed (up and right is better)")
     axes[1].set_title("accuracy vs size (up and left is better)")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))

@@ -93,7 +93,7 @@ DESCRIPTORS = ("method", "backend", "dtype", "fraction", "sparsity", "layers", "
                "world_size", "comm_hook", "importance")
 REPORT_COLUMNS = ("accuracy", "f1", "size_mb", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_teacher",
                   "trainable_params", "epsilon", "faithfulness", "provenance")
-COLUMNS = ("source", "accuracy", "f1", "size_mb", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_teacher",
+COLUMNS = ("source", "accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_teacher",
            "trainable_params", "epsilon", "faithfulness", "provenance")
 
 
@@ -145,8 +145,8 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
                 trainable = v.get("num_params")
             rows[name] = {
                 "source": nb, "variant": v["name"], "accuracy": v.get("accuracy"), "f1": v.get("f1"),
-                "size_mb": v.get("size_mb"), "latency_ms_b1_p50": v.get("latency_ms_b1_p50"),
-                "throughput_b32": v.get("throughput_b32"),
+                "size_mb": v.get("size_mb"), "num_params": v.get("num_params"),
+                "latency_ms_b1_p50": v.get("latency_ms_b1_p50"), "throughput_b32": v.get("throughput_b32"),
                 "speedup_vs_teacher": v.get("speedup_vs_reference") if ref_is_teacher else None,
                 "trainable_params": trainable, "epsilon": v.get("epsilon"), "faithfulness": None,
                 "provenance": _describe(v, rec) + (f" (run {rec.get('run')})" if mixed else "")}
@@ -226,6 +226,12 @@ def _notebook_html(executed: Path, out: Path) -> Path:
     return out
 
 
+def _int_columns(table: pd.DataFrame) -> dict:
+    """Counts shown as integers with thousands separators (22,566,146, not 2.257e+07)."""
+    return {c: (lambda x: "–" if x is None or pd.isna(x) else f"{int(x):,}") for c in ("trainable_params", "num_params")
+            if c in table.columns}
+
+
 def write_html(run_dir: Path | str) -> Path:
     """``report.html`` in ``run_dir``: the run's facts, 08_report's table and figures (or, without it, every record's
     variants), and a link to every executed notebook rendered to HTML (``html/``). Works with whatever the run has."""
@@ -259,14 +265,15 @@ def write_html(run_dir: Path | str) -> Path:
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Model UX Lab · run {manifest['id']}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f3f3f3}} img{{max-width:100%;border:1px solid #ddd}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f3f3f3}}
+td:last-child{{text-align:left;min-width:18em}} img{{max-width:100%;border:1px solid #ddd}}
 .missing{{color:#a33}}</style></head><body>
 <h1>Model UX Lab · run {manifest['id']}</h1>
 <p>{facts}</p>
 {'<p class="missing">No record from: ' + ', '.join(missing) + '</p>' if missing else ''}
 {'<h2>The choice</h2><ul>' + ''.join(f'<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>' for k, v in best.items()) + '</ul>' if best else ''}
 <h2>Every variant</h2>
-{table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='–', border=0)}
+{table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='–', border=0, formatters=_int_columns(table))}
 <h2>Figures</h2>
 {''.join(f'<p><img src="{html.escape(f)}" alt="{html.escape(f)}"></p>' for f in figures) or '<p>08_report has not run: no figures.</p>'}
 <h2>The notebooks, as executed</h2>
@@ -296,7 +303,7 @@ def with_rows(table: pd.DataFrame, rows: pd.DataFrame, source: str, provenance: 
     reference is the teacher appended (their ``speedup_vs_reference`` is the speed-up over the teacher)."""
     add = pd.DataFrame({
         "variant": rows.index, "source": source, "accuracy": rows["accuracy"], "f1": rows["f1"],
-        "size_mb": rows["size_mb"], "latency_ms_b1_p50": rows["latency_ms_b1_p50"],
+        "size_mb": rows["size_mb"], "num_params": rows.get("num_params"), "latency_ms_b1_p50": rows["latency_ms_b1_p50"],
         "throughput_b32": rows["throughput_b32"], "speedup_vs_teacher": rows["speedup_vs_reference"],
         "trainable_params": None, "epsilon": None, "faithfulness": None,
         "provenance": [provenance.get(n, source) for n in rows.index]}, index=rows.index)
@@ -310,7 +317,7 @@ def record_variants(table: pd.DataFrame) -> list[dict]:
     for name, row in table.iterrows():
         r = {k: (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v) for k, v in row.items()}
         out.append({"name": str(name), "role": "reference" if (r["source"], r["variant"]) == TEACHER else "variant",
-                    "accuracy": r["accuracy"], "f1": r["f1"], "size_mb": r["size_mb"], "num_params": None,
+                    "accuracy": r["accuracy"], "f1": r["f1"], "size_mb": r["size_mb"], "num_params": r.get("num_params"),
                     "latency_ms_b1_p50": r["latency_ms_b1_p50"], "throughput_b32": r["throughput_b32"],
                     "speedup_vs_reference": r["speedup_vs_teacher"], **{k: r[k] for k in REPORT_COLUMNS[5:]},
                     "speedup_vs_teacher": r["speedup_vs_teacher"], "source": r["source"]})
