@@ -266,14 +266,15 @@ def write_html(run_dir: Path | str) -> Path:
 <html lang="en"><head><meta charset="utf-8"><title>Model UX Lab · run {manifest['id']}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f3f3f3}}
-td:last-child{{text-align:left;min-width:18em}} img{{max-width:100%;border:1px solid #ddd}}
+td:last-child{{text-align:left;min-width:14em}} img{{max-width:100%;border:1px solid #ddd}}
 .missing{{color:#a33}}</style></head><body>
 <h1>Model UX Lab · run {manifest['id']}</h1>
 <p>{facts}</p>
 {'<p class="missing">No record from: ' + ', '.join(missing) + '</p>' if missing else ''}
 {'<h2>The choice</h2><ul>' + ''.join(f'<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>' for k, v in best.items()) + '</ul>' if best else ''}
 <h2>Every variant</h2>
-{table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='–', border=0, formatters=_int_columns(table))}
+<div style="overflow-x:auto">{table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='–', border=0,
+                                            formatters=_int_columns(table))}</div>
 <h2>Figures</h2>
 {''.join(f'<p><img src="{html.escape(f)}" alt="{html.escape(f)}"></p>' for f in figures) or '<p>08_report has not run: no figures.</p>'}
 <h2>The notebooks, as executed</h2>

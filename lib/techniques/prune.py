@@ -281,9 +281,9 @@ def trim_vocabulary(model: Any, keep: set[int], unk_id: int) -> Any:
         raise ValueError(f"the [UNK] id {unk_id} must be kept: every dropped token is mapped to it")
     trimmed = copy.deepcopy(model)
     table = trimmed.get_input_embeddings().weight.detach()
-    kept = torch.tensor(sorted(keep))
-    remap = torch.full((table.shape[0],), int((kept == unk_id).nonzero()[0, 0]), dtype=torch.int32)
-    remap[kept] = torch.arange(len(kept), dtype=torch.int32)
+    kept = torch.tensor(sorted(keep), device=table.device)  # on the model's device (a GPU too)
+    remap = torch.full((table.shape[0],), int((kept == unk_id).nonzero()[0, 0]), dtype=torch.int32, device=table.device)
+    remap[kept] = torch.arange(len(kept), dtype=torch.int32, device=table.device)
     trimmed.set_input_embeddings(RemappedEmbedding(table[kept].clone(), remap))
     return trimmed
 

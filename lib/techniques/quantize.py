@@ -231,10 +231,12 @@ def int8_onnx(model: Any, example: Mapping[str, Any], workdir: Path | str, reduc
               per_channel: bool = True, name: str = "int8") -> Path:
     """``model`` as one ONNX Runtime int8 file (``workdir/<name>.onnx``): exported, fused (the BERT optimizer detects
     the head count itself, so layers of different widths, as pruning leaves them, are fine) and quantized dynamically
-    with its embedding tables. The intermediate fp32 files are removed."""
+    with its embedding tables (for the CPU: a model on a GPU is exported from a CPU copy). The intermediate fp32 files
+    are removed."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    raw = export_onnx(model, workdir / f"{name}.exported.onnx", example)
+    on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    raw = export_onnx(on_cpu.eval(), workdir / f"{name}.exported.onnx", example)
     fp32 = optimize_onnx(raw, workdir / f"{name}.fp32.onnx", 0, 0)
     try:
         return onnx_int8(fp32, workdir / f"{name}.onnx", reduce_range, True, per_channel=per_channel)
