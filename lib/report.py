@@ -113,6 +113,12 @@ def _is_teacher(v: Mapping, teacher: Mapping | None) -> bool:
             and v.get("size_mb") == teacher.get("size_mb"))
 
 
+def _teacher(by_nb: Mapping[str, Mapping]) -> Mapping | None:
+    """00_baseline's teacher row, if the run has that record."""
+    base = by_nb.get(TEACHER[0])
+    return next((v for v in base["variants"] if v["name"] == TEACHER[1]), None) if base else None
+
+
 def missing_notebooks(records: Sequence[Mapping]) -> list[str]:
     """The notebooks (before this report) that have no record in the run."""
     have = {r["notebook"] for r in records}
@@ -126,8 +132,7 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
     comprehensiveness); ``speedup_vs_teacher`` is each notebook's own side-by-side ratio, and is left empty where
     a notebook's reference is not the teacher (05, 07)."""
     by_nb = {r["notebook"]: r for r in records}
-    base = by_nb.get(TEACHER[0])
-    teacher = next((v for v in base["variants"] if v["name"] == TEACHER[1]), None) if base else None
+    teacher = _teacher(by_nb)
     rows: dict[str, dict] = {}
     mixed = len({r.get("run") for r in records}) > 1  # records from several runs (notebooks run by hand): name each
     for rec in records:
@@ -254,7 +259,7 @@ def write_html(run_dir: Path | str) -> Path:
             links.append(f'<li><a href="{page.relative_to(run_dir)}">{nb.name}</a>{took}: {html.escape(nb.title)}</li>')
         else:
             links.append(f"<li>{nb.name}: <em>not in this run</em> ({html.escape(nb.title)})</li>")
-    figures = [f for f in (report or {}).get("figures", [])]
+    figures = (report or {}).get("figures", [])
     env = recs[0]["env"] if recs else {}
     facts = (f"Run <code>{manifest['id']}</code>, profile <code>{manifest['profile']}</code>, status "
              f"<b>{manifest['status']}</b>; {html.escape(str(env.get('cpu', '?')))}, CPU class "
@@ -290,8 +295,7 @@ def teacher_remeasured(records: Sequence[Mapping]) -> pd.DataFrame:
     """The teacher's speed in every notebook that timed it as its reference: how much the same model's numbers move
     from one process to the next (why each speed-up is a ratio measured inside one notebook)."""
     by_nb = {r["notebook"]: r for r in records}
-    base = by_nb.get(TEACHER[0])
-    teacher = next((v for v in base["variants"] if v["name"] == TEACHER[1]), None) if base else None
+    teacher = _teacher(by_nb)
     rows = {r["notebook"]: {"as": v["name"], "latency_ms_b1_p50": v.get("latency_ms_b1_p50"),
                             "throughput_b32": v.get("throughput_b32")}
             for r in records for v in r["variants"]
