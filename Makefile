@@ -1,14 +1,16 @@
 # The few verbs people use. Everything runs inside .venv (created on first use).
 #   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill (MLFLOW=1: also log to MLflow)
-#   make test                  set up if needed, then the gate: unit tests + every notebook on smoke (< 10 min)
-#   make test-all              make test + nbval (every notebook with its own defaults) + slow tests (~20 min)
+#   make unit                  the edit-test loop: unit tests only, no notebook, no process launched (< 2 min)
+#   make test                  set up if needed, then the gate CI runs: unit + launches + every notebook on smoke (< 10 min)
+#   make test-all              make test + the slow tests + nbval (every notebook with its own defaults) (~20 min)
+#   make lint                  ruff: lint and formatting of lib/, tests/ and notebooks/ (make format fixes what it can)
 #   make lab                   JupyterLab from .venv (the notebooks' "python3" kernel is this project's Python)
 #   make kernel                register this clone's .venv as a kernel for a JupyterLab you already have
 #   make smoke                 = make run PROFILE=smoke (the < 5 min end-to-end check)
 #   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
 #   make clean                 remove outputs/ run results (keeps outputs/README.md)
 #   make readme [RUN=id]       regenerate the README results block from a clean complete default run
-#   make runs                  list the runs (python -m lib.run --runs; --compare A B; --delete ID; --html ID)
+#   make runs                  list the runs (python -m lib.runner --runs; --compare A B; --delete ID; --html ID)
 #                              every run folder gets report.html: the whole run on one page
 #   make mlflow-ui             browse the MLflow store of `make run MLFLOW=1` runs
 
@@ -22,7 +24,7 @@ PIP_ARGS := -c requirements/constraints.txt -e .[dev]
 # A kernel name per clone (a hash of its path): registering a second clone never re-points the first one's kernel.
 KERNEL := model-ux-lab-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 
-.PHONY: install run smoke test test-all lab kernel clean clean-notebooks lock readme runs mlflow-ui
+.PHONY: install run smoke unit test test-all lint format lab kernel clean clean-notebooks lock readme runs mlflow-ui
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -34,16 +36,33 @@ $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/python -m lib.run --profile $(PROFILE) $(if $(MLFLOW),--mlflow) $(ARGS)
+	$(BIN)/python -m lib.runner --profile $(PROFILE) $(if $(MLFLOW),--mlflow) $(ARGS)
 
 smoke: install
-	$(BIN)/python -m lib.run --profile smoke
+	$(BIN)/python -m lib.runner --profile smoke
 
-test: install
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+# Test tiers (markers in pyproject.toml): `notebook` runs notebooks through papermill, `launch` starts processes
+# (torchrun workers, a fresh process per timing), `slow` is only for test-all.
+# `make test` is the two tiers one after the other, each timed (the unit tier fails fast, before any notebook runs).
+UNIT := not notebook and not launch and not slow
+unit: install
+	@start=$$(date +%s); $(BIN)/python -m pytest -m "$(UNIT)" $(ARGS); code=$$?; \
+	echo "== make unit: $$(( $$(date +%s) - start ))s"; exit $$code
+
+test: unit
+	@start=$$(date +%s); $(BIN)/python -m pytest -m "(notebook or launch) and not slow" $(ARGS); code=$$?; \
+	echo "== notebooks and launches: $$(( $$(date +%s) - start ))s"; exit $$code
 
 test-all: install
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(ARGS)
+
+lint: install
+	$(BIN)/ruff check lib tests notebooks conftest.py
+	$(BIN)/ruff format --check lib tests notebooks conftest.py
+
+format: install
+	$(BIN)/ruff check --fix lib tests notebooks conftest.py
+	$(BIN)/ruff format lib tests notebooks conftest.py
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
@@ -54,7 +73,7 @@ kernel: install
 	@echo "registered kernel $(KERNEL) -> $(BIN)/python"
 
 runs: install
-	$(BIN)/python -m lib.run --runs
+	$(BIN)/python -m lib.runner --runs
 
 # Browse what `make run MLFLOW=1` logged (a local store, no server to set up): http://127.0.0.1:5000
 mlflow-ui: install
@@ -73,4 +92,4 @@ lock: install
 # Regenerate the README's results block from the latest complete run of $(PROFILE) (run `make run` first); it
 # refuses a run with -p overrides, an unclean commit, a missing notebook, or one made by hand (and says which).
 readme: install
-	$(BIN)/python -m lib.results --readme --profile $(PROFILE) $(if $(RUN),--run $(RUN))
+	$(BIN)/python -m lib.runner.readme --readme --profile $(PROFILE) $(if $(RUN),--run $(RUN))

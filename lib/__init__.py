@@ -1,38 +1,26 @@
 """Model UX Lab's shared helper package: every notebook does its work through these modules.
 
-Two layers, imported lazily (``import lib`` is instant; ``python -m lib.run --list`` never imports torch):
+Three tiers, one folder each, imported lazily (``import lib`` is instant; ``python -m lib.runner --list``
+never imports torch). Each tier imports only the tiers listed before it (and ``lib.errors`` / ``lib.utils``,
+which every tier may use); ``tests/test_layers.py`` enforces it:
 
-**Core** (``lib/*.py``) — imports no technique:
+1. **Runner** (``lib/runner/``): runs the collection and keeps its results — paths, the notebook catalog,
+   parameters and profiles, run folders, the metrics record, preflight checks, MLflow tracking, notebook
+   execution, the run history, the README block, the run's ``report.html``, the command line (``python -m
+   lib.runner``). See :mod:`lib.runner`.
+2. **Core** (``lib/*.py``): what a notebook computes with — ``utils`` (seeding, devices, the machine's facts,
+   atomic writes), ``errors``, ``data``, ``heads``, ``models``, ``predict``, ``artifacts``, ``train``,
+   ``evaluate``, ``bench``, ``baselines``, ``experiment`` (variants -> scores, timings -> table -> record),
+   ``report`` (every variant in one table, Pareto fronts, the weighted choice), ``launch`` (workers under
+   torchrun), ``plots``.
+3. **Techniques** (``lib/techniques/``): one module per technique, only its mechanism, importing only core
+   (and the runner): ``lib.lora``, ``lib.prune``, ``lib.quantize``, ``lib.distill``, ``lib.distributed`` (DDP
+   under torchrun), ``lib.explain`` (LIME, Integrated Gradients, faithfulness) and ``lib.privacy`` (DP-SGD
+   with Opacus, the membership-inference audit). A function marked ``# @save`` is defined, identically, in the
+   notebook that teaches it (a test keeps the two the same).
 
-- ``lib.paths``      where things live (project root, notebooks, params, the outputs folder)
-- ``lib.runs``       run folders: one per run, with its manifest; ``latest``; where a later notebook reads inputs
-- ``lib.preflight``  deep checks before a run: the CSV file, prerequisite artifacts and their settings, the device
-- ``lib.errors``     the errors a user can fix, each naming the problem and the fix
-- ``lib.catalog``    the notebooks in order, the artifacts each needs and makes, what a complete artifact holds
-- ``lib.params``     profiles, parameter declarations, validation (one place for every rule)
-- ``lib.utils``      seeding, the machine's facts (CPU class / ISA), atomic writes
-- ``lib.data``       datasets (built-in, CSV, HF hub), grouped splits, tokenized loaders
-- ``lib.heads``      the mean-pooling classification head
-- ``lib.models``     model specs, the tiny test model, architecture facts (encoder layers and their shapes)
-- ``lib.predict``    one predictor interface (batch -> logits) for torch, cast and ONNX Runtime models
-- ``lib.artifacts``  save and load every artifact kind (model, adapter, ONNX) with its metadata
-- ``lib.train``      the one training loop, and an isolated training-speed probe
-- ``lib.evaluate``   predictions and metrics, agreement between two models
-- ``lib.bench``      size, latency, throughput, peak memory; interleaved side-by-side comparisons
-- ``lib.baselines``  the TF-IDF reference and the check of ``lib.train`` against ``transformers.Trainer``
-- ``lib.experiment`` the comparison every notebook fills: variants -> scores, timings -> table -> record
-- ``lib.results``    the metrics record every notebook writes (schema + atomic write), the README block
-- ``lib.report``     the trade-off view: every record's variants in one table, Pareto front, the variant a user's
-                     weights pick, the run's ``report.html``
-- ``lib.tracking``   opt-in MLflow logging of every record (local SQLite store under outputs/)
-- ``lib.plots``      the figures
-- ``lib.run``        the papermill runner (``python -m lib.run``)
-
-**Techniques** (``lib/techniques/``) — one module per technique, only its mechanism, importing only core;
-reachable as ``lib.lora``, ``lib.prune``, ``lib.quantize``, ``lib.distill``, ``lib.distributed`` (DDP under
-torchrun), ``lib.explain`` (LIME, Integrated Gradients, faithfulness) and ``lib.privacy`` (DP-SGD with Opacus, the
-membership-inference audit). A function marked ``#@save`` is defined, identically, in the notebook that teaches it (a test keeps the two
-the same).
+Notebooks sit on top: they reach the runner as ``lib.runner.params``, ``lib.runner.records``,
+``lib.runner.folders`` and ``lib.runner.catalog``.
 """
 
 from __future__ import annotations
@@ -64,15 +52,30 @@ def _show_project_errors_briefly() -> None:
 
 _show_project_errors_briefly()
 
-CORE = ("paths", "errors", "runs", "preflight", "catalog", "params", "utils", "data", "heads", "models", "predict", "artifacts", "train",
-        "evaluate", "bench", "baselines", "experiment", "results", "report", "tracking", "plots", "run")
+CORE = (
+    "errors",
+    "utils",
+    "data",
+    "heads",
+    "models",
+    "predict",
+    "artifacts",
+    "train",
+    "evaluate",
+    "bench",
+    "baselines",
+    "experiment",
+    "report",
+    "launch",
+    "plots",
+)
 TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain", "privacy")
 
-__all__ = [*CORE, *TECHNIQUES, "techniques", "setup", "__version__"]
+__all__ = [*CORE, *TECHNIQUES, "runner", "techniques", "setup", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in CORE or name == "techniques":
+    if name in CORE or name in ("runner", "techniques"):
         module = importlib.import_module(f"{__name__}.{name}")
     elif name in TECHNIQUES:
         module = importlib.import_module(f"{__name__}.techniques.{name}")

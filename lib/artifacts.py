@@ -1,24 +1,26 @@
 """Artifacts: every trained thing a notebook hands on to later ones, saved and loaded by this one module.
 
-An artifact is a folder: the weights, the tokenizer and a ``metadata.json`` saying which notebook, data, parameters
-and seed made it and what it scored. Three kinds (:data:`lib.catalog.KINDS`):
+An artifact is a folder: the weights, the tokenizer and a ``metadata.json`` saying which notebook, data,
+parameters and seed made it and what it scored. Three kinds (:data:`lib.runner.catalog.KINDS`):
 
-- ``model``: a transformers classifier — the teacher, a student, a pruned model (whose per-layer shapes are stored in
-  ``config.pruned_layout`` and rebuilt on load), the mean-pooling head rebuilt from ``config.classifier_pooling``;
-- ``adapter``: a LoRA adapter and its trained head (peft); loaded onto a fresh copy of the base model named in its
-  metadata;
-- ``onnx``: one self-contained ``model.onnx`` for ONNX Runtime; loaded as an :class:`lib.predict.OnnxPredictor`.
+- ``model``: a transformers classifier — the teacher, a student, a pruned model (whose per-layer shapes are
+  stored in ``config.pruned_layout`` and rebuilt on load), the mean-pooling head rebuilt from
+  ``config.classifier_pooling``;
+- ``adapter``: a LoRA adapter and its trained head (peft); loaded onto a fresh copy of the base model named in
+  its metadata;
+- ``onnx``: one self-contained ``model.onnx`` for ONNX Runtime; loaded as an
+  :class:`lib.predict.OnnxPredictor`.
 
 :func:`save` is atomic (temp folder + rename): an interrupted save leaves the previous artifact or nothing.
-:func:`load` returns ``(model, tokenizer, metadata)``, where ``model`` is a torch module or a predictor; both go into
-:mod:`lib.evaluate` and :mod:`lib.bench` alike.
+:func:`load` returns ``(model, tokenizer, metadata)``, where ``model`` is a torch module or a predictor; both
+go into :mod:`lib.evaluate` and :mod:`lib.bench` alike.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from .catalog import METADATA, artifact_kind, artifact_hint, check_artifact, require_artifact
 from .errors import ArtifactError
 from .heads import MeanPoolingBertForSequenceClassification
 from .models import build_to_layout, load_model
 from .predict import OnnxPredictor
+from .runner.catalog import METADATA, artifact_hint, artifact_kind, check_artifact, require_artifact
 from .utils import atomic_dir
 
 __all__ = ["save", "load", "check_artifact", "require_artifact", "artifact_hint", "artifact_kind", "file_mb"]
@@ -39,10 +41,10 @@ ONNX_FILE = "model.onnx"
 
 
 def save(path: Path | str, what: Any, tokenizer: Any, metadata: dict[str, Any]) -> Path:
-    """Save ``what`` — a torch classifier, a peft model (its adapter is saved) or the path of an ``.onnx`` file — with
-    ``tokenizer`` and ``metadata`` into the folder ``path``, atomically. Returns ``path``."""
+    """Save ``what`` — a torch classifier, a peft model (its adapter is saved) or the path of an ``.onnx``
+    file — with ``tokenizer`` and ``metadata`` into the folder ``path``, atomically. Returns ``path``."""
     path = Path(path)
-    meta = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **metadata}
+    meta = {"created": datetime.now(UTC).isoformat(timespec="seconds"), **metadata}
     with atomic_dir(path) as tmp:
         if isinstance(what, (str, Path)):
             if not Path(what).is_file() or Path(what).suffix != ".onnx":
@@ -57,8 +59,9 @@ def save(path: Path | str, what: Any, tokenizer: Any, metadata: dict[str, Any]) 
 
 
 def load(path: Path | str) -> tuple[Any, Any, dict[str, Any]]:
-    """``(model, tokenizer, metadata)`` from an artifact folder: a torch model in fp32 eval mode (``model`` and
-    ``adapter`` kinds) or an ONNX Runtime predictor (``onnx``). A missing or damaged artifact is a clear error."""
+    """``(model, tokenizer, metadata)`` from an artifact folder: a torch model in fp32 eval mode (``model``
+    and ``adapter`` kinds) or an ONNX Runtime predictor (``onnx``). A missing or damaged artifact is a clear
+    error."""
     path = Path(path)
     problem = check_artifact(path)
     if problem:
@@ -73,8 +76,10 @@ def load(path: Path | str) -> tuple[Any, Any, dict[str, Any]]:
     except ArtifactError:
         raise
     except Exception as e:  # safetensors / config errors on a damaged file
-        raise ArtifactError(f"artifact in {path} is corrupt and cannot be loaded ({type(e).__name__}: {e}); "
-                            "re-run the notebook that saves it") from None
+        raise ArtifactError(
+            f"artifact in {path} is corrupt and cannot be loaded ({type(e).__name__}: {e}); "
+            "re-run the notebook that saves it"
+        ) from None
     return model.eval(), tokenizer, metadata
 
 
@@ -94,8 +99,10 @@ def _load_model(path: Path) -> Any:
 def _load_adapter(path: Path, metadata: dict[str, Any]) -> Any:
     params = metadata.get("params", {})
     if "model" not in params or "label_names" not in metadata:
-        raise ArtifactError(f"adapter in {path} does not name its base model (metadata params.model, label_names); "
-                            "re-run the notebook that saves it")
+        raise ArtifactError(
+            f"adapter in {path} does not name its base model (metadata params.model, label_names); "
+            "re-run the notebook that saves it"
+        )
     names = metadata["label_names"]
     base = load_model(params["model"], len(names), names, params.get("pooling", "cls"))[0]
     return PeftModel.from_pretrained(base, str(path))

@@ -1,16 +1,17 @@
 """The references everything in 00_baseline is checked against.
 
-- :func:`tfidf_reference`: TF-IDF + logistic regression on the same split — the classical bar a transformer must
-  clear to be worth its cost;
-- :func:`compare_with_hf_trainer`: :func:`lib.train.fit` against ``transformers.Trainer`` on the very same batches —
-  evidence that the collection's teaching loop is a fair stand-in for the library one.
+- :func:`tfidf_reference`: TF-IDF + logistic regression on the same split — the classical bar a transformer
+  must clear to be worth its cost;
+- :func:`compare_with_hf_trainer`: :func:`lib.train.fit` against ``transformers.Trainer`` on the very same
+  batches — evidence that the collection's teaching loop is a fair stand-in for the library one.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,14 +46,24 @@ def tfidf_reference(splits: Splits, seed: int, max_features: int = 50000) -> dic
             best = (val_acc, c, pipe)
     val_acc, c, pipe = best
     fit_seconds = time.perf_counter() - start
-    test = classification_metrics(splits.test.labels, pipe.predict(splits.test.texts), splits.train.num_labels)
+    test = classification_metrics(
+        splits.test.labels, pipe.predict(splits.test.texts), splits.train.num_labels
+    )
     return {"test": test, "val_accuracy": val_acc, "C": c, "fit_seconds": fit_seconds, "pipeline": pipe}
 
 
-
-def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, tokenizer: Any, batch_size: int,
-                            steps: int, learning_rate: float, seed: int, weight_decay: float = 0.01,
-                            warmup_frac: float = 0.1, rounds: int = 2) -> pd.DataFrame:
+def compare_with_hf_trainer(
+    make_model: Callable[[], Any],
+    train_enc: Any,
+    tokenizer: Any,
+    batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    weight_decay: float = 0.01,
+    warmup_frac: float = 0.1,
+    rounds: int = 2,
+) -> pd.DataFrame:
     """Train fresh copies of the same model for ``steps`` steps with :func:`fit` and with
     ``transformers.Trainer``: the very same batches in the same order (one seeded shuffle, fed sequentially to
     both, so both pad identically), same schedule, seed and head initialisation, each timed by the same wall
@@ -65,7 +76,9 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
     """
     rng = np.random.default_rng(seed)
     need = steps * batch_size
-    order = np.concatenate([rng.permutation(len(train_enc)) for _ in range(-(-need // len(train_enc)))])[:need]
+    order = np.concatenate([rng.permutation(len(train_enc)) for _ in range(-(-need // len(train_enc)))])[
+        :need
+    ]
     train_enc = Encoded.from_features([train_enc[int(i)] for i in order])  # one shuffle, shared by both loops
     runs: dict[str, list[tuple[float, list[float]]]] = {"lib.train.fit": [], "transformers.Trainer": []}
     for r in range(rounds):
@@ -74,8 +87,19 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
             seed_everything(seed)  # both copies get the same classifier-head initialisation
             model = make_model()
             run = _run_lib if loop == "lib.train.fit" else _run_trainer
-            runs[loop].append(run(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed,
-                                  weight_decay, warmup_frac))
+            runs[loop].append(
+                run(
+                    model,
+                    train_enc,
+                    tokenizer,
+                    batch_size,
+                    steps,
+                    learning_rate,
+                    seed,
+                    weight_decay,
+                    warmup_frac,
+                )
+            )
             del model
     rows = []
     for loop, results in runs.items():
@@ -90,27 +114,55 @@ def compare_with_hf_trainer(make_model: Callable[[], Any], train_enc: Any, token
 
 def _run_lib(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    loader = DataLoader(train_enc, batch_size=batch_size, shuffle=False, collate_fn=collate)  # already shuffled
-    cfg = TrainConfig(num_epochs=1, learning_rate=learning_rate,
-                      weight_decay=weight_decay, warmup_frac=warmup_frac, max_steps=steps, seed=seed,
-                      keep_best=False, progress=True)
+    loader = DataLoader(
+        train_enc, batch_size=batch_size, shuffle=False, collate_fn=collate
+    )  # already shuffled
+    cfg = TrainConfig(
+        num_epochs=1,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_frac=warmup_frac,
+        max_steps=steps,
+        seed=seed,
+        keep_best=False,
+        progress=True,
+    )
     t0 = time.perf_counter()
     hist = fit(model, loader, None, cfg)
     return time.perf_counter() - t0, hist.step_losses
 
 
-def _run_trainer(model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac):
+def _run_trainer(
+    model, train_enc, tokenizer, batch_size, steps, learning_rate, seed, weight_decay, warmup_frac
+):
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=learning_rate,
-            weight_decay=weight_decay, warmup_steps=int(warmup_frac * steps), lr_scheduler_type="linear",
-            max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed,
-            use_cpu=device().type == "cpu", dataloader_num_workers=0, train_sampling_strategy="sequential",  # already shuffled
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            warmup_steps=int(warmup_frac * steps),
+            lr_scheduler_type="linear",
+            max_grad_norm=1.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            seed=seed,
+            data_seed=seed,
+            use_cpu=device().type == "cpu",
+            dataloader_num_workers=0,
+            train_sampling_strategy="sequential",  # already shuffled
             disable_tqdm=True,  # our own bar below: no per-step log table
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train_enc, data_collator=collate,
-                          callbacks=[_tqdm_callback(steps)])
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_enc,
+            data_collator=collate,
+            callbacks=[_tqdm_callback(steps)],
+        )
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -119,6 +171,7 @@ def _run_trainer(model, train_enc, tokenizer, batch_size, steps, learning_rate, 
 
 def _tqdm_callback(total: int) -> Any:
     """A plain tqdm bar for Trainer (its notebook callback would print a table row per step)."""
+
     class Bar(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
             self.bar = progress(total=total, desc="Trainer", unit="step")
@@ -133,7 +186,12 @@ def _tqdm_callback(total: int) -> Any:
 
 
 def _loop_row(name: str, seconds: float, samples: int, losses: list[float]) -> dict[str, Any]:
-    tail = losses[-max(1, len(losses) // 4):]
-    return {"loop": name, "seconds": seconds, "samples_per_s": samples / seconds,
-            "first_loss": float(losses[0]) if losses else float("nan"),
-            "final_loss": float(np.mean(tail)) if tail else float("nan"), "losses": list(map(float, losses))}
+    tail = losses[-max(1, len(losses) // 4) :]
+    return {
+        "loop": name,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+        "first_loss": float(losses[0]) if losses else float("nan"),
+        "final_loss": float(np.mean(tail)) if tail else float("nan"),
+        "losses": list(map(float, losses)),
+    }

@@ -17,14 +17,14 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
 import psutil
 import torch
 from safetensors.torch import save_model
@@ -33,8 +33,8 @@ from transformers import DataCollatorWithPadding
 from .data import Encoded
 from .models import count_params
 from .predict import Predictor, as_predictor
-from .results import MAX_SPREAD
-from .utils import device, progress, synchronize
+from .runner.records import MAX_SPREAD
+from .utils import device, load_average, progress, synchronize
 
 
 @dataclass
@@ -55,7 +55,7 @@ def make_probe(enc: Encoded, tokenizer: Any, size: int = 64, batch_size: int = 3
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     feats = [{k: v for k, v in enc[i].items() if k != "labels"} for i in range(min(size, len(enc)))]
     singles = [collate([f]) for f in feats]
-    batches = [collate(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
+    batches = [collate(feats[i : i + batch_size]) for i in range(0, len(feats), batch_size)]
     return Probe(singles, batches, batch_size)
 
 
@@ -75,9 +75,13 @@ def _time_pass(predictor: Predictor, probe: Probe) -> tuple[list[float], float]:
     return lat, probe.n_batched / (time.perf_counter() - t0)
 
 
-
-def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, reference: str | None = None,
-            warmup: int = 1) -> pd.DataFrame:
+def compare(
+    predictors: Mapping[str, Any],
+    probe: Probe,
+    repeats: int = 5,
+    reference: str | None = None,
+    warmup: int = 1,
+) -> pd.DataFrame:
     """Measure every predictor interleaved on ``probe``; one row per model, ratios to ``reference``.
 
     Columns: ``latency_ms_b1_p50``, ``latency_ms_b1_p90``, ``throughput_b32`` (samples/s),
@@ -86,7 +90,7 @@ def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, refer
     preds = {name: as_predictor(p) for name, p in predictors.items()}
     names = list(preds)
     reference = reference or names[0]
-    load_before = _load_average()
+    load_before = load_average()
     bar = progress(total=(warmup + repeats) * len(names), desc="benchmark", unit="pass", leave=False)
     for _ in range(warmup):
         for name in names:
@@ -96,7 +100,7 @@ def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, refer
     p90: dict[str, list[float]] = {n: [] for n in names}
     thr: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no model always goes first
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate: no model always goes first
         for name in order:
             lat, tput = _time_pass(preds[name], probe)
             p50[name].append(float(np.percentile(lat, 50)) * 1000)
@@ -104,39 +108,46 @@ def compare(predictors: Mapping[str, Any], probe: Probe, repeats: int = 5, refer
             thr[name].append(tput)
             bar.update(1)
     bar.close()
-    load = [max(a, b) for a, b in zip(load_before, _load_average())] if load_before else None
+    load = [max(a, b) for a, b in zip(load_before, load_average())] if load_before else None
     rows = []
     for name in names:
         med = float(np.median(thr[name]))
         spread = float((max(thr[name]) - min(thr[name])) / med) if med else None
-        rows.append({
-            "name": name,
-            "latency_ms_b1_p50": float(np.median(p50[name])),
-            "latency_ms_b1_p90": float(np.median(p90[name])),
-            "throughput_b32": med,
-            "throughput_spread": spread,  # (max - min) / median over the repeats
-            "load_average": load[0] if load else None,  # 1-minute load while measuring (cores busy)
-            "unsteady": bool(spread is not None and spread > MAX_SPREAD),
-        })
+        rows.append(
+            {
+                "name": name,
+                "latency_ms_b1_p50": float(np.median(p50[name])),
+                "latency_ms_b1_p90": float(np.median(p90[name])),
+                "throughput_b32": med,
+                "throughput_spread": spread,  # (max - min) / median over the repeats
+                "load_average": load[0] if load else None,  # 1-minute load while measuring (cores busy)
+                "unsteady": bool(spread is not None and spread > MAX_SPREAD),
+            }
+        )
     df = pd.DataFrame(rows).set_index("name")
     df["speedup_vs_reference"] = df["throughput_b32"] / df.loc[reference, "throughput_b32"]
     df["latency_ratio_vs_reference"] = df["latency_ms_b1_p50"] / df.loc[reference, "latency_ms_b1_p50"]
-    df.attrs.update(reference=reference, repeats=repeats, probe_size=len(probe.singles),
-                    batch_size=probe.batch_size, threads=_threads(), load_average=load, device=str(device()))
+    df.attrs.update(
+        reference=reference,
+        repeats=repeats,
+        probe_size=len(probe.singles),
+        batch_size=probe.batch_size,
+        threads=_threads(),
+        load_average=load,
+        device=str(device()),
+    )
     busy = load is not None and load[0] > (os.cpu_count() or 1) + 0.5
     if df["unsteady"].any() or busy:
         warnings.warn(
-            f"speed figures may not be trustworthy: repeat spread {df['throughput_spread'].max():.0%} (flagged above "
-            f"{MAX_SPREAD:.0%}), load average {load[0] if load else '?'} on {os.cpu_count()} cores. Another program is "
-            "using the CPU: close it and re-run this cell.", RuntimeWarning, stacklevel=2)
+            f"speed figures may not be trustworthy: repeat spread {df['throughput_spread'].max():.0%} "
+            f"(flagged above "
+            f"{MAX_SPREAD:.0%}), load average {load[0] if load else '?'} on {os.cpu_count()} cores. Another "
+            f"program is "
+            "using the CPU: close it and re-run this cell.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return df
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 def _threads() -> int:
@@ -144,16 +155,21 @@ def _threads() -> int:
 
 
 def training_table(runs: Mapping[str, Mapping[str, Any]], n_train: int) -> pd.DataFrame:
-    """Side-by-side training speed and memory of :func:`lib.train.training_speed` runs (the first is the reference):
-    samples/s, peak memory, minutes per epoch of ``n_train`` examples, speed-up against the first."""
-    df = pd.DataFrame(runs).T[["trainable_params", "trainable_pct", "samples_per_s", "peak_mem_mb",
-                               "peak_mem_delta_mb"]].astype(float)
+    """Side-by-side training speed and memory of :func:`lib.train.training_speed` runs (the first is the
+    reference): samples/s, peak memory, minutes per epoch of ``n_train`` examples, speed-up against the first.
+    """
+    df = (
+        pd.DataFrame(runs)
+        .T[["trainable_params", "trainable_pct", "samples_per_s", "peak_mem_mb", "peak_mem_delta_mb"]]
+        .astype(float)
+    )
     df["minutes_per_epoch"] = n_train / df["samples_per_s"] / 60
     df["speedup_vs_reference"] = df["samples_per_s"] / df["samples_per_s"].iloc[0]
     return df
 
 
-# ---------------------------------------------------------------------------------------------- size
+# ------------------------------------------------------------------------ size
+
 
 def serialized_mb(model: Any) -> float:
     """Size in MB (10^6 bytes) of the model's weights saved as safetensors."""
@@ -167,7 +183,8 @@ def size_info(model: Any) -> dict[str, float]:
     return {"num_params": count_params(model), "size_mb": serialized_mb(model)}
 
 
-# ---------------------------------------------------------------------------------------------- memory
+# ------------------------------------------------------------------------ memory
+
 
 class PeakMemory:
     """Context manager sampling this process's resident memory (RSS) to find the peak during a block.
@@ -189,7 +206,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak_mb = max(self.peak_mb, self._rss())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start_mb = self.peak_mb = self._rss()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -205,7 +222,8 @@ class PeakMemory:
         return self.peak_mb - self.start_mb
 
 
-# ---------------------------------------------------------------------------------------------- isolation
+# ------------------------------------------------------------------------ isolation
+
 
 def isolated(fn: Callable[..., Any], **kwargs: Any) -> Any:
     """Run ``fn(**kwargs)`` in a fresh Python process and return its result.

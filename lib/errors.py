@@ -27,10 +27,13 @@ class OfflineError(LabError, OSError):
     """Something had to come from a hub, and the hub cannot be reached (or offline mode is on)."""
 
 
-def show_in_notebook(shell: object, etype: type, value: BaseException, tb: object, tb_offset: int | None = None) -> list:
-    """IPython's handler for a :class:`LabError` raised in a cell: the message, without a traceback through ``lib``
-    (the message names the problem and the fix; the frames would only bury it). The cell still fails: the error is
-    shown through IPython's own channel (``_showtraceback``), so Jupyter and papermill see a normal error output."""
+def show_in_notebook(
+    shell: object, etype: type, value: BaseException, tb: object, tb_offset: int | None = None
+) -> list:
+    """IPython's handler for a :class:`LabError` raised in a cell: the message, without a traceback through
+    ``lib`` (the message names the problem and the fix; the frames would only bury it). The cell still fails:
+    the error is shown through IPython's own channel (``_showtraceback``), so Jupyter and papermill see a
+    normal error output."""
     stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
     shell._showtraceback(etype, value, stb)  # type: ignore[attr-defined]
     return stb

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.n
 
 
 def in_dataset_order(loader: Any, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Arrays predicted in ``loader``'s batch order, put back in dataset order when the loader's sampler says what
-    that order was (``indices``: the length-sorted evaluation loaders of :func:`lib.data.make_loader`)."""
+    """Arrays predicted in ``loader``'s batch order, put back in dataset order when the loader's sampler says
+    what that order was (``indices``: the length-sorted evaluation loaders of :func:`lib.data.make_loader`).
+    """
     order = getattr(getattr(loader, "sampler", None), "indices", None)
     if order is None or len(order) != len(arrays[0]):
         return arrays
@@ -44,7 +46,9 @@ def in_dataset_order(loader: Any, *arrays: np.ndarray) -> tuple[np.ndarray, ...]
     return tuple(restored)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_labels: int | None = None) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_labels: int | None = None
+) -> dict[str, Any]:
     """Accuracy, macro-F1 and the confusion matrix (rows = true class, columns = predicted)."""
     labels = list(range(num_labels if num_labels else int(max(y_true.max(), y_pred.max())) + 1))
     return {
@@ -65,8 +69,10 @@ def agreement(reference_logits: np.ndarray, logits: np.ndarray) -> dict[str, flo
     """Share of identical predicted labels and the largest |logit difference| against the reference."""
     if reference_logits.shape != logits.shape:
         raise ValueError(f"logits shapes differ: {reference_logits.shape} vs {logits.shape}")
-    return {"agreement": float(np.mean(reference_logits.argmax(-1) == logits.argmax(-1))),
-            "max_abs_logit_diff": float(np.max(np.abs(reference_logits - logits)))}
+    return {
+        "agreement": float(np.mean(reference_logits.argmax(-1) == logits.argmax(-1))),
+        "max_abs_logit_diff": float(np.max(np.abs(reference_logits - logits))),
+    }
 
 
 def compare_predictions(a: Any, b: Any, loader: Iterable[dict]) -> dict[str, float]:
@@ -75,17 +81,28 @@ def compare_predictions(a: Any, b: Any, loader: Iterable[dict]) -> dict[str, flo
     return {"label_agreement": ag["agreement"], "max_abs_logit_diff": ag["max_abs_logit_diff"]}
 
 
-def quality_flags(name: str, accuracy: float, majority: float, reference: float | None = None,
-                  reference_name: str = "the TF-IDF reference", margin_points: float = 1.0) -> list[str]:
-    """Warnings for a model that has not learned: no better than always guessing the majority class, or more than
-    ``margin_points`` behind a classical reference. Each is also raised as a visible ``UserWarning``."""
+def quality_flags(
+    name: str,
+    accuracy: float,
+    majority: float,
+    reference: float | None = None,
+    reference_name: str = "the TF-IDF reference",
+    margin_points: float = 1.0,
+) -> list[str]:
+    """Warnings for a model that has not learned: no better than always guessing the majority class, or more
+    than ``margin_points`` behind a classical reference. Each is also raised as a visible ``UserWarning``."""
     flags = []
     if accuracy <= majority:
-        flags.append(f"{name} accuracy {accuracy:.4f} does not beat always guessing the majority class ({majority:.4f}): "
-                     "it has not learned the task (more epochs or data, or check the learning rate)")
+        flags.append(
+            f"{name} accuracy {accuracy:.4f} does not beat always guessing the majority class "
+            f"({majority:.4f}): "
+            "it has not learned the task (more epochs or data, or check the learning rate)"
+        )
     if reference is not None and accuracy < reference - margin_points / 100:
-        flags.append(f"{name} accuracy {accuracy:.4f} is {100 * (reference - accuracy):.1f} points behind "
-                     f"{reference_name} ({reference:.4f}): the transformer does not earn its cost here")
+        flags.append(
+            f"{name} accuracy {accuracy:.4f} is {100 * (reference - accuracy):.1f} points behind "
+            f"{reference_name} ({reference:.4f}): the transformer does not earn its cost here"
+        )
     for flag in flags:
         warnings.warn(flag, UserWarning, stacklevel=2)
     return flags

@@ -1,7 +1,8 @@
 """Side-by-side comparisons: the bookkeeping every notebook shares, written once.
 
-A technique module builds variants of a model; a notebook hands them to a :class:`Comparison`, which scores them on
-the same data, times them side by side and turns them into a table and the ``variants`` of the metrics record::
+A technique module builds variants of a model; a notebook hands them to a :class:`Comparison`, which scores
+them on the same data, times them side by side and turns them into a table and the ``variants`` of the metrics
+record::
 
     board = lib.experiment.Comparison(reference="teacher")
     board.add("teacher", teacher)
@@ -10,23 +11,24 @@ the same data, times them side by side and turns them into a table and the ``var
     board.evaluate(loaders.test)                         # accuracy, F1, agreement with the reference
     board.benchmark(probe, repeats=5)                    # latency, throughput: interleaved, same probe
     board.table()                                        # one row per variant, ratios to the reference
-    lib.results.record(..., board.records(), ...)
+    lib.runner.records.record(..., board.records(), ...)
 
-Rows without a model (numbers read from another notebook's record, a TF-IDF reference) are added with ``add(name,
-accuracy=..., ...)``. Derived columns are computed against the reference: ``points_vs_reference`` (accuracy points),
-``retention`` (accuracy ratio) and ``smaller_x`` (size ratio).
+Rows without a model (numbers read from another notebook's record, a TF-IDF reference) are added with
+``add(name, accuracy=..., ...)``. Derived columns are computed against the reference: ``points_vs_reference``
+(accuracy points), ``retention`` (accuracy ratio) and ``smaller_x`` (size ratio).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 
 from .bench import Probe, compare, size_info
 from .evaluate import agreement, classification_metrics, predict_logits
-from .results import variant
+from .runner.records import variant
 from .utils import progress as progress_bar
 
 ROLES = ("reference", "variant")
@@ -42,26 +44,36 @@ class Comparison:
         self.bench_info: dict[str, Any] = {}
 
     def add(self, name: str, model: Any = None, *, size: Mapping[str, Any] | None = None, **info: Any) -> Any:
-        """Register variant ``name``: a torch model or a ``batch -> logits`` predictor (or nothing, for a row of
-        numbers only), its size (measured for torch models; pass ``size_mb``/``num_params`` otherwise) and any tags
-        or numbers as columns. Returns ``model``."""
+        """Register variant ``name``: a torch model or a ``batch -> logits`` predictor (or nothing, for a row
+        of numbers only), its size (measured for torch models; pass ``size_mb``/``num_params`` otherwise) and
+        any tags or numbers as columns. Returns ``model``."""
         if name in self.rows:
             raise ValueError(f"variant {name!r} is already in the comparison")
         if model is not None:
             self.models[name] = model
         if size is None and isinstance(model, torch.nn.Module):
             size = size_info(model)
-        self.rows[name] = {"role": "reference" if name == self.reference else "variant", **(size or {}), **info}
+        self.rows[name] = {
+            "role": "reference" if name == self.reference else "variant",
+            **(size or {}),
+            **info,
+        }
         return model
 
     def update(self, name: str, **info: Any) -> None:
         """Add or change columns of one variant."""
         self.rows[name].update(info)
 
-    def sweep(self, points: Iterable[Any], build: Callable[[Any], Any], name: Callable[[Any], str],
-              desc: str = "sweep", **tags: Any) -> dict[Any, Any]:
-        """For each point: ``build(point)`` gives a model, or ``(model, info)``; it is added as ``name(point)``
-        with ``info`` and ``tags`` as columns. Returns the models by point."""
+    def sweep(
+        self,
+        points: Iterable[Any],
+        build: Callable[[Any], Any],
+        name: Callable[[Any], str],
+        desc: str = "sweep",
+        **tags: Any,
+    ) -> dict[Any, Any]:
+        """For each point: ``build(point)`` gives a model, or ``(model, info)``; it is added as
+        ``name(point)`` with ``info`` and ``tags`` as columns. Returns the models by point."""
         out = {}
         for point in progress_bar(list(points), desc=desc, unit="variant"):
             built = build(point)
@@ -69,16 +81,23 @@ class Comparison:
             out[point] = self.add(name(point), model, **info, **tags)
         return out
 
-    def evaluate(self, loader: Iterable[dict], names: Sequence[str] | None = None, prefix: str = "",
-                 progress: bool = True) -> pd.DataFrame:
-        """Score every variant with a model on ``loader``: ``accuracy`` and ``f1`` and, against the reference's
-        logits, ``agreement`` (share of the same labels) and ``max_abs_logit_diff``. ``prefix`` names the split's
-        columns (``"val_"``); the test split has none."""
+    def evaluate(
+        self,
+        loader: Iterable[dict],
+        names: Sequence[str] | None = None,
+        prefix: str = "",
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Score every variant with a model on ``loader``: ``accuracy`` and ``f1`` and, against the
+        reference's logits, ``agreement`` (share of the same labels) and ``max_abs_logit_diff``. ``prefix``
+        names the split's columns (``"val_"``); the test split has none."""
         names = list(names or self.models)
         if self.reference in self.models and self.reference not in names:
             names.insert(0, self.reference)
         logits, labels = {}, None
-        for name in progress_bar(names, desc=f"evaluate {prefix or 'test '}".strip(), unit="model", disable=not progress):
+        for name in progress_bar(
+            names, desc=f"evaluate {prefix or 'test '}".strip(), unit="model", disable=not progress
+        ):
             logits[name], labels = predict_logits(self.models[name], loader)
         ref = logits.get(self.reference)
         for name, lg in logits.items():
@@ -91,11 +110,15 @@ class Comparison:
 
     def benchmark(self, probe: Probe, names: Sequence[str] | None = None, repeats: int = 5) -> pd.DataFrame:
         """Time the variants (all with a model, or ``names``) and the reference side by side on ``probe``
-        (:func:`lib.bench.compare`: interleaved, warm-up, median of ``repeats``); adds latency, throughput and the
-        ratios to the reference as columns and returns the timing table."""
+        (:func:`lib.bench.compare`: interleaved, warm-up, median of ``repeats``); adds latency, throughput and
+        the ratios to the reference as columns and returns the timing table."""
         names = [n for n in (names or self.models) if n != self.reference]
-        timed = compare({n: self.models[n] for n in [self.reference, *names]}, probe, repeats=repeats,
-                        reference=self.reference)
+        timed = compare(
+            {n: self.models[n] for n in [self.reference, *names]},
+            probe,
+            repeats=repeats,
+            reference=self.reference,
+        )
         for name, row in timed.iterrows():
             self.rows[name].update(row.to_dict())
         self.bench_info = dict(timed.attrs)
@@ -114,26 +137,40 @@ class Comparison:
         return t[[c for c in columns if c in t]] if columns else t
 
     def records(self) -> list[dict[str, Any]]:
-        """The ``variants`` of the metrics record (:func:`lib.results.variant`): every column of every row."""
+        """The ``variants`` of the metrics record (:func:`lib.runner.records.variant`): every column of every
+        row."""
         out = []
         for name, row in self.table().iterrows():
             r = {k: v for k, v in row.to_dict().items() if not _missing(v)}
-            out.append(variant(name, r.pop("role"), r, r, r, **{k: v for k, v in r.items() if k not in _STANDARD}))
+            out.append(
+                variant(name, r.pop("role"), r, r, r, **{k: v for k, v in r.items() if k not in _STANDARD})
+            )
         return out
 
 
-_STANDARD = ("accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50", "latency_ms_b1_p90", "throughput_b32",
-             "speedup_vs_reference")
+_STANDARD = (
+    "accuracy",
+    "f1",
+    "size_mb",
+    "num_params",
+    "latency_ms_b1_p50",
+    "latency_ms_b1_p90",
+    "throughput_b32",
+    "speedup_vs_reference",
+)
 
 
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and v != v)
 
 
-def pair_effects(table: pd.DataFrame, pairs: Sequence[tuple[str, str, str]],
-                 columns: Sequence[str] = ("accuracy", "agreement", "size_mb", "throughput_b32")) -> pd.DataFrame:
-    """What one switch changed: for each ``(knob, a, b)`` with both rows in ``table``, the change from ``a`` to ``b``
-    — differences in points for shares (accuracy, agreement), ratios for the rest (size, speed)."""
+def pair_effects(
+    table: pd.DataFrame,
+    pairs: Sequence[tuple[str, str, str]],
+    columns: Sequence[str] = ("accuracy", "agreement", "size_mb", "throughput_b32"),
+) -> pd.DataFrame:
+    """What one switch changed: for each ``(knob, a, b)`` with both rows in ``table``, the change from ``a``
+    to ``b`` — differences in points for shares (accuracy, agreement), ratios for the rest (size, speed)."""
     rows = []
     for knob, a, b in pairs:
         if a not in table.index or b not in table.index:

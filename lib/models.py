@@ -18,14 +18,20 @@ import importlib.util
 import logging
 import os
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification)
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
 
 from .errors import ArtifactError, OfflineError
 from .heads import POOLINGS, MeanPoolingBertForSequenceClassification
@@ -46,8 +52,15 @@ def packaged_minilm_dir() -> Path:
 
 def tiny_config(num_labels: int = 2, **overrides: Any):
     """Config of a tiny BERT (2 layers, 4 heads, hidden 32) that uses MiniLM's vocabulary/tokenizer."""
-    cfg = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=64, max_position_embeddings=128, num_labels=num_labels)
+    cfg = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+    )
     cfg.update(overrides)
     return BertConfig(**cfg)
 
@@ -62,7 +75,8 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None,
 
     ``pooling`` picks the head (:mod:`lib.heads`): ``"cls"`` is the architecture's own
     ``AutoModelForSequenceClassification`` head; ``"mean"`` classifies the masked mean of the token vectors
-    (BERT-architecture models only), which is how sentence-embedding models such as all-MiniLM-L6-v2 were trained.
+    (BERT-architecture models only), which is how sentence-embedding models such as all-MiniLM-L6-v2 were
+    trained.
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -78,8 +92,10 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None,
         if pooling == "mean":
             model_type = AutoConfig.from_pretrained(where, local_files_only=local).model_type
             if model_type != "bert":
-                raise ValueError(f"pooling='mean' is implemented for BERT-architecture models; {spec!r} is "
-                                 f"{model_type!r}: use pooling='cls' (its own classification head)")
+                raise ValueError(
+                    f"pooling='mean' is implemented for BERT-architecture models; {spec!r} is "
+                    f"{model_type!r}: use pooling='cls' (its own classification head)"
+                )
             cls = MeanPoolingBertForSequenceClassification
         with _load_report_muted():
             model, info = cls.from_pretrained(where, local_files_only=local, **kwargs)
@@ -89,10 +105,15 @@ def load_model(spec: str, num_labels: int, label_names: list[str] | None = None,
             raise
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         raise OfflineError(
-            f"could not load model {spec!r}: it is not a local folder, so it must come from the Hugging Face hub, "
-            + ("and offline mode is on (HF_HUB_OFFLINE=1, the default here). " if offline else
-               f"which failed ({e}). ")
-            + "Use model='minilm-l6' (offline), a local folder, or set HF_HUB_OFFLINE=0 where a hub is reachable."
+            f"could not load model {spec!r}: it is not a local folder, so it must come from the Hugging Face "
+            f"hub, "
+            + (
+                "and offline mode is on (HF_HUB_OFFLINE=1, the default here). "
+                if offline
+                else f"which failed ({e}). "
+            )
+            + "Use model='minilm-l6' (offline), a local folder, or set HF_HUB_OFFLINE=0 where a hub is "
+            "reachable."
         ) from None
     return model.eval(), tokenizer
 
@@ -115,9 +136,11 @@ def load_tokenizer(spec: str):
     return AutoTokenizer.from_pretrained(where, local_files_only=local)
 
 
-def fresh_classifier(spec: str, num_labels: int, label_names: list[str] | None = None, pooling: str = "cls",
-                     seed: int = 0) -> Any:
-    """Just the model of :func:`load_model`, seeded first: every call starts from the same head initialisation."""
+def fresh_classifier(
+    spec: str, num_labels: int, label_names: list[str] | None = None, pooling: str = "cls", seed: int = 0
+) -> Any:
+    """Just the model of :func:`load_model`, seeded first: every call starts from the same head
+    initialisation."""
     seed_everything(seed)
     return load_model(spec, num_labels, label_names, pooling)[0]
 
@@ -154,15 +177,21 @@ def _report_unexpected_keys(spec: str, info: dict[str, Any], expected_unused: tu
     (the mean-pooling head has no use for BERT's ``[CLS]`` pooler)."""
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("classifier.")]
     unexpected = [k for k in info.get("unexpected_keys", []) if not any(p in k for p in expected_unused)]
-    problems = {"missing (randomly initialised)": missing, "unexpected (ignored)": unexpected,
-                "mismatched": [str(k) for k in info.get("mismatched_keys", [])]}
+    problems = {
+        "missing (randomly initialised)": missing,
+        "unexpected (ignored)": unexpected,
+        "mismatched": [str(k) for k in info.get("mismatched_keys", [])],
+    }
     problems = {k: v for k, v in problems.items() if v}
     if problems:
-        warnings.warn(f"loading {spec!r}: " + "; ".join(f"{k}: {sorted(v)[:8]}" for k, v in problems.items()),
-                      stacklevel=3)
+        warnings.warn(
+            f"loading {spec!r}: " + "; ".join(f"{k}: {sorted(v)[:8]}" for k, v in problems.items()),
+            stacklevel=3,
+        )
 
 
-# ---------------------------------------------------------------------------------------------- architecture
+# ------------------------------------------------------------------------ architecture
+
 
 def encoder_layers(model: Any) -> list[nn.Module]:
     """The transformer blocks of a (possibly peft-wrapped) BERT-style classifier."""
@@ -170,22 +199,27 @@ def encoder_layers(model: Any) -> list[nn.Module]:
     base = getattr(base, "bert", base)
     encoder = getattr(base, "encoder", None)
     if encoder is None or not hasattr(encoder, "layer"):
-        raise ValueError(f"{type(model).__name__} has no BERT-style encoder (.bert.encoder.layer): this supports "
-                         "BERT-architecture models")
+        raise ValueError(
+            f"{type(model).__name__} has no BERT-style encoder (.bert.encoder.layer): this supports "
+            "BERT-architecture models"
+        )
     return list(encoder.layer)
 
 
 def layout(model: Any) -> dict[str, list[int]]:
-    """Per-layer attention-head counts and FFN widths (they differ from the config's after structured pruning)."""
+    """Per-layer attention-head counts and FFN widths (they differ from the config's after structured
+    pruning)."""
     layers = encoder_layers(model)
-    return {"heads": [int(l.attention.self.num_attention_heads) for l in layers],
-            "intermediate": [int(l.intermediate.dense.out_features) for l in layers]}
+    return {
+        "heads": [int(li.attention.self.num_attention_heads) for li in layers],
+        "intermediate": [int(li.intermediate.dense.out_features) for li in layers],
+    }
 
 
 def build_to_layout(model: Any, target: Mapping[str, Sequence[int]]) -> Any:
-    """Give a freshly built model the per-layer shapes of ``target`` (a ``config.pruned_layout``) with new, empty
-    Linear layers, so a pruned checkpoint's weights fit. Which units were removed does not matter here: every
-    weight is then overwritten by the checkpoint."""
+    """Give a freshly built model the per-layer shapes of ``target`` (a ``config.pruned_layout``) with new,
+    empty Linear layers, so a pruned checkpoint's weights fit. Which units were removed does not matter here:
+    every weight is then overwritten by the checkpoint."""
     for layer, heads, width in zip(encoder_layers(model), target["heads"], target["intermediate"]):
         att, hidden = layer.attention.self, layer.attention.self.query.in_features
         d = int(att.attention_head_size)

@@ -3,30 +3,44 @@ the run folder's ``figures/`` and returns ``(fig, path)``; a notebook just shows
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt  # headless: matplotlib falls back to Agg; in Jupyter: inline
 import numpy as np
 import pandas as pd
 
-from . import runs
+from .runner import folders
 from .utils import atomic_path
 
-plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-                     "axes.spines.right": False, "font.size": 10})
+plt.rcParams.update(
+    {
+        "figure.dpi": 110,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "font.size": 10,
+    }
+)
 
 
 def save(fig: Any, profile: str, name: str) -> Path:
     """Save ``fig`` as ``figures/<name>.png`` via a temp file + rename."""
-    out = runs.figures_dir(profile) / f"{name}.png"
+    out = folders.figures_dir(profile) / f"{name}.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     return out
 
 
-def data_overview(summary: Any, lengths: Mapping[str, Sequence[int]], max_length: int, profile: str,
-                  name: str = "data_overview"):
+def data_overview(
+    summary: Any,
+    lengths: Mapping[str, Sequence[int]],
+    max_length: int,
+    profile: str,
+    name: str = "data_overview",
+):
     """Left: class counts per split. Right: token-length distribution per split, with the truncation cut."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
     classes = [c for c in summary.columns if c not in ("rows", "groups") and not str(c).endswith("%")]
@@ -67,10 +81,17 @@ def learning_curve(history: Any, profile: str, name: str = "learning_curve"):
         steps_per_epoch = len(losses) / max(len(frame), 1)
         xs = [e * steps_per_epoch for e in frame.index]
         averaged = "val_accuracy_raw" in frame  # fit kept a moving average of the weights
-        b.plot(xs, frame["val_accuracy"], "o-", color="C1",
-               label="val accuracy, averaged weights" if averaged else "val accuracy (epoch)")
+        b.plot(
+            xs,
+            frame["val_accuracy"],
+            "o-",
+            color="C1",
+            label="val accuracy, averaged weights" if averaged else "val accuracy (epoch)",
+        )
         if averaged:
-            b.plot(xs, frame["val_accuracy_raw"], "s--", color="C2", alpha=0.8, label="val accuracy, raw weights")
+            b.plot(
+                xs, frame["val_accuracy_raw"], "s--", color="C2", alpha=0.8, label="val accuracy, raw weights"
+            )
         b.set_ylabel("validation accuracy")
         b.grid(False)
         b.legend(loc="center right")
@@ -80,8 +101,13 @@ def learning_curve(history: Any, profile: str, name: str = "learning_curve"):
     return fig, save(fig, profile, name)
 
 
-def confusion(cm: Sequence[Sequence[int]], label_names: Sequence[str], profile: str, name: str = "confusion",
-              title: str = "Confusion matrix (test)"):
+def confusion(
+    cm: Sequence[Sequence[int]],
+    label_names: Sequence[str],
+    profile: str,
+    name: str = "confusion",
+    title: str = "Confusion matrix (test)",
+):
     cm = np.asarray(cm)
     fig, a = plt.subplots(figsize=(4.2, 3.6))
     im = a.imshow(cm, cmap="Blues")
@@ -118,8 +144,13 @@ def bench_bars(df: Any, profile: str, name: str = "benchmark"):
     """Batch-1 latency (p50 with p90 whisker) and batch-32 throughput per model."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.6 * len(df) + 2.2))
     names = list(df.index)
-    a.barh(names, df["latency_ms_b1_p50"], xerr=[np.zeros(len(df)), df["latency_ms_b1_p90"] - df["latency_ms_b1_p50"]],
-           color="C2", capsize=3)
+    a.barh(
+        names,
+        df["latency_ms_b1_p50"],
+        xerr=[np.zeros(len(df)), df["latency_ms_b1_p90"] - df["latency_ms_b1_p50"]],
+        color="C2",
+        capsize=3,
+    )
     a.set_xlabel("ms per example (batch 1, p50; whisker to p90)")
     a.set_title("Latency")
     b.barh(names, df["throughput_b32"], color="C3")
@@ -130,17 +161,29 @@ def bench_bars(df: Any, profile: str, name: str = "benchmark"):
 
 
 def quantization_tradeoff(table: Any, profile: str, name: str = "quantization"):
-    """Left: test accuracy vs measured batch-32 throughput ratio, one point per variant (marker area ~ file size).
-    Right: serialized size per variant, fp32 reference dashed."""
+    """Left: test accuracy vs measured batch-32 throughput ratio, one point per variant (marker area ~ file
+    size). Right: serialized size per variant, fp32 reference dashed."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
     colors = {"fp32": "C0", "int8": "C1", "bf16": "C2"}
     ref = table.iloc[0]
     for i, (label, row) in enumerate(table.iterrows()):
         marker = "o" if row["backend"] == "torch" else "s"
-        a.scatter(row["speedup_vs_reference"], 100 * row["accuracy"], s=20 + 4 * row["size_mb"], marker=marker,
-                  color=colors.get(row["dtype"], "C4"), alpha=0.75, edgecolor="k")
-        a.annotate(label, (row["speedup_vs_reference"], 100 * row["accuracy"]), fontsize=8,
-                   xytext=(6, 4 - 9 * (i % 2)), textcoords="offset points")
+        a.scatter(
+            row["speedup_vs_reference"],
+            100 * row["accuracy"],
+            s=20 + 4 * row["size_mb"],
+            marker=marker,
+            color=colors.get(row["dtype"], "C4"),
+            alpha=0.75,
+            edgecolor="k",
+        )
+        a.annotate(
+            label,
+            (row["speedup_vs_reference"], 100 * row["accuracy"]),
+            fontsize=8,
+            xytext=(6, 4 - 9 * (i % 2)),
+            textcoords="offset points",
+        )
     a.axhline(100 * ref["accuracy"] - 1, color="C3", ls=":", lw=1, label="fp32 - 1 point")
     a.axvline(1.0, color="k", lw=0.8)
     a.margins(x=0.18, y=0.08)  # room for the labels
@@ -167,9 +210,16 @@ def distill_tradeoff(table: Any, profile: str, name: str = "distill"):
     (student accuracy / teacher accuracy), with DistilBERT's 97% marked."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11.5, 4), gridspec_kw={"width_ratios": [1.2, 1]})
     for i, (label, row) in enumerate(table.iterrows()):
-        a.scatter(row["speedup_vs_reference"], 100 * row["accuracy"], s=70, color=f"C{i}", edgecolor="k", zorder=3)
-        a.annotate(label, (row["speedup_vs_reference"], 100 * row["accuracy"]), fontsize=8,
-                   xytext=(6, 8 if i % 2 else -12), textcoords="offset points")  # neighbours: one above, one below
+        a.scatter(
+            row["speedup_vs_reference"], 100 * row["accuracy"], s=70, color=f"C{i}", edgecolor="k", zorder=3
+        )
+        a.annotate(
+            label,
+            (row["speedup_vs_reference"], 100 * row["accuracy"]),
+            fontsize=8,
+            xytext=(6, 8 if i % 2 else -12),
+            textcoords="offset points",
+        )  # neighbours: one above, one below
     a.margins(x=0.2, y=0.15)
     a.set_xlabel("throughput / teacher (batch 32, measured side by side)")
     a.set_ylabel("test accuracy (%)")
@@ -197,8 +247,14 @@ def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
     lora = table[table["rank"].notna()].sort_values("trainable_params")
     a.plot(lora["trainable_params"], lora["accuracy"], "o-", color="C0", label="LoRA")
     for _, row in lora.iterrows():
-        a.annotate(f"r={row['rank']:g}\n{row['trainable_pct']:.2f}%", (row["trainable_params"], row["accuracy"]),
-                   textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        a.annotate(
+            f"r={row['rank']:g}\n{row['trainable_pct']:.2f}%",
+            (row["trainable_params"], row["accuracy"]),
+            textcoords="offset points",
+            xytext=(0, 8),
+            ha="center",
+            fontsize=8,
+        )
     full = table[table["role"] == "reference"].iloc[0]
     a.plot([full["trainable_params"]], [full["accuracy"]], "s", color="C3", label=f"{full.name} (reference)")
     a.axhline(full["accuracy"], color="C3", ls=":", lw=1)
@@ -212,9 +268,9 @@ def accuracy_vs_params(table: Any, profile: str, name: str = "lora_rank_sweep"):
 
 
 def sparsity_sweep(table: Any, profile: str, name: str = "prune_unstructured"):
-    """Left: test accuracy vs sparsity, before and after recovery. Right: batch-1 latency and three kinds of storage
-    relative to the reference, vs sparsity. ``table``: a comparison table whose unstructured rows have ``sparsity``,
-    ``accuracy_before_recovery`` and the storage columns of :func:`lib.prune.storage_mb`."""
+    """Left: test accuracy vs sparsity, before and after recovery. Right: batch-1 latency and three kinds of
+    storage relative to the reference, vs sparsity. ``table``: a comparison table whose unstructured rows have
+    ``sparsity``, ``accuracy_before_recovery`` and the storage columns of :func:`lib.prune.storage_mb`."""
     ref = table[table["role"] == "reference"].iloc[0]
     rows = table[table["method"] == "unstructured"].sort_values("sparsity")
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -227,8 +283,11 @@ def sparsity_sweep(table: Any, profile: str, name: str = "prune_unstructured"):
     a.set_title("Accuracy vs sparsity")
     a.legend()
     b.plot(x, rows["latency_ratio_vs_reference"], "o-", label="batch-1 latency (dense kernels)")
-    for col, label, style in (("dense_mb", "safetensors file", "s--"), ("compressed_mb", "file, deflate-compressed", "^-"),
-                              ("sparse_mb", "CSR encoder weights", "v-")):
+    for col, label, style in (
+        ("dense_mb", "safetensors file", "s--"),
+        ("compressed_mb", "file, deflate-compressed", "^-"),
+        ("sparse_mb", "CSR encoder weights", "v-"),
+    ):
         b.plot(x, rows[col] / ref[col], style, label=label)
     b.axhline(1.0, color="k", lw=0.8)
     b.set_xlabel("encoder weights zeroed (%)")
@@ -240,9 +299,9 @@ def sparsity_sweep(table: Any, profile: str, name: str = "prune_unstructured"):
 
 
 def structured_tradeoff(table: Any, profile: str, choice: Any = None, name: str = "prune_structured"):
-    """Accuracy (middle) and measured batch-32 throughput ratio (right) against the share of encoder parameters
-    removed; dashed = before recovery. With ``choice`` (validation accuracy per importance method and fraction, before
-    recovery), a left panel compares the importance methods."""
+    """Accuracy (middle) and measured batch-32 throughput ratio (right) against the share of encoder
+    parameters removed; dashed = before recovery. With ``choice`` (validation accuracy per importance method
+    and fraction, before recovery), a left panel compares the importance methods."""
     ref = table[table["role"] == "reference"].iloc[0]
     rows = table[table["method"] == "structured"].sort_values("encoder_removed")
     panels = 3 if choice is not None else 2
@@ -275,9 +334,11 @@ def structured_tradeoff(table: Any, profile: str, choice: Any = None, name: str 
     return fig, save(fig, profile, name)
 
 
-def runs_compare(histories: Mapping[str, Any], profile: str, name: str, title: str = "Training runs compared"):
-    """Several :class:`lib.train.History` side by side: training loss per step (running mean of 20 steps, left)
-    and validation accuracy per epoch (right)."""
+def runs_compare(
+    histories: Mapping[str, Any], profile: str, name: str, title: str = "Training runs compared"
+):
+    """Several :class:`lib.train.History` side by side: training loss per step (running mean of 20 steps,
+    left) and validation accuracy per epoch (right)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
     for i, (label, h) in enumerate(histories.items()):
         losses = np.asarray(h.step_losses, dtype=float)
@@ -285,7 +346,13 @@ def runs_compare(histories: Mapping[str, Any], profile: str, name: str, title: s
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) else losses
         a.plot(np.arange(k, len(losses) + 1), smooth, color=f"C{i}", label=label)
         epochs = [e["epoch"] for e in h.epochs if "val_accuracy" in e]
-        b.plot(epochs, [e["val_accuracy"] for e in h.epochs if "val_accuracy" in e], "o-", color=f"C{i}", label=label)
+        b.plot(
+            epochs,
+            [e["val_accuracy"] for e in h.epochs if "val_accuracy" in e],
+            "o-",
+            color=f"C{i}",
+            label=label,
+        )
     a.set_xlabel("step")
     a.set_ylabel("training loss (running mean of 20)")
     a.set_title(title)
@@ -299,20 +366,29 @@ def runs_compare(histories: Mapping[str, Any], profile: str, name: str, title: s
     return fig, save(fig, profile, name)
 
 
-def distributed_runs(table: Any, losses: Mapping[str, Sequence[float]], profile: str, name: str = "distributed_runs"):
-    """Data-parallel runs side by side: the training loss of each global batch (running mean of 5, left) and where a step's
-    time goes (right: forward, backward, the communication left over after overlapping backward, the rest)."""
+def distributed_runs(
+    table: Any, losses: Mapping[str, Sequence[float]], profile: str, name: str = "distributed_runs"
+):
+    """Data-parallel runs side by side: the training loss of each global batch (running mean of 5, left) and
+    where a step's time goes (right: forward, backward, the communication left over after overlapping
+    backward, the rest)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     for i, (label, values) in enumerate(losses.items()):
         v = np.asarray(values, dtype=float)
         k = min(5, max(len(v), 1))
-        a.plot(np.arange(k, len(v) + 1), np.convolve(v, np.ones(k) / k, mode="valid"), color=f"C{i}", label=label)
+        a.plot(
+            np.arange(k, len(v) + 1), np.convolve(v, np.ones(k) / k, mode="valid"), color=f"C{i}", label=label
+        )
     a.set_xlabel("step")
     a.set_ylabel("training loss (global batch, running mean of 5)")
     a.set_title("Same steps, same data")
     a.legend()
-    parts = [("forward_s", "forward"), ("backward_s", "backward"), ("exposed_comm_s", "communication not hidden"),
-             ("other_s", "optimizer, data, rest")]
+    parts = [
+        ("forward_s", "forward"),
+        ("backward_s", "backward"),
+        ("exposed_comm_s", "communication not hidden"),
+        ("other_s", "optimizer, data, rest"),
+    ]
     y = np.arange(len(table.index))
     split = table["forward_s"].notna().to_numpy() if "forward_s" in table else np.zeros(len(y), bool)
     left = np.zeros(len(y))
@@ -321,7 +397,12 @@ def distributed_runs(table: Any, losses: Mapping[str, Sequence[float]], profile:
         b.barh(y, vals, left=left, color=f"C{j}", label=label)
         left += vals
     if (~split).any():  # no DDP timers in one process: its step is shown whole
-        b.barh(y[~split], table["step_s"].to_numpy(dtype=float)[~split], color="0.6", label="whole step (no DDP timers)")
+        b.barh(
+            y[~split],
+            table["step_s"].to_numpy(dtype=float)[~split],
+            color="0.6",
+            label="whole step (no DDP timers)",
+        )
     b.set_yticks(y, table.index)
     b.invert_yaxis()
     b.set_xlabel("seconds per step (median)")
@@ -331,38 +412,60 @@ def distributed_runs(table: Any, losses: Mapping[str, Sequence[float]], profile:
     return fig, save(fig, profile, name)
 
 
-def scaling_model(frame: Any, profile: str, scheme: str = "allreduce", network: str | None = None,
-                  name: str = "scaling_model"):
-    """The scaling model's prediction: efficiency against the number of workers, per network for ``scheme`` (left),
-    and per communication scheme on ``network`` (right; default the slowest). Solid: no overlap; dashed: communication
-    hidden under the backward pass where it fits."""
+def scaling_model(
+    frame: Any,
+    profile: str,
+    scheme: str = "allreduce",
+    network: str | None = None,
+    name: str = "scaling_model",
+):
+    """The scaling model's prediction: efficiency against the number of workers, per network for ``scheme``
+    (left), and per communication scheme on ``network`` (right; default the slowest). Solid: no overlap;
+    dashed: communication hidden under the backward pass where it fits."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     network = network or frame["network"].iloc[0]
-    for ax, key, fixed, title in ((a, "network", ("scheme", scheme), f"{scheme}: by network"),
-                                  (b, "scheme", ("network", network), f"{network}: by scheme")):
+    for ax, key, fixed, title in (
+        (a, "network", ("scheme", scheme), f"{scheme}: by network"),
+        (b, "scheme", ("network", network), f"{network}: by scheme"),
+    ):
         sub = frame[frame[fixed[0]] == fixed[1]]
         for i, value in enumerate(dict.fromkeys(sub[key])):
             for overlap, style in (("none", "-"), ("backward", "--")):
                 part = sub[(sub[key] == value) & (sub["overlap"] == overlap)].sort_values("workers")
-                ax.plot(part["workers"], part["efficiency"], style, marker="o", ms=3, color=f"C{i}",
-                        label=value if overlap == "none" else None)
+                ax.plot(
+                    part["workers"],
+                    part["efficiency"],
+                    style,
+                    marker="o",
+                    ms=3,
+                    color=f"C{i}",
+                    label=value if overlap == "none" else None,
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("workers (machines like this one)")
         ax.set_title(title)
         ax.legend(fontsize=8)
     a.set_ylabel("scaling efficiency (1 = linear)")
     a.set_ylim(0, 1.05)
-    fig.text(0.5, -0.02, "solid: no overlap; dashed: communication hidden under the backward pass where it fits",
-             ha="center", fontsize=8)
+    fig.text(
+        0.5,
+        -0.02,
+        "solid: no overlap; dashed: communication hidden under the backward pass where it fits",
+        ha="center",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig, save(fig, profile, name)
 
 
-def word_attributions(examples: Sequence[tuple[str, Sequence[str], Mapping[str, Sequence[float]]]], profile: str,
-                      name: str = "explanations"):
-    """One panel per explained text: each word's score from each method (bars side by side; right of 0 = toward the
-    predicted class). Scores are scaled per method to the largest |score| of that text, so methods on different scales
-    (LIME's coefficients, IG's probability shares) compare by rank and sign."""
+def word_attributions(
+    examples: Sequence[tuple[str, Sequence[str], Mapping[str, Sequence[float]]]],
+    profile: str,
+    name: str = "explanations",
+):
+    """One panel per explained text: each word's score from each method (bars side by side; right of 0 =
+    toward the predicted class). Scores are scaled per method to the largest |score| of that text, so methods
+    on different scales (LIME's coefficients, IG's probability shares) compare by rank and sign."""
     n = len(examples)
     cols = 2 if n > 1 else 1
     rows = -(-n // cols)
@@ -393,13 +496,15 @@ METHOD_COLORS = {"lime": "C0", "integrated_gradients": "C1", "random": "0.6"}
 
 
 def faithfulness(table: Any, profile: str, name: str = "faithfulness"):
-    """ERASER AOPC per model and method: comprehensiveness (left, higher is more faithful) and sufficiency (right,
-    lower is more faithful), with the standard error over the explained texts."""
+    """ERASER AOPC per model and method: comprehensiveness (left, higher is more faithful) and sufficiency
+    (right, lower is more faithful), with the standard error over the explained texts."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
     labels = [f"{m} · {e}" for m, e in table.index]
     y = np.arange(len(labels))
-    for ax, metric, hint in ((axes[0], "comprehensiveness", "higher = more faithful"),
-                             (axes[1], "sufficiency", "lower = more faithful")):
+    for ax, metric, hint in (
+        (axes[0], "comprehensiveness", "higher = more faithful"),
+        (axes[1], "sufficiency", "lower = more faithful"),
+    ):
         colors = [METHOD_COLORS.get(e, "C3") for _, e in table.index]
         ax.barh(y, table[metric], xerr=table.get(f"{metric}_se"), color=colors, capsize=3)
         ax.axvline(0, color="k", lw=0.8)
@@ -411,13 +516,20 @@ def faithfulness(table: Any, profile: str, name: str = "faithfulness"):
     return fig, save(fig, profile, name)
 
 
-def global_words(frame: Any, class_names: Sequence[str], profile: str, top: int = 12, name: str = "global_words"):
-    """The words with the largest mean score toward each class (``frame``: mean score toward ``class_names[1]``)."""
+def global_words(
+    frame: Any, class_names: Sequence[str], profile: str, top: int = 12, name: str = "global_words"
+):
+    """The words with the largest mean score toward each class (``frame``: mean score toward
+    ``class_names[1]``)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * top + 1.4))
-    for ax, part, cls, color in ((axes[0], frame.head(top), class_names[1], "C2"),
-                                 (axes[1], frame.tail(top).iloc[::-1], class_names[0], "C3")):
+    for ax, part, cls, color in (
+        (axes[0], frame.head(top), class_names[1], "C2"),
+        (axes[1], frame.tail(top).iloc[::-1], class_names[0], "C3"),
+    ):
         ax.barh(np.arange(len(part)), part["mean_score"].abs(), color=color)
-        ax.set_yticks(np.arange(len(part)), [f"{w} ({c})" for w, c in zip(part.index, part["count"])], fontsize=8)
+        ax.set_yticks(
+            np.arange(len(part)), [f"{w} ({c})" for w, c in zip(part.index, part["count"])], fontsize=8
+        )
         ax.invert_yaxis()
         ax.set_title(f"toward '{cls}'")
         ax.set_xlabel("mean score (word count in brackets)")
@@ -426,14 +538,24 @@ def global_words(frame: Any, class_names: Sequence[str], profile: str, top: int 
 
 
 def privacy_utility(table: Any, profile: str, name: str = "privacy_utility"):
-    """Test accuracy (left, with ±1 standard error) and the loss attack's AUC (right) against the ε each DP model spent
-    (log scale); the non-private models, which have no ε, are horizontal lines."""
+    """Test accuracy (left, with ±1 standard error) and the loss attack's AUC (right) against the ε each DP
+    model spent (log scale); the non-private models, which have no ε, are horizontal lines."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     private = table[table["epsilon"].notna()].sort_values("epsilon")
     public = table[table["epsilon"].isna()]
-    for ax, col, title in ((axes[0], "accuracy", "test accuracy"), (axes[1], "mia_auc", "loss attack AUC (0.5 = chance)")):
-        ax.errorbar(private["epsilon"], private[col], yerr=private.get(f"{col}_se") if col == "accuracy" else None,
-                    marker="o", capsize=3, color="C0", label="DP-SGD")
+    for ax, col, title in (
+        (axes[0], "accuracy", "test accuracy"),
+        (axes[1], "mia_auc", "loss attack AUC (0.5 = chance)"),
+    ):
+        ax.errorbar(
+            private["epsilon"],
+            private[col],
+            yerr=private.get(f"{col}_se") if col == "accuracy" else None,
+            marker="o",
+            capsize=3,
+            color="C0",
+            label="DP-SGD",
+        )
         for j, (label, row) in enumerate(public.iterrows()):
             ax.axhline(row[col], ls="--", color=f"C{j + 1}", label=f"{label} (no DP)")
         ax.set_xscale("log")
@@ -445,11 +567,17 @@ def privacy_utility(table: Any, profile: str, name: str = "privacy_utility"):
     return fig, save(fig, profile, name)
 
 
-def membership_roc(audits: Mapping[str, Mapping[str, Any]], bounds: Mapping[str, Any], profile: str,
-                   name: str = "membership_roc", title: str = "Membership inference: loss-threshold attack"):
-    """ROC curves of the loss attack on log-log axes (the corner of few false positives is where an attack matters),
-    the chance diagonal, and for each DP model the most any attack could reach against its (ε, δ), dashed in its
-    colour. ``bounds[name]`` is an array of the bound at ``audits[name]["fpr"]`` (absent for non-private models)."""
+def membership_roc(
+    audits: Mapping[str, Mapping[str, Any]],
+    bounds: Mapping[str, Any],
+    profile: str,
+    name: str = "membership_roc",
+    title: str = "Membership inference: loss-threshold attack",
+):
+    """ROC curves of the loss attack on log-log axes (the corner of few false positives is where an attack
+    matters), the chance diagonal, and for each DP model the most any attack could reach against its (ε, δ),
+    dashed in its colour. ``bounds[name]`` is an array of the bound at ``audits[name]["fpr"]`` (absent for
+    non-private models)."""
     fig, ax = plt.subplots(figsize=(6.2, 5))
     floor = min(1.0 / max(a["nonmembers"], 1) for a in audits.values())
     grid = np.logspace(np.log10(floor), 0, 200)
@@ -458,8 +586,14 @@ def membership_roc(audits: Mapping[str, Mapping[str, Any]], bounds: Mapping[str,
         fpr, tpr = np.maximum(a["fpr"], floor), np.maximum(a["tpr"], floor)
         ax.plot(fpr, tpr, color=f"C{j}", lw=1.5, label=f"{label} (AUC {a['auc']:.3f})")
         if label in bounds:
-            ax.plot(np.maximum(a["fpr"], floor), np.maximum(bounds[label], floor), color=f"C{j}", ls="--", lw=1,
-                    label=f"{label}: DP bound")
+            ax.plot(
+                np.maximum(a["fpr"], floor),
+                np.maximum(bounds[label], floor),
+                color=f"C{j}",
+                ls="--",
+                lw=1,
+                label=f"{label}: DP bound",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(floor, 1)
@@ -472,17 +606,23 @@ def membership_roc(audits: Mapping[str, Mapping[str, Any]], bounds: Mapping[str,
     return fig, save(fig, profile, name)
 
 
-def pareto(table: Any, fronts: Mapping[str, Any], profile: str, highlight: Sequence[str] = (), name: str = "pareto"):
-    """Accuracy against speed-up over the teacher (left) and against size (right, log scale): every variant with both
-    numbers, coloured by its notebook; the Pareto front of each panel (``fronts[x column]``: a boolean Series) is
-    joined by a line and its points are labelled; ``highlight`` names get a star."""
+def pareto(
+    table: Any, fronts: Mapping[str, Any], profile: str, highlight: Sequence[str] = (), name: str = "pareto"
+):
+    """Accuracy against speed-up over the teacher (left) and against size (right, log scale): every variant
+    with both numbers, coloured by its notebook; the Pareto front of each panel (``fronts[x column]``: a
+    boolean Series) is joined by a line and its points are labelled; ``highlight`` names get a star."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     sources = sorted(table["source"].dropna().unique())
     colour = {s: f"C{i}" for i, s in enumerate(sources)}
     on_front = pd.concat([table.loc[f[f].index, "accuracy"] for f in fronts.values()]).astype(float)
-    floor = float(on_front.min()) - 0.03 if len(on_front) else 0.0  # zoom on the front: far-worse variants are counted
-    for ax, x, xlabel in ((axes[0], "speedup_vs_teacher", "speed-up over the teacher (batch-32 throughput, ×)"),
-                          (axes[1], "size_mb", "size on disk (MB, log scale)")):
+    floor = (
+        float(on_front.min()) - 0.03 if len(on_front) else 0.0
+    )  # zoom on the front: far-worse variants are counted
+    for ax, x, xlabel in (
+        (axes[0], "speedup_vs_teacher", "speed-up over the teacher (batch-32 throughput, ×)"),
+        (axes[1], "size_mb", "size on disk (MB, log scale)"),
+    ):
         placed = table[table[x].notna() & table["accuracy"].notna()]
         shown = placed[placed["accuracy"].astype(float) >= floor]
         for src in sources:
@@ -491,18 +631,39 @@ def pareto(table: Any, fronts: Mapping[str, Any], profile: str, highlight: Seque
                 ax.scatter(part[x], part["accuracy"], s=28, color=colour[src], label=src, alpha=0.8)
         front = shown[fronts[x].reindex(shown.index, fill_value=False)].sort_values(x)
         ax.plot(front[x], front["accuracy"], color="k", lw=1.2, ls="--", label="Pareto front")
-        for j, (label, row) in enumerate(front.iterrows()):  # alternate above/below: neighbours on the front are close
-            ax.annotate(str(label), (row[x], row["accuracy"]), fontsize=7, xytext=(4, 5 if j % 2 == 0 else -11),
-                        textcoords="offset points")
+        for j, (label, row) in enumerate(
+            front.iterrows()
+        ):  # alternate above/below: neighbours on the front are close
+            ax.annotate(
+                str(label),
+                (row[x], row["accuracy"]),
+                fontsize=7,
+                xytext=(4, 5 if j % 2 == 0 else -11),
+                textcoords="offset points",
+            )
         for label in highlight:
             if label in shown.index:
-                ax.scatter(shown.loc[label, x], shown.loc[label, "accuracy"], marker="*", s=220, color="gold",
-                           edgecolor="k", zorder=5, label=f"{label}")
+                ax.scatter(
+                    shown.loc[label, x],
+                    shown.loc[label, "accuracy"],
+                    marker="*",
+                    s=220,
+                    color="gold",
+                    edgecolor="k",
+                    zorder=5,
+                    label=f"{label}",
+                )
         if x == "size_mb":
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy" + (f" ({len(placed) - len(shown)} variant(s) below {floor:.2f} not shown)"
-                                         if len(placed) > len(shown) else ""))
+        ax.set_ylabel(
+            "test accuracy"
+            + (
+                f" ({len(placed) - len(shown)} variant(s) below {floor:.2f} not shown)"
+                if len(placed) > len(shown)
+                else ""
+            )
+        )
     axes[0].set_title("accuracy vs speed (up and right is better)")
     axes[1].set_title("accuracy vs size (up and left is better)")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -511,13 +672,15 @@ def pareto(table: Any, fronts: Mapping[str, Any], profile: str, highlight: Seque
 
 
 def stack_stages(table: Any, profile: str, name: str = "stacked"):
-    """The stacked variant stage by stage against the teacher: speed-up (left), times smaller (middle) and test accuracy
-    (right), one bar per stage, each labelled with its value."""
+    """The stacked variant stage by stage against the teacher: speed-up (left), times smaller (middle) and
+    test accuracy (right), one bar per stage, each labelled with its value."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 0.45 * len(table) + 1.8), sharey=True)
     y = np.arange(len(table))
-    for ax, col, title, fmt in ((axes[0], "speedup_vs_reference", "speed-up (batch 32, ×)", "{:.2f}×"),
-                                (axes[1], "smaller_x", "times smaller than the teacher", "{:.1f}×"),
-                                (axes[2], "accuracy", "test accuracy", "{:.3f}")):
+    for ax, col, title, fmt in (
+        (axes[0], "speedup_vs_reference", "speed-up (batch 32, ×)", "{:.2f}×"),
+        (axes[1], "smaller_x", "times smaller than the teacher", "{:.1f}×"),
+        (axes[2], "accuracy", "test accuracy", "{:.3f}"),
+    ):
         values = table[col].astype(float)
         ax.barh(y, values, color=["C7"] + ["C0"] * (len(table) - 2) + ["C2"] if len(table) > 1 else "C7")
         for yi, v in zip(y, values):

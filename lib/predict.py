@@ -1,16 +1,17 @@
 """Predictors: one interface for every way a model can run.
 
-A predictor is a callable ``batch -> logits``: it takes one tokenized batch (``input_ids``, ``attention_mask``, ...,
-as torch tensors) and returns the logits as a float32 numpy array. :mod:`lib.evaluate` and :mod:`lib.bench` accept
-any predictor, so a PyTorch model, the same model cast to bfloat16, and an ONNX Runtime session are scored and
-timed by the very same code.
+A predictor is a callable ``batch -> logits``: it takes one tokenized batch (``input_ids``,
+``attention_mask``, ..., as torch tensors) and returns the logits as a float32 numpy array.
+:mod:`lib.evaluate` and :mod:`lib.bench` accept any predictor, so a PyTorch model, the same model cast to
+bfloat16, and an ONNX Runtime session are scored and timed by the very same code.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,8 @@ class BackendError(LabError, RuntimeError):
 
 
 class TorchPredictor:
-    """A torch model in eval mode without autograd, on the chosen device (:func:`lib.utils.device`); with ``dtype``
-    (e.g. ``torch.bfloat16``) a cast *copy* runs."""
+    """A torch model in eval mode without autograd, on the chosen device (:func:`lib.utils.device`); with
+    ``dtype`` (e.g. ``torch.bfloat16``) a cast *copy* runs."""
 
     def __init__(self, model: Any, dtype: Any = None):
         self.device = device()
@@ -38,7 +39,9 @@ class TorchPredictor:
     def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
         with torch.inference_mode():
             out = self.model(**to_device(batch, self.device)).logits
-            return out.float().cpu().numpy()  # .cpu() waits for the GPU: a timing around this call is complete
+            return (
+                out.float().cpu().numpy()
+            )  # .cpu() waits for the GPU: a timing around this call is complete
 
 
 def onnxruntime() -> Any:
@@ -46,13 +49,16 @@ def onnxruntime() -> Any:
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise BackendError("ONNX Runtime is not installed: `pip install onnxruntime` (make install does it)") from e
+        raise BackendError(
+            "ONNX Runtime is not installed: `pip install onnxruntime` (make install does it)"
+        ) from e
     return ort
 
 
 class OnnxPredictor:
-    """An ONNX model run by ONNX Runtime with as many threads as torch uses (a fair comparison); on the GPU when the
-    chosen device is ``cuda`` and this ONNX Runtime build has the CUDA provider (``onnxruntime-gpu``), else the CPU."""
+    """An ONNX model run by ONNX Runtime with as many threads as torch uses (a fair comparison); on the GPU
+    when the chosen device is ``cuda`` and this ONNX Runtime build has the CUDA provider
+    (``onnxruntime-gpu``), else the CPU."""
 
     def __init__(self, path: Path | str, threads: int | None = None):
         ort = onnxruntime()
@@ -67,13 +73,17 @@ class OnnxPredictor:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         except Exception as e:
-            raise ArtifactError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {e}); "
-                                "re-run the notebook that writes it") from None
+            raise ArtifactError(
+                f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {e}); "
+                "re-run the notebook that writes it"
+            ) from None
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: Mapping[str, Any]) -> np.ndarray:
-        feed = {k: np.asarray(batch[k].cpu().numpy() if hasattr(batch[k], "cpu") else batch[k], dtype=np.int64)
-                for k in self.inputs}
+        feed = {
+            k: np.asarray(batch[k].cpu().numpy() if hasattr(batch[k], "cpu") else batch[k], dtype=np.int64)
+            for k in self.inputs
+        }
         return self.session.run(["logits"], feed)[0].astype(np.float32)
 
     @property
@@ -90,7 +100,8 @@ def providers(ort: Any = None) -> list[str]:
 
 
 def as_predictor(obj: Any) -> Predictor:
-    """A torch module becomes a :class:`TorchPredictor`; any other callable is taken as a predictor already."""
+    """A torch module becomes a :class:`TorchPredictor`; any other callable is taken as a predictor
+    already."""
     if isinstance(obj, torch.nn.Module):
         return TorchPredictor(obj)
     if not callable(obj):
@@ -99,9 +110,10 @@ def as_predictor(obj: Any) -> Predictor:
 
 
 class TextProba:
-    """``texts -> class probabilities`` for any model or predictor: tokenizes and predicts in length-sorted batches of
-    ``batch_size`` (LIME passes all its ``num_samples`` perturbed texts in one call; one batch of thousands would be
-    slow and memory-hungry, one text at a time slower still). Returns float64 probabilities in the texts' order."""
+    """``texts -> class probabilities`` for any model or predictor: tokenizes and predicts in length-sorted
+    batches of ``batch_size`` (LIME passes all its ``num_samples`` perturbed texts in one call; one batch of
+    thousands would be slow and memory-hungry, one text at a time slower still). Returns float64 probabilities
+    in the texts' order."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int, batch_size: int = 64):
         self.call, self.tokenizer = as_predictor(model), tokenizer
@@ -113,13 +125,17 @@ class TextProba:
         order = np.argsort([len(t) for t in texts], kind="stable")
         out: np.ndarray | None = None
         for start in range(0, len(texts), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.max_length, padding=True,
-                                   return_tensors="pt")
+            idx = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in idx],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             logits = np.asarray(self.call(dict(batch)), dtype=np.float64)
             if out is None:
                 out = np.empty((len(texts), logits.shape[-1]))
             out[idx] = softmax(logits, axis=-1)
         self.texts_seen += len(texts)
         return out if out is not None else np.empty((0, 0))
-

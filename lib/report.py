@@ -1,29 +1,28 @@
-"""The trade-off view for ``08_report``: every record's variants in one table (:func:`variants_table`), which of them
-are Pareto-optimal, which one a user's weights pick (:func:`choose`), and the run's one-page ``report.html``
-(:func:`write_html`, written by the runner at the end of every run).
+"""The trade-off view for ``10_report``: every record's variants in one table (:func:`variants_table`), which
+of them are Pareto-optimal, and which one a user's weights pick (:func:`choose`). (The run's one-page
+``report.html`` is :mod:`lib.runner.page`.)
 
 A variant is **dominated** when another is at least as good on every objective and strictly better on one; the
 others form the Pareto front (:func:`pareto_front`). Among them a user chooses by weights
 (:func:`weighted_choice`): each objective is first rescaled to [0, 1] over the candidates (min–max, so that a
 weight means the same whatever the units), turned so that 1 is the best value, and the value of a variant is
-``Σ weight × normalised objective``. The design notes' ``value = speed − k·cost + λ₁·explainability + λ₂·privacy`` is
-this with ``cost`` (size) to minimise: its weight ``k`` rewards small models once the direction is turned.
-Missing values (a model without a privacy guarantee has no ε) score 0 on that objective: the worst.
+``Σ weight × normalised objective``. The design notes' ``value = speed − k·cost + λ₁·explainability +
+λ₂·privacy`` is this with ``cost`` (size) to minimise: its weight ``k`` rewards small models once the
+direction is turned. Missing values (a model without a privacy guarantee has no ε) score 0 on that objective:
+the worst.
 """
 
 from __future__ import annotations
 
-import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import runs
-from .catalog import NOTEBOOKS
-from .results import load, load_run
-from .utils import atomic_write_text as write_text
+from .runner import folders
+from .runner.catalog import NOTEBOOKS
+from .runner.records import load, load_run
 
 DIRECTIONS = ("max", "min")
 
@@ -31,7 +30,9 @@ DIRECTIONS = ("max", "min")
 def _check(frame: pd.DataFrame, directions: Mapping[str, str]) -> None:
     missing = [c for c in directions if c not in frame.columns]
     if missing:
-        raise KeyError(f"objectives {missing} are not columns of the table ({', '.join(map(str, frame.columns))})")
+        raise KeyError(
+            f"objectives {missing} are not columns of the table ({', '.join(map(str, frame.columns))})"
+        )
     bad = {c: d for c, d in directions.items() if d not in DIRECTIONS}
     if bad:
         raise ValueError(f"each objective is maximised or minimised ({DIRECTIONS}), got {bad}")
@@ -43,7 +44,9 @@ def pareto_front(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.Serie
     _check(frame, directions)
     complete = frame[list(directions)].notna().all(axis=1)
     signs = np.array([1.0 if d == "max" else -1.0 for d in directions.values()])
-    values = frame.loc[complete, list(directions)].to_numpy(dtype=float) * signs  # larger is better everywhere
+    values = (
+        frame.loc[complete, list(directions)].to_numpy(dtype=float) * signs
+    )  # larger is better everywhere
     front = np.ones(len(values), dtype=bool)
     for i, v in enumerate(values):
         others = np.delete(values, i, axis=0)
@@ -54,7 +57,8 @@ def pareto_front(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.Serie
 
 
 def normalised(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.DataFrame:
-    """Each objective rescaled to [0, 1] over the rows, 1 = best (a constant column is 1 everywhere; missing = 0)."""
+    """Each objective rescaled to [0, 1] over the rows, 1 = best (a constant column is 1 everywhere; missing =
+    0)."""
     _check(frame, directions)
     out = {}
     for col, d in directions.items():
@@ -68,9 +72,11 @@ def normalised(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.DataFra
     return pd.DataFrame(out, index=frame.index)
 
 
-def weighted_choice(frame: pd.DataFrame, directions: Mapping[str, str], weights: Mapping[str, float]) -> tuple[str, pd.Series]:
-    """The row with the largest ``Σ weight × normalised objective`` and every row's value (sorted, best first).
-    Weights must be >= 0, not all 0, and name only objectives in ``directions``."""
+def weighted_choice(
+    frame: pd.DataFrame, directions: Mapping[str, str], weights: Mapping[str, float]
+) -> tuple[str, pd.Series]:
+    """The row with the largest ``Σ weight × normalised objective`` and every row's value (sorted, best
+    first). Weights must be >= 0, not all 0, and name only objectives in ``directions``."""
     unknown = [w for w in weights if w not in directions]
     if unknown:
         raise KeyError(f"weights for {unknown}, which are not objectives ({', '.join(directions)})")
@@ -81,20 +87,58 @@ def weighted_choice(frame: pd.DataFrame, directions: Mapping[str, str], weights:
     return str(value.index[0]), value
 
 
-# ---------------------------------------------------------------------------------------------- one table of a run
+# ------------------------------------------------------------------------ one table of a run
 
-REPORT = "08_report"  # the notebook that reads every other record
+REPORT = "10_report"  # the notebook that reads every other record
 TEACHER = ("00_baseline", "teacher")  # the model every speed-up is relative to
-# The models 06_explain explains, as variants of the run: its `int8` is 03's picked variant (findings.best_int8).
-EXPLAINED = {"teacher": ("00_baseline", "teacher"), "student": ("04_distill", "student-kd"),
-             "int8": ("03_quantize", None)}
+# The models 06_explain explains, as variants of the run: its `int8` is 03's picked variant
+# (findings.best_int8).
+EXPLAINED = {
+    "teacher": ("00_baseline", "teacher"),
+    "student": ("04_distill", "student-kd"),
+    "int8": ("03_quantize", None),
+}
 # Variant fields that say how a row was made (shown in its provenance note when present).
-DESCRIPTORS = ("method", "backend", "dtype", "fraction", "sparsity", "layers", "temperature", "alpha", "epsilon",
-               "world_size", "comm_hook", "importance")
-REPORT_COLUMNS = ("accuracy", "f1", "size_mb", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_teacher",
-                  "trainable_params", "epsilon", "faithfulness", "provenance")
-COLUMNS = ("source", "accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_teacher",
-           "trainable_params", "epsilon", "faithfulness", "provenance")
+DESCRIPTORS = (
+    "method",
+    "backend",
+    "dtype",
+    "fraction",
+    "sparsity",
+    "layers",
+    "temperature",
+    "alpha",
+    "epsilon",
+    "world_size",
+    "comm_hook",
+    "importance",
+)
+REPORT_COLUMNS = (
+    "accuracy",
+    "f1",
+    "size_mb",
+    "latency_ms_b1_p50",
+    "throughput_b32",
+    "speedup_vs_teacher",
+    "trainable_params",
+    "epsilon",
+    "faithfulness",
+    "provenance",
+)
+COLUMNS = (
+    "source",
+    "accuracy",
+    "f1",
+    "size_mb",
+    "num_params",
+    "latency_ms_b1_p50",
+    "throughput_b32",
+    "speedup_vs_teacher",
+    "trainable_params",
+    "epsilon",
+    "faithfulness",
+    "provenance",
+)
 
 
 def _describe(v: Mapping, rec: Mapping) -> str:
@@ -108,9 +152,14 @@ def _describe(v: Mapping, rec: Mapping) -> str:
 
 
 def _is_teacher(v: Mapping, teacher: Mapping | None) -> bool:
-    """A notebook's reference row that is the teacher re-measured (same test accuracy and size as 00's teacher)."""
-    return (teacher is not None and v.get("role") == "reference" and v.get("accuracy") == teacher.get("accuracy")
-            and v.get("size_mb") == teacher.get("size_mb"))
+    """A notebook's reference row that is the teacher re-measured (same test accuracy and size as 00's
+    teacher)."""
+    return (
+        teacher is not None
+        and v.get("role") == "reference"
+        and v.get("accuracy") == teacher.get("accuracy")
+        and v.get("size_mb") == teacher.get("size_mb")
+    )
 
 
 def _teacher(by_nb: Mapping[str, Mapping]) -> Mapping | None:
@@ -127,14 +176,16 @@ def missing_notebooks(records: Sequence[Mapping]) -> list[str]:
 
 def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
     """Every variant of every record (but the report's own) in one table, indexed by a unique name, with the
-    columns of :data:`COLUMNS`. The teacher appears once (01–04 re-measure it as their reference: those rows are
-    folded into 00's); 06's explanation rows become the ``faithfulness`` of the model they explain (LIME's
-    comprehensiveness); ``speedup_vs_teacher`` is each notebook's own side-by-side ratio, and is left empty where
-    a notebook's reference is not the teacher (05, 07)."""
+    columns of :data:`COLUMNS`. The teacher appears once (01–04 re-measure it as their reference: those rows
+    are folded into 00's); 06's explanation rows become the ``faithfulness`` of the model they explain (LIME's
+    comprehensiveness); ``speedup_vs_teacher`` is each notebook's own side-by-side ratio, and is left empty
+    where a notebook's reference is not the teacher (05, 07)."""
     by_nb = {r["notebook"]: r for r in records}
     teacher = _teacher(by_nb)
     rows: dict[str, dict] = {}
-    mixed = len({r.get("run") for r in records}) > 1  # records from several runs (notebooks run by hand): name each
+    mixed = (
+        len({r.get("run") for r in records}) > 1
+    )  # records from several runs (notebooks run by hand): name each
     for rec in records:
         nb = rec["notebook"]
         if nb in (REPORT, "06_explain"):
@@ -145,16 +196,26 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
             if nb != TEACHER[0] and _is_teacher(v, teacher):
                 continue
             name = v["name"] if v["name"] not in rows else f"{v['name']} ({nb[:2]})"
-            trainable = v.get("trainable_params", rec["findings"].get("trainable_params") if nb == "07_privacy" else None)
+            trainable = v.get(
+                "trainable_params", rec["findings"].get("trainable_params") if nb == "07_privacy" else None
+            )
             if nb == TEACHER[0] and v["name"] == TEACHER[1]:
                 trainable = v.get("num_params")
             rows[name] = {
-                "source": nb, "variant": v["name"], "accuracy": v.get("accuracy"), "f1": v.get("f1"),
-                "size_mb": v.get("size_mb"), "num_params": v.get("num_params"),
-                "latency_ms_b1_p50": v.get("latency_ms_b1_p50"), "throughput_b32": v.get("throughput_b32"),
+                "source": nb,
+                "variant": v["name"],
+                "accuracy": v.get("accuracy"),
+                "f1": v.get("f1"),
+                "size_mb": v.get("size_mb"),
+                "num_params": v.get("num_params"),
+                "latency_ms_b1_p50": v.get("latency_ms_b1_p50"),
+                "throughput_b32": v.get("throughput_b32"),
                 "speedup_vs_teacher": v.get("speedup_vs_reference") if ref_is_teacher else None,
-                "trainable_params": trainable, "epsilon": v.get("epsilon"), "faithfulness": None,
-                "provenance": _describe(v, rec) + (f" (run {rec.get('run')})" if mixed else "")}
+                "trainable_params": trainable,
+                "epsilon": v.get("epsilon"),
+                "faithfulness": None,
+                "provenance": _describe(v, rec) + (f" (run {rec.get('run')})" if mixed else ""),
+            }
     explain = by_nb.get("06_explain")
     if explain:
         for row in explain["findings"].get("faithfulness", []):
@@ -166,15 +227,20 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
             if key is not None:
                 rows[key]["faithfulness"] = row["comprehensiveness"]
     table = pd.DataFrame.from_dict(rows, orient="index")
-    return table.reindex(columns=["variant", *COLUMNS]) if len(table) else pd.DataFrame(columns=["variant", *COLUMNS])
+    return (
+        table.reindex(columns=["variant", *COLUMNS])
+        if len(table)
+        else pd.DataFrame(columns=["variant", *COLUMNS])
+    )
 
 
 def run_records(profile: str, run: str = "") -> tuple[Path, list[dict]]:
-    """The run folder to report on and its records: ``run`` if named, else this run (the runner's), else the newest
-    complete run of ``profile`` with a 00_baseline record. Notebooks run by hand (profile ``lab``) each make a run of
-    their own, so there every notebook's newest record is taken (each record names its ``run``)."""
-    run_dir = runs.source(profile, f"metrics/{TEACHER[0]}.json", run)
-    if run or profile != runs.HAND_PROFILE:
+    """The run folder to report on and its records: ``run`` if named, else this run (the runner's), else the
+    newest complete run of ``profile`` with a 00_baseline record. Notebooks run by hand (profile ``lab``) each
+    make a run of their own, so there every notebook's newest record is taken (each record names its ``run``).
+    """
+    run_dir = folders.source(profile, f"metrics/{TEACHER[0]}.json", run)
+    if run or profile != folders.HAND_PROFILE:
         return run_dir, load_run(run_dir)
     recs = []
     for nb in NOTEBOOKS:
@@ -185,7 +251,7 @@ def run_records(profile: str, run: str = "") -> tuple[Path, list[dict]]:
     return run_dir, recs
 
 
-# ---------------------------------------------------------------------------------------------- the user's choice
+# ------------------------------------------------------------------------ the user's choice
 
 OBJECTIVES = {"speed": "max", "cost": "min", "explainability": "max", "privacy": "max"}
 
@@ -195,23 +261,33 @@ def objectives(table: pd.DataFrame) -> pd.DataFrame:
 
     - ``speed``: batch-32 throughput relative to the teacher, measured side by side in the variant's notebook;
     - ``cost``: size on disk in MB (what a deployment stores and loads);
-    - ``explainability``: LIME's comprehensiveness (06_explain: how much the prediction drops when the words the
-      explanation ranks highest are removed), where measured;
+    - ``explainability``: LIME's comprehensiveness (06_explain: how much the prediction drops when the words
+      the explanation ranks highest are removed), where measured;
     - ``privacy``: ``1 / (1 + ε)`` for a model trained with (ε, δ)-DP, 0 for one without a guarantee.
     Unmeasured values stay missing and score 0 (the worst) once normalised."""
     eps = table["epsilon"].astype(float)
-    return pd.DataFrame({"speed": table["speedup_vs_teacher"].astype(float), "cost": table["size_mb"].astype(float),
-                         "explainability": table["faithfulness"].astype(float),
-                         "privacy": (1.0 / (1.0 + eps)).fillna(0.0)}, index=table.index)
+    return pd.DataFrame(
+        {
+            "speed": table["speedup_vs_teacher"].astype(float),
+            "cost": table["size_mb"].astype(float),
+            "explainability": table["faithfulness"].astype(float),
+            "privacy": (1.0 / (1.0 + eps)).fillna(0.0),
+        },
+        index=table.index,
+    )
 
 
-def choose(table: pd.DataFrame, weights: Mapping[str, float], max_points_lost: float,
-           teacher_accuracy: float) -> tuple[str, pd.DataFrame]:
+def choose(
+    table: pd.DataFrame, weights: Mapping[str, float], max_points_lost: float, teacher_accuracy: float
+) -> tuple[str, pd.DataFrame]:
     """The variant a user's ``weights`` (over :data:`OBJECTIVES`) pick among those within ``max_points_lost``
-    accuracy points of the teacher, and every candidate's objectives, normalised scores and value (best first)."""
+    accuracy points of the teacher, and every candidate's objectives, normalised scores and value (best
+    first)."""
     ok = table[100 * (teacher_accuracy - table["accuracy"].astype(float)) <= max_points_lost]
     if ok.empty:
-        raise ValueError(f"no variant is within {max_points_lost} points of the teacher's accuracy: raise max_points_lost")
+        raise ValueError(
+            f"no variant is within {max_points_lost} points of the teacher's accuracy: raise max_points_lost"
+        )
     raw = objectives(ok)
     best, value = weighted_choice(raw, OBJECTIVES, weights)
     scores = normalised(raw, OBJECTIVES).add_suffix(" (0-1)")
@@ -220,110 +296,75 @@ def choose(table: pd.DataFrame, weights: Mapping[str, float], max_points_lost: f
     return best, out
 
 
-# ---------------------------------------------------------------------------------------------- report.html
+# ------------------------------------------------------------------------ helpers of 10_report
 
-def _notebook_html(executed: Path, out: Path) -> Path:
-    """One executed notebook rendered to a standalone HTML page with nbconvert (atomic)."""
-    import nbconvert  # heavy (jinja, mistune...): only when a report is written
-
-    body, _ = nbconvert.HTMLExporter().from_filename(str(executed))
-    write_text(out, body)
-    return out
-
-
-def _int_columns(table: pd.DataFrame) -> dict:
-    """Counts shown as integers with thousands separators (22,566,146, not 2.257e+07)."""
-    return {c: (lambda x: "–" if x is None or pd.isna(x) else f"{int(x):,}") for c in ("trainable_params", "num_params")
-            if c in table.columns}
-
-
-def write_html(run_dir: Path | str) -> Path:
-    """``report.html`` in ``run_dir``: the run's facts, 08_report's table and figures (or, without it, every record's
-    variants), and a link to every executed notebook rendered to HTML (``html/``). Works with whatever the run has."""
-    run_dir = Path(run_dir)
-    manifest, recs = runs.read_manifest(run_dir), load_run(run_dir)
-    by_nb = {r["notebook"]: r for r in recs}
-    report = by_nb.get(REPORT)
-    if report is not None:
-        table = pd.DataFrame(report["variants"]).set_index("name")
-        table = table.reindex(columns=[c for c in ("source", *REPORT_COLUMNS) if c in table.columns])
-    else:
-        table = variants_table(recs).drop(columns=["variant"])
-    links = []
-    for nb in NOTEBOOKS:
-        executed = run_dir / "notebooks" / f"{nb.name}.ipynb"
-        state = manifest.get("notebooks", {}).get(nb.name, {})
-        took = f" ({state['seconds'] / 60:.1f} min)" if state.get("seconds") else ""
-        if executed.exists():
-            page = _notebook_html(executed, run_dir / "html" / f"{nb.name}.html")
-            links.append(f'<li><a href="{page.relative_to(run_dir)}">{nb.name}</a>{took}: {html.escape(nb.title)}</li>')
-        else:
-            links.append(f"<li>{nb.name}: <em>not in this run</em> ({html.escape(nb.title)})</li>")
-    figures = (report or {}).get("figures", [])
-    env = recs[0]["env"] if recs else {}
-    facts = (f"Run <code>{manifest['id']}</code>, profile <code>{manifest['profile']}</code>, status "
-             f"<b>{manifest['status']}</b>; {html.escape(str(env.get('cpu', '?')))}, CPU class "
-             f"<b>{html.escape(str(env.get('isa', '?')))}</b>, {env.get('threads', '?')} threads. Speed-ups are each "
-             "notebook's side-by-side ratio to the teacher on this CPU class.")
-    missing = missing_notebooks(recs)
-    best = (report or {}).get("findings", {}).get("best_variant", {})
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Model UX Lab · run {manifest['id']}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f3f3f3}}
-td:last-child{{text-align:left;min-width:14em}} img{{max-width:100%;border:1px solid #ddd}}
-.missing{{color:#a33}}</style></head><body>
-<h1>Model UX Lab · run {manifest['id']}</h1>
-<p>{facts}</p>
-{'<p class="missing">No record from: ' + ', '.join(missing) + '</p>' if missing else ''}
-{'<h2>The choice</h2><ul>' + ''.join(f'<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>' for k, v in best.items()) + '</ul>' if best else ''}
-<h2>Every variant</h2>
-<div style="overflow-x:auto">{table.to_html(float_format=lambda x: f'{x:.4g}', na_rep='–', border=0,
-                                            formatters=_int_columns(table))}</div>
-<h2>Figures</h2>
-{''.join(f'<p><img src="{html.escape(f)}" alt="{html.escape(f)}"></p>' for f in figures) or '<p>08_report has not run: no figures.</p>'}
-<h2>The notebooks, as executed</h2>
-<ul>{''.join(links)}</ul>
-</body></html>
-"""
-    return write_text(run_dir / "report.html", page)
-
-
-# ---------------------------------------------------------------------------------------------- helpers of 08_report
 
 def teacher_remeasured(records: Sequence[Mapping]) -> pd.DataFrame:
-    """The teacher's speed in every notebook that timed it as its reference: how much the same model's numbers move
-    from one process to the next (why each speed-up is a ratio measured inside one notebook)."""
+    """The teacher's speed in every notebook that timed it as its reference: how much the same model's numbers
+    move from one process to the next (why each speed-up is a ratio measured inside one notebook)."""
     by_nb = {r["notebook"]: r for r in records}
     teacher = _teacher(by_nb)
-    rows = {r["notebook"]: {"as": v["name"], "latency_ms_b1_p50": v.get("latency_ms_b1_p50"),
-                            "throughput_b32": v.get("throughput_b32")}
-            for r in records for v in r["variants"]
-            if (r["notebook"] == TEACHER[0] and v["name"] == TEACHER[1]) or _is_teacher(v, teacher)}
+    rows = {
+        r["notebook"]: {
+            "as": v["name"],
+            "latency_ms_b1_p50": v.get("latency_ms_b1_p50"),
+            "throughput_b32": v.get("throughput_b32"),
+        }
+        for r in records
+        for v in r["variants"]
+        if (r["notebook"] == TEACHER[0] and v["name"] == TEACHER[1]) or _is_teacher(v, teacher)
+    }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def with_rows(table: pd.DataFrame, rows: pd.DataFrame, source: str, provenance: Mapping[str, str]) -> pd.DataFrame:
+def with_rows(
+    table: pd.DataFrame, rows: pd.DataFrame, source: str, provenance: Mapping[str, str]
+) -> pd.DataFrame:
     """``table`` (of :func:`variants_table`) with the rows of a :class:`lib.experiment.Comparison` table whose
     reference is the teacher appended (their ``speedup_vs_reference`` is the speed-up over the teacher)."""
-    add = pd.DataFrame({
-        "variant": rows.index, "source": source, "accuracy": rows["accuracy"], "f1": rows["f1"],
-        "size_mb": rows["size_mb"], "num_params": rows.get("num_params"), "latency_ms_b1_p50": rows["latency_ms_b1_p50"],
-        "throughput_b32": rows["throughput_b32"], "speedup_vs_teacher": rows["speedup_vs_reference"],
-        "trainable_params": None, "epsilon": None, "faithfulness": None,
-        "provenance": [provenance.get(n, source) for n in rows.index]}, index=rows.index)
+    add = pd.DataFrame(
+        {
+            "variant": rows.index,
+            "source": source,
+            "accuracy": rows["accuracy"],
+            "f1": rows["f1"],
+            "size_mb": rows["size_mb"],
+            "num_params": rows.get("num_params"),
+            "latency_ms_b1_p50": rows["latency_ms_b1_p50"],
+            "throughput_b32": rows["throughput_b32"],
+            "speedup_vs_teacher": rows["speedup_vs_reference"],
+            "trainable_params": None,
+            "epsilon": None,
+            "faithfulness": None,
+            "provenance": [provenance.get(n, source) for n in rows.index],
+        },
+        index=rows.index,
+    )
     return pd.concat([table, add.astype(object).where(add.notna(), None)])
 
 
 def record_variants(table: pd.DataFrame) -> list[dict]:
-    """The ``variants`` of 08_report's record: every row of the table, with its source notebook and provenance; the
-    teacher is the reference."""
+    """The ``variants`` of 10_report's record: every row of the table, with its source notebook and
+    provenance; the teacher is the reference."""
     out = []
     for name, row in table.iterrows():
-        r = {k: (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v) for k, v in row.items()}
-        out.append({"name": str(name), "role": "reference" if (r["source"], r["variant"]) == TEACHER else "variant",
-                    "accuracy": r["accuracy"], "f1": r["f1"], "size_mb": r["size_mb"], "num_params": r.get("num_params"),
-                    "latency_ms_b1_p50": r["latency_ms_b1_p50"], "throughput_b32": r["throughput_b32"],
-                    "speedup_vs_reference": r["speedup_vs_teacher"], **{k: r[k] for k in REPORT_COLUMNS[5:]},
-                    "speedup_vs_teacher": r["speedup_vs_teacher"], "source": r["source"]})
+        r = {
+            k: (None if (v is None or (isinstance(v, float) and np.isnan(v))) else v) for k, v in row.items()
+        }
+        out.append(
+            {
+                "name": str(name),
+                "role": "reference" if (r["source"], r["variant"]) == TEACHER else "variant",
+                "accuracy": r["accuracy"],
+                "f1": r["f1"],
+                "size_mb": r["size_mb"],
+                "num_params": r.get("num_params"),
+                "latency_ms_b1_p50": r["latency_ms_b1_p50"],
+                "throughput_b32": r["throughput_b32"],
+                "speedup_vs_reference": r["speedup_vs_teacher"],
+                **{k: r[k] for k in REPORT_COLUMNS[5:]},
+                "speedup_vs_teacher": r["speedup_vs_teacher"],
+                "source": r["source"],
+            }
+        )
     return out

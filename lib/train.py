@@ -1,4 +1,5 @@
-"""The one training loop every notebook uses (its check against ``transformers.Trainer`` is in :mod:`lib.baselines`).
+"""The one training loop every notebook uses (its check against ``transformers.Trainer`` is in
+:mod:`lib.baselines`).
 
 ``fit`` does AdamW (no weight decay on biases and LayerNorm), linear warm-up then linear decay, gradient
 clipping, evaluation on the validation split after every epoch, keep-best (the best epoch's weights are
@@ -11,20 +12,21 @@ restored at the end), seeding, and a tqdm progress bar. Extension points for lat
 - ``prepare(model, optimizer, loader) -> (model, optimizer, loader)``: wrap them before training
   (DP-SGD: ``lib.privacy.Private``, Opacus' ``make_private_with_epsilon``).
 
-A batch is a dict of tensors with ``labels``; what else it holds is the model's business (token ids, or the cached
-hidden states of ``lib.privacy``).
+A batch is a dict of tensors with ``labels``; what else it holds is the model's business (token ids, or the
+cached hidden states of ``lib.privacy``).
 
 ``TrainConfig.ema_decay`` > 0 keeps an exponential moving average of the weights (``torch.optim.swa_utils``):
-the averaged weights are what gets evaluated, kept and returned; the raw weights' validation accuracy is logged
-next to them (``val_accuracy_raw``).
+the averaged weights are what gets evaluated, kept and returned; the raw weights' validation accuracy is
+logged next to them (``val_accuracy_raw``).
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +56,9 @@ class TrainConfig:
     keep_best: bool = True  # restore the weights of the epoch with the best validation metric
     ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (0 = off)
     metric: str = "accuracy"  # validation metric used for keep-best
-    precision: str = "fp32"  # "bf16": forward under bfloat16 autocast (weights, optimizer, evaluation stay fp32)
+    precision: str = (
+        "fp32"  # "bf16": forward under bfloat16 autocast (weights, optimizer, evaluation stay fp32)
+    )
     progress: bool = True  # show a tqdm bar
 
 
@@ -62,9 +66,9 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def resolve_precision(precision: str) -> str:
-    """The precision a training run uses: ``"auto"`` is bf16 autocast where the CPU has native bf16 instructions
-    (AVX512-BF16 or AMX: measured 2x the samples/s of fp32 on MiniLM) and fp32 elsewhere (emulated bf16 ran at 0.14x
-    fp32's speed on an AVX2-only CPU)."""
+    """The precision a training run uses: ``"auto"`` is bf16 autocast where the CPU has native bf16
+    instructions (AVX512-BF16 or AMX: measured 2x the samples/s of fp32 on MiniLM) and fp32 elsewhere
+    (emulated bf16 ran at 0.14x fp32's speed on an AVX2-only CPU)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
@@ -80,7 +84,9 @@ class History:
 
     epochs: list[dict] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
-    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step, data loading included
+    step_seconds: list[float] = field(
+        default_factory=list
+    )  # wall time of each optimizer step, data loading included
     best_epoch: int = 0
     train_seconds: float = 0.0  # time in training steps only (evaluation excluded)
     samples: int = 0
@@ -98,14 +104,24 @@ class History:
     def brief(self) -> dict[str, Any]:
         """The few numbers a comparison table shows for a trained variant."""
         val = [e["val_accuracy"] for e in self.epochs if "val_accuracy" in e]
-        return {"best_epoch": self.best_epoch, "val_accuracy": max(val) if val else None,
-                "train_samples_per_s": self.samples_per_s, "train_precision": self.precision}
+        return {
+            "best_epoch": self.best_epoch,
+            "val_accuracy": max(val) if val else None,
+            "train_samples_per_s": self.samples_per_s,
+            "train_precision": self.precision,
+        }
 
     def summary(self) -> dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "train_seconds": self.train_seconds, "samples": self.samples,
-                "precision": self.precision,
-                "samples_per_s": self.samples_per_s, "peak_mem_mb": self.peak_mem_mb,
-                "peak_mem_delta_mb": self.peak_mem_delta_mb, "epochs": self.epochs}
+        return {
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "samples": self.samples,
+            "precision": self.precision,
+            "samples_per_s": self.samples_per_s,
+            "peak_mem_mb": self.peak_mem_mb,
+            "peak_mem_delta_mb": self.peak_mem_delta_mb,
+            "epochs": self.epochs,
+        }
 
 
 def default_loss(model: Any, batch: dict) -> Any:
@@ -130,9 +146,15 @@ def make_optimizer(model: Any, cfg: TrainConfig):
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, fused=True)
 
 
-def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | None = None,
-        cfg: TrainConfig | None = None, loss_fn: LossFn | None = None, optimizer: Any = None,
-        prepare: Prepare | None = None) -> History:
+def fit(
+    model: Any,
+    train_loader: Iterable[dict],
+    val_loader: Iterable[dict] | None = None,
+    cfg: TrainConfig | None = None,
+    loss_fn: LossFn | None = None,
+    optimizer: Any = None,
+    prepare: Prepare | None = None,
+) -> History:
     """Train ``model`` in place; return its :class:`History`. See the module docstring for the hooks."""
     cfg = cfg or TrainConfig()
     dev = device()  # lib.setup(seed, device) chose it: the model and every batch go there
@@ -164,7 +186,9 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
             tick = t0
             for batch in train_loader:
                 batch = to_device(batch, dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):  # backward follows the cast ops
+                with torch.autocast(
+                    dev.type, dtype=torch.bfloat16, enabled=bf16
+                ):  # backward follows the cast ops
                     loss = loss_fn(model, batch)
                 loss.backward()
                 if cfg.max_grad_norm:
@@ -181,15 +205,21 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
                 n += int(batch["labels"].shape[0])  # varies under Poisson sampling (DP-SGD), may be 0
                 step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", epoch=epoch, refresh=False)  # redraw at its own pace
+                bar.set_postfix(
+                    loss=f"{np.mean(losses[-20:]):.4f}", epoch=epoch, refresh=False
+                )  # redraw at its own pace
                 if step >= total:
                     break
             seconds = time.perf_counter() - t0
             hist.train_seconds += seconds
             hist.samples += n
             hist.step_losses += losses
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   "seconds": seconds, "samples_per_s": n / seconds if seconds else 0.0}
+            row = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "seconds": seconds,
+                "samples_per_s": n / seconds if seconds else 0.0,
+            }
             if val_loader is not None:
                 val = evaluate(kept, val_loader)
                 row.update(val_accuracy=val["accuracy"], val_f1=val["f1"])
@@ -215,8 +245,8 @@ def fit(model: Any, train_loader: Iterable[dict], val_loader: Iterable[dict] | N
 
 def _make_ema(model: Any, decay: float) -> Any:
     """An exponential moving average of ``model``'s weights (``None`` when ``decay`` is 0): after every step,
-    ``avg = decay * avg + (1 - decay) * weights``. It smooths out the last steps' noise; with ~280 steps per epoch,
-    0.99 averages over roughly the last 100 steps."""
+    ``avg = decay * avg + (1 - decay) * weights``. It smooths out the last steps' noise; with ~280 steps per
+    epoch, 0.99 averages over roughly the last 100 steps."""
     if not decay:
         return None
     if not 0.0 < decay < 1.0:
@@ -236,26 +266,48 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
-# ---------------------------------------------------------------------------------------------- speed probe
+# ------------------------------------------------------------------------ speed probe
 
-def training_speed(factory: Callable[..., Any], factory_kwargs: dict[str, Any], tokenizer_spec: str,
-                   features: list[dict], batch_size: int, steps: int, learning_rate: float, seed: int,
-                   precision: str = "fp32") -> dict[str, Any]:
-    """Build a model with ``factory(**factory_kwargs)`` (e.g. :func:`lib.models.fresh_classifier`, or a technique's
-    builder such as ``lib.lora.lora_model``), train it for ``steps`` length-grouped batches of ``features``, and
-    report speed, memory and what trains.
 
-    Meant to run in a fresh process (``lib.bench.isolated(lib.train.training_speed, ...)``) so that peak memory is
-    this training's own: ``peak_mem_mb`` is the process's peak RSS during training, ``peak_mem_delta_mb`` that minus
-    the RSS with the model loaded, before the first step.
+def training_speed(
+    factory: Callable[..., Any],
+    factory_kwargs: dict[str, Any],
+    tokenizer_spec: str,
+    features: list[dict],
+    batch_size: int,
+    steps: int,
+    learning_rate: float,
+    seed: int,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Build a model with ``factory(**factory_kwargs)`` (e.g. :func:`lib.models.fresh_classifier`, or a
+    technique's builder such as ``lib.lora.lora_model``), train it for ``steps`` length-grouped batches of
+    ``features``, and report speed, memory and what trains.
+
+    Meant to run in a fresh process (``lib.bench.isolated(lib.train.training_speed, ...)``) so that peak
+    memory is this training's own: ``peak_mem_mb`` is the process's peak RSS during training,
+    ``peak_mem_delta_mb`` that minus the RSS with the model loaded, before the first step.
     """
     setup(seed)
     net = factory(**factory_kwargs)
-    loader = make_loader(Encoded.from_features(features), load_tokenizer(tokenizer_spec), batch_size, shuffle=True,
-                         seed=seed)
-    cfg = TrainConfig(num_epochs=max(1, -(-steps // len(loader))), learning_rate=learning_rate, max_steps=steps,
-                      seed=seed, keep_best=False, precision=precision, progress=False)
+    loader = make_loader(
+        Encoded.from_features(features), load_tokenizer(tokenizer_spec), batch_size, shuffle=True, seed=seed
+    )
+    cfg = TrainConfig(
+        num_epochs=max(1, -(-steps // len(loader))),
+        learning_rate=learning_rate,
+        max_steps=steps,
+        seed=seed,
+        keep_best=False,
+        precision=precision,
+        progress=False,
+    )
     hist = fit(net, loader, None, cfg)
-    return {"samples_per_s": hist.samples_per_s, "seconds_per_step": hist.train_seconds / max(len(hist.step_losses), 1),
-            "peak_mem_mb": hist.peak_mem_mb, "peak_mem_delta_mb": hist.peak_mem_delta_mb, "steps": len(hist.step_losses),
-            **trainable_summary(net)}
+    return {
+        "samples_per_s": hist.samples_per_s,
+        "seconds_per_step": hist.train_seconds / max(len(hist.step_losses), 1),
+        "peak_mem_mb": hist.peak_mem_mb,
+        "peak_mem_delta_mb": hist.peak_mem_delta_mb,
+        "steps": len(hist.step_losses),
+        **trainable_summary(net),
+    }

@@ -8,9 +8,10 @@ import platform
 import random
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,8 +34,8 @@ def seed_everything(seed: int) -> None:
 
 
 def setup(seed: int, device: str = "auto") -> dict[str, Any]:
-    """Seed every RNG, pin torch's thread count, choose the device (``auto`` | ``cpu`` | ``cuda``) for training,
-    evaluation and benchmarks, and return the environment facts for the record."""
+    """Seed every RNG, pin torch's thread count, choose the device (``auto`` | ``cpu`` | ``cuda``) for
+    training, evaluation and benchmarks, and return the environment facts for the record."""
     import torch
 
     set_device(device)
@@ -52,8 +53,10 @@ def resolve_device(name: str = "auto") -> Any:
         raise ParamError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        raise ParamError(f"device='cuda' was asked, but {why} (torch {torch.__version__}). Use device='auto' (a GPU "
-                         "when there is one, else the CPU) or device='cpu'.")
+        raise ParamError(
+            f"device='cuda' was asked, but {why} (torch {torch.__version__}). Use device='auto' (a GPU "
+            "when there is one, else the CPU) or device='cpu'."
+        )
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
@@ -65,7 +68,8 @@ def set_device(name: str) -> Any:
 
 
 def device() -> Any:
-    """The device training, evaluation and benchmarks use (``lib.setup(seed, device)`` chose it; default ``auto``)."""
+    """The device training, evaluation and benchmarks use (``lib.setup(seed, device)`` chose it; default
+    ``auto``)."""
     return resolve_device(os.environ.get("MUXL_DEVICE", "auto"))
 
 
@@ -83,11 +87,13 @@ def to_device(batch: Any, dev: Any) -> Any:
 
 
 def progress(iterable: Any = None, **kwargs: Any) -> Any:
-    """A tqdm progress bar: a widget in JupyterLab; plain text under the runner (which streams the kernel's output to
-    the terminal) and in a worker process whose output a parent relays (``$MUXL_PROGRESS=text``), refreshed at most
-    every few seconds so a long run does not flood the log."""
+    """A tqdm progress bar: a widget in JupyterLab; plain text under the runner (which streams the kernel's
+    output to the terminal) and in a worker process whose output a parent relays (``$MUXL_PROGRESS=text``),
+    refreshed at most every few seconds so a long run does not flood the log."""
     if os.environ.get("MUXL_RUN_BY") == "runner" or os.environ.get("MUXL_PROGRESS") == "text":
-        from tqdm.std import tqdm as text_tqdm  # tqdm is a dependency of every notebook; utils stays light without it
+        from tqdm.std import (
+            tqdm as text_tqdm,  # tqdm is a dependency of every notebook; utils stays light without it
+        )
 
         kwargs.setdefault("mininterval", 5.0)
         kwargs.setdefault("ascii", True)
@@ -95,6 +101,15 @@ def progress(iterable: Any = None, **kwargs: Any) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (runnable processes per core set), or ``None`` where the OS has
+    none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def cpu_flags() -> set[str]:
@@ -110,15 +125,19 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_support(flags: Iterable[str] | None = None) -> dict[str, bool]:
-    """Which instructions low-precision speed depends on: AVX2, AVX-512, int8 dot products (VNNI), native bf16.
+    """Which instructions low-precision speed depends on: AVX2, AVX-512, int8 dot products (VNNI), native
+    bf16.
 
-    These machines differ (AMD Zen 4 has AVX-512 VNNI and BF16, Zen 3 only AVX2), and so do the speed-ups of int8 and
-    bf16: every speed figure is reported next to :func:`isa`.
+    These machines differ (AMD Zen 4 has AVX-512 VNNI and BF16, Zen 3 only AVX2), and so do the speed-ups of
+    int8 and bf16: every speed figure is reported next to :func:`isa`.
     """
     flags = set(cpu_flags() if flags is None else flags)
-    return {"avx2": "avx2" in flags, "avx512": "avx512f" in flags,
-            "int8_vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
-            "bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
+    return {
+        "avx2": "avx2" in flags,
+        "avx512": "avx512f" in flags,
+        "int8_vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+        "bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+    }
 
 
 def isa(flags: Iterable[str] | None = None) -> str:
@@ -172,8 +191,9 @@ def umask() -> int:
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temp file name next to ``path`` to write; on success it becomes ``path`` (with the permissions a plain
-    ``open()`` would give under the user's umask, not mkstemp's private 0600), on error it is removed."""
+    """Yield a temp file name next to ``path`` to write; on success it becomes ``path`` (with the permissions
+    a plain ``open()`` would give under the user's umask, not mkstemp's private 0600), on error it is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

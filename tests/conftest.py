@@ -20,7 +20,7 @@ def tiny():
     return make, tokenizer
 
 
-def toy_dataset(n: int = 96, seed: int = 0) -> "lib.data.TextDataset":
+def toy_dataset(n: int = 96, seed: int = 0) -> lib.data.TextDataset:
     """A trivially learnable two-class corpus with groups (positive words vs negative words)."""
     rng = np.random.default_rng(seed)
     pos, neg = ["great", "superb", "moving", "brilliant"], ["awful", "boring", "dull", "terrible"]
@@ -30,8 +30,9 @@ def toy_dataset(n: int = 96, seed: int = 0) -> "lib.data.TextDataset":
         words = rng.choice(pos if y else neg, size=rng.integers(2, 6))
         texts.append("the film was " + " ".join(words))
         labels.append(y)
-    return lib.data.TextDataset(texts, np.array(labels), np.array([f"g{i // 3}" for i in range(n)]),
-                                ["neg", "pos"], "toy")
+    return lib.data.TextDataset(
+        texts, np.array(labels), np.array([f"g{i // 3}" for i in range(n)]), ["neg", "pos"], "toy"
+    )
 
 
 @pytest.fixture

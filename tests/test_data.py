@@ -65,14 +65,17 @@ def test_csv_any_labels_and_groups(tmp_path):
     assert not set(s.train.groups) & set(s.test.groups)
 
 
-@pytest.mark.parametrize("content, kwargs, fragment", [
-    (None, {}, "does not exist"),
-    ("", {}, "empty"),
-    ("text,label\n", {}, "no usable rows"),
-    ("body,label\na,1\nb,0\n", {}, r"lacks column\(s\) \['text'\].*has \['body', 'label'\]"),
-    ("text,label\na,1\nb,1\nc,1\n", {}, "only one class"),
-    ("text,label\na,1\nb,0\n", {"group_column": "movie"}, "lacks column"),
-])
+@pytest.mark.parametrize(
+    "content, kwargs, fragment",
+    [
+        (None, {}, "does not exist"),
+        ("", {}, "empty"),
+        ("text,label\n", {}, "no usable rows"),
+        ("body,label\na,1\nb,0\n", {}, r"lacks column\(s\) \['text'\].*has \['body', 'label'\]"),
+        ("text,label\na,1\nb,1\nc,1\n", {}, "only one class"),
+        ("text,label\na,1\nb,0\n", {"group_column": "movie"}, "lacks column"),
+    ],
+)
 def test_csv_errors(tmp_path, content, kwargs, fragment):
     path = tmp_path / "d.csv"
     if content is not None:

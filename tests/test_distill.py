@@ -1,4 +1,5 @@
-"""Distillation on the tiny random BERT: the loss's limits, student construction, cached teacher logits, training."""
+"""Distillation on the tiny random BERT: the loss's limits, student construction, cached teacher logits,
+training."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def test_student_from_teacher_layers_copies_the_right_weights(pooling):
     ts, ss = teacher.state_dict(), student.state_dict()
     for key, value in ss.items():
         assert torch.equal(value, ts[key]), key  # layer_map(2, 1) == [0]: student layer 0 is teacher layer 0
-    assert torch.equal(ss["bert.embeddings.word_embeddings.weight"], ts["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(
+        ss["bert.embeddings.word_embeddings.weight"], ts["bert.embeddings.word_embeddings.weight"]
+    )
     assert torch.equal(ss["classifier.weight"], ts["classifier.weight"])
 
 
@@ -136,9 +139,13 @@ def test_narrow_student_keeps_the_teachers_most_important_units(tiny, toy):
     lay = lib.models.layout(student)
     assert lay == {"heads": [2], "intermediate": [32]}  # tiny: 4 heads, 64 neurons in its layer 0
     kept = sorted(range(64), key=lambda j: float(imp.neurons[0][j]))[32:]  # the 32 highest scores
-    assert torch.equal(student.bert.encoder.layer[0].intermediate.dense.weight,
-                       teacher.bert.encoder.layer[0].intermediate.dense.weight[sorted(kept)])
-    assert lib.models.layout(narrow_student(teacher, imp, 0.5, init="random")) == lay  # same shape: comparable
+    assert torch.equal(
+        student.bert.encoder.layer[0].intermediate.dense.weight,
+        teacher.bert.encoder.layer[0].intermediate.dense.weight[sorted(kept)],
+    )
+    assert (
+        lib.models.layout(narrow_student(teacher, imp, 0.5, init="random")) == lay
+    )  # same shape: comparable
 
 
 def test_narrow_student_saves_and_reloads(tiny, toy, tmp_path):

@@ -1,4 +1,5 @@
-"""Data-parallel training (lib.techniques.distributed): the sharded batches, and DDP on 2 processes = 1 process."""
+"""Data-parallel training (lib.techniques.distributed): the sharded batches, and DDP on 2 processes = 1
+process."""
 
 from __future__ import annotations
 
@@ -35,24 +36,50 @@ def _spec(tmp_path, tiny, world, **extra):
     enc = lib.data.Encoded(toy_dataset(40), tokenizer, 16)
     features = tmp_path / "features.json"
     features.write_text(json.dumps(enc.features))
-    spec = {"model": lib.models.TINY, "num_labels": 2, "features": str(features), "batch_size": 8, "steps": 6,
-            "learning_rate": 1e-3, "seed": 0, "no_dropout": True, "out": str(tmp_path / f"world{world}"),
-            "allreduce_repeats": 0, **extra}
+    spec = {
+        "model": lib.models.TINY,
+        "num_labels": 2,
+        "features": str(features),
+        "batch_size": 8,
+        "steps": 6,
+        "learning_rate": 1e-3,
+        "seed": 0,
+        "no_dropout": True,
+        "out": str(tmp_path / f"world{world}"),
+        "allreduce_repeats": 0,
+        **extra,
+    }
     path = tmp_path / f"spec{world}.json"
     path.write_text(json.dumps(spec))
     return path, tmp_path / f"world{world}"
 
 
-@pytest.mark.notebook  # starts processes: in the notebook tier
+@pytest.mark.slow  # starts processes; 05_distributed's smoke run proves the same (float64, 2 ranks)
 def test_two_processes_reach_the_weights_of_one(tmp_path, tiny, monkeypatch):
-    """torchrun, 2 ranks on gloo, per-rank batch B/2 == one process with batch B, after the same steps (dropout off)."""
+    """torchrun, 2 ranks on gloo, per-rank batch B/2 == one process with batch B, after the same steps
+    (dropout off)."""
     one_spec, one_out = _spec(tmp_path, tiny, 1)
     monkeypatch.delenv("RANK", raising=False)
     main(["--spec", str(one_spec)])
     two_spec, two_out = _spec(tmp_path, tiny, 2)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "lib.techniques.distributed", "--spec", str(two_spec)], cwd=lib.paths.ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "lib.techniques.distributed",
+            "--spec",
+            str(two_spec),
+        ],
+        cwd=lib.runner.paths.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = load_file(one_out / "weights.safetensors"), load_file(two_out / "weights.safetensors")
     start = lib.models.fresh_classifier(lib.models.TINY, 2, seed=0).state_dict()
@@ -60,29 +87,41 @@ def test_two_processes_reach_the_weights_of_one(tmp_path, tiny, monkeypatch):
     diff = max(float((one[k] - two[k]).abs().max()) for k in one)
     print(f"max |weight change| {moved:.3g}, max |1 process - 2 processes| {diff:.3g}")
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)  # it trained, and both ways to the same weights
-    s1, s2 = json.loads((one_out / "stats.json").read_text()), json.loads((two_out / "stats.json").read_text())
+    s1, s2 = (
+        json.loads((one_out / "stats.json").read_text()),
+        json.loads((two_out / "stats.json").read_text()),
+    )
     assert s1["steps"] == s2["steps"] == 6 and s2["world_size"] == 2 and s2["backend"] == "gloo"
     assert np.isfinite(s2["losses"]).all()  # rank 0's own share of each step's loss (its scaled half)
 
 
-@pytest.mark.notebook
+@pytest.mark.launch
 def test_two_nodes_on_one_machine_match_two_ranks_in_one_launch(tmp_path, tiny):
-    """The multi-machine path for real: two torchrun launches (--nnodes 2, one per node rank, c10d rendezvous on
-    127.0.0.1) finish with the weights of world size 2 in one launch."""
+    """The multi-machine path for real: two torchrun launches (--nnodes 2, one per node rank, c10d rendezvous
+    on 127.0.0.1) finish with the weights of world size 2 in one launch."""
     spec, out = _spec(tmp_path, tiny, 2)
     launch(spec, 2, timeout=300)
     single = load_file(out / "weights.safetensors")
-    port = lib.distributed.free_port()
-    procs = [subprocess.Popen(torchrun_command(spec, 1, nnodes=2, node_rank=r, rdzv_endpoint=f"127.0.0.1:{port}",
-                                               rdzv_id="test2nodes"), cwd=lib.paths.ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    port = lib.launch.free_port()
+    procs = [
+        subprocess.Popen(
+            torchrun_command(
+                spec, 1, nnodes=2, node_rank=r, rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="test2nodes"
+            ),
+            cwd=lib.runner.paths.ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
     nodes = load_file(out / "weights.safetensors")  # node 0's rank 0 wrote it
     assert max(float((single[k] - nodes[k]).abs().max()) for k in single) < 1e-6
 
 
-@pytest.mark.notebook
+@pytest.mark.launch
 def test_a_crashing_worker_fails_the_launch_with_its_own_error(tmp_path, tiny):
     spec, _ = _spec(tmp_path, tiny, 2)
     spec.write_text(json.dumps({**json.loads(spec.read_text()), "fail_on_rank": 1}))
@@ -91,24 +130,30 @@ def test_a_crashing_worker_fails_the_launch_with_its_own_error(tmp_path, tiny):
 
 
 def test_worker_error_is_found_in_torchrun_output():
-    stderr = "W1126 warning\nTraceback (most recent call last):\n  File x\nValueError: bad shape (3, 4)\n" \
-             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
-    assert lib.distributed.worker_error(stderr) == "ValueError: bad shape (3, 4)"
+    stderr = (
+        "W1126 warning\nTraceback (most recent call last):\n  File x\nValueError: bad shape (3, 4)\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+    )
+    assert lib.launch.worker_error(stderr) == "ValueError: bad shape (3, 4)"
 
 
 def test_the_loss_scaling_matches_one_batch_and_a_per_slice_mean_does_not(tiny):
-    """In one process, no DDP: the average of the simulated ranks' gradients is the global batch's gradient with
-    scaled_loss; with each slice's plain mean (the usual mistake) it is not, once the slices differ in size."""
+    """In one process, no DDP: the average of the simulated ranks' gradients is the global batch's gradient
+    with scaled_loss; with each slice's plain mean (the usual mistake) it is not, once the slices differ in
+    size."""
     make, tokenizer = tiny
     model = make()
     enc = lib.data.Encoded(toy_dataset(40), tokenizer, 16)
-    good = lib.distributed.simulated_ranks_gap(model, enc, tokenizer, lib.distributed.scaled_loss, 7, 2, seed=1)
+    good = lib.distributed.simulated_ranks_gap(
+        model, enc, tokenizer, lib.distributed.scaled_loss, 7, 2, seed=1
+    )
     assert good["max_abs_grad_diff"] <= 1e-6 * good["max_abs_grad"]
 
     def slice_mean(world):
         def loss(m, batch):
             batch = {k: v for k, v in batch.items() if k != lib.distributed.WEIGHT}
             return m(**batch).loss  # mean over this rank's slice only: 4 and 3 examples weigh the same
+
         return loss
 
     bad = lib.distributed.simulated_ranks_gap(model, enc, tokenizer, slice_mean, 7, 2, seed=1)
@@ -119,7 +164,9 @@ def test_counting_allreduce_counts_payload_bytes_per_step():
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{lib.distributed.free_port()}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{lib.launch.free_port()}", rank=0, world_size=1
+    )
     try:
         counter = lib.distributed.CountingAllReduce()
         with counter:
@@ -139,8 +186,12 @@ def test_ring_allreduce_model():
     ring = lib.distributed.ring_allreduce_seconds
     assert ring(1e9, 1, 8.0, 1e-3) == 0.0  # one worker sends nothing
     assert ring(1e9, 2, 8.0, 0.0) == pytest.approx(1.0)  # 2 (W-1)/W = 1: the whole gigabyte once, at 1 GB/s
-    assert ring(1e9, 64, 8.0, 0.0) == pytest.approx(2 * 63 / 64)  # bandwidth term bounded by 2x: the ring's point
-    assert ring(0, 4, 8.0, 1e-3, messages=3) == pytest.approx(2 * 3 * 1e-3 * 3)  # 2 (W-1) latencies per message
+    assert ring(1e9, 64, 8.0, 0.0) == pytest.approx(
+        2 * 63 / 64
+    )  # bandwidth term bounded by 2x: the ring's point
+    assert ring(0, 4, 8.0, 1e-3, messages=3) == pytest.approx(
+        2 * 3 * 1e-3 * 3
+    )  # 2 (W-1) latencies per message
     frame = lib.distributed.scaling_model(0.5, 0.3, 32, {"allreduce": 90e6, "fp16": 45e6})
     for _, part in frame.groupby(["network", "scheme", "overlap"]):
         eff = part.sort_values("workers")["efficiency"].to_numpy()
@@ -149,18 +200,35 @@ def test_ring_allreduce_model():
     both = frame.pivot_table(index=key, columns="overlap", values="step_s")
     assert (both["backward"] <= both["none"]).all()  # hiding communication never makes a step longer
     slow = frame[(frame.workers == 64) & (frame.overlap == "none") & (frame.network == "1 Gb/s Ethernet")]
-    assert slow.set_index("scheme")["efficiency"]["fp16"] > slow.set_index("scheme")["efficiency"]["allreduce"]
+    assert (
+        slow.set_index("scheme")["efficiency"]["fp16"] > slow.set_index("scheme")["efficiency"]["allreduce"]
+    )
 
 
-def test_runs_table_reads_step_times_and_ddp_split():
-    one = {"world_size": 1, "batch_size": 32, "threads_per_rank": 2, "steps": 5, "step_seconds": [9, 9, 1.0, 1.0, 1.0],
-           "allreduce_bytes_per_step": 0.0}
-    two = {"world_size": 2, "batch_size": 32, "threads_per_rank": 1, "comm_hook": "fp16", "steps": 5,
-           "step_seconds": [9, 9, 2.0, 2.0, 2.0], "allreduce_bytes_per_step": 45e6,
-           "ddp_timing": {"forward": 0.5, "backward_compute": 1.0, "backward_comm": 0.8, "overlap": 0.6}}
-    table = lib.distributed.runs_table({"one": one, "two": two}, reference="one", warmup=2)
+def test_step_table_reads_step_times_and_ddp_split():
+    one = {
+        "world_size": 1,
+        "batch_size": 32,
+        "threads_per_rank": 2,
+        "steps": 5,
+        "step_seconds": [9, 9, 1.0, 1.0, 1.0],
+        "allreduce_bytes_per_step": 0.0,
+    }
+    two = {
+        "world_size": 2,
+        "batch_size": 32,
+        "threads_per_rank": 1,
+        "comm_hook": "fp16",
+        "steps": 5,
+        "step_seconds": [9, 9, 2.0, 2.0, 2.0],
+        "allreduce_bytes_per_step": 45e6,
+        "ddp_timing": {"forward": 0.5, "backward_compute": 1.0, "backward_comm": 0.8, "overlap": 0.6},
+    }
+    table = lib.distributed.step_table({"one": one, "two": two}, reference="one", warmup=2)
     assert table.loc["one", "samples_per_s"] == 32 and table.loc["two", "speedup_vs_reference"] == 0.5
-    assert table.loc["two", "exposed_comm_s"] == pytest.approx(0.2) and table.loc["two", "other_s"] == pytest.approx(0.3)
+    assert table.loc["two", "exposed_comm_s"] == pytest.approx(0.2) and table.loc[
+        "two", "other_s"
+    ] == pytest.approx(0.3)
     assert table.loc["two", "mb_per_step"] == 45
 
 
@@ -183,30 +251,48 @@ def test_a_busy_rendezvous_port_is_a_clear_error(tmp_path):
         assert time.perf_counter() - t0 < 1  # refused before starting anything
 
 
-@pytest.mark.notebook
+@pytest.mark.slow  # 05_distributed's smoke run covers sharded evaluation and the PowerSGD hook
 def test_sharded_evaluation_equals_one_process_and_hooks_send_what_they_say(tmp_path, tiny):
-    """Distributed evaluation (every other batch per rank, gathered) gives one process's logits exactly; fp16 sends
-    exactly half of plain all-reduce's bytes, PowerSGD far fewer (after its plain first steps)."""
+    """Distributed evaluation (every other batch per rank, gathered) gives one process's logits exactly; fp16
+    sends exactly half of plain all-reduce's bytes, PowerSGD far fewer (after its plain first steps)."""
     _, tokenizer = tiny
     test = lib.data.Encoded(toy_dataset(50, seed=3), tokenizer, 16)
     (tmp_path / "test.json").write_text(json.dumps(test.features))
     stats = {}
     for hook in lib.distributed.COMM_HOOKS:
-        spec, out = _spec(tmp_path, tiny, 2, comm_hook=hook, eval_features=str(tmp_path / "test.json"),
-                          eval_batch_size=8, out=str(tmp_path / hook))
+        spec, out = _spec(
+            tmp_path,
+            tiny,
+            2,
+            comm_hook=hook,
+            eval_features=str(tmp_path / "test.json"),
+            eval_batch_size=8,
+            out=str(tmp_path / hook),
+        )
         stats[hook] = launch(spec, 2, echo=None, timeout=300)
-    trained = lib.distributed.load_weights(tmp_path / "allreduce", lib.models.fresh_classifier(lib.models.TINY, 2))
+    trained = lib.distributed.load_weights(
+        tmp_path / "allreduce", lib.models.fresh_classifier(lib.models.TINY, 2)
+    )
     one, _ = lib.evaluate.predict_logits(trained, lib.data.make_loader(test, tokenizer, 8, shuffle=False))
     gathered = np.load(tmp_path / "allreduce" / "eval_logits.npy")
     assert gathered.shape == one.shape == (50, 2) and np.abs(one - gathered).max() < 1e-6
     plain = stats["allreduce"]["allreduce_bytes_per_step"]
     assert plain == stats["allreduce"]["grad_bytes_fp32"] == 4 * stats["allreduce"]["grad_numel"]
     assert stats["fp16"]["allreduce_bytes_per_step"] == plain / 2
-    assert stats["powersgd"]["allreduce_bytes_per_step"] < plain / 2 and stats["powersgd"]["powersgd_compression_rate"] > 2
+    assert (
+        stats["powersgd"]["allreduce_bytes_per_step"] < plain / 2
+        and stats["powersgd"]["powersgd_compression_rate"] > 2
+    )
     assert stats["powersgd"]["allreduce_bytes"][0] == plain  # its first steps are plain all-reduce
-    assert set(stats["allreduce"]["ddp_timing"]) == {"forward", "backward_compute", "backward_comm", "overlap"}
+    assert set(stats["allreduce"]["ddp_timing"]) == {
+        "forward",
+        "backward_compute",
+        "backward_comm",
+        "overlap",
+    }
 
 
+@pytest.mark.launch
 def test_a_launch_that_overruns_its_timeout_is_killed_whole(tmp_path, tiny):
     import time
 

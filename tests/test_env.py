@@ -12,7 +12,7 @@ from packaging.version import Version
 
 import lib
 
-ROOT = lib.paths.ROOT
+ROOT = lib.runner.paths.ROOT
 
 
 def norm(name: str) -> str:
@@ -47,8 +47,9 @@ def test_every_dependency_is_pinned_and_consistent():
     for dep in project["dependencies"] + project["optional-dependencies"]["dev"]:
         req = Requirement(dep)
         assert norm(req.name) in pins, f"{req.name} is not pinned in requirements/constraints.txt (make lock)"
-        assert Version(pins[norm(req.name)]) in req.specifier, \
+        assert Version(pins[norm(req.name)]) in req.specifier, (
             f"{req.name}=={pins[norm(req.name)]} violates pyproject's {req.specifier}"
+        )
     assert pins["torch"] == "2.13.0"
 
 
@@ -61,4 +62,6 @@ def test_installed_versions_match_the_lock():
             got = version(name).split("+")[0]
         except PackageNotFoundError:
             continue
-        assert got == pins[norm(name)], f"{name} {got} installed, lock says {pins[norm(name)]}: run make install"
+        assert got == pins[norm(name)], (
+            f"{name} {got} installed, lock says {pins[norm(name)]}: run make install"
+        )

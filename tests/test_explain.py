@@ -1,5 +1,5 @@
-"""Explanations (lib.techniques.explain): words, word pieces, LIME and IG on a tiny model, and the faithfulness
-measures on a toy classifier whose right answer is known."""
+"""Explanations (lib.techniques.explain): words, word pieces, LIME and IG on a tiny model, and the
+faithfulness measures on a toy classifier whose right answer is known."""
 
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ def test_word_pieces_are_summed_into_their_word_and_special_tokens_dropped(tiny)
     offsets = enc["offset_mapping"]
     words = Words.of(text)
     pieces = [tokenizer.convert_ids_to_tokens(i) for i in enc["input_ids"]]
-    assert sum(p.startswith("##") for p in pieces) >= 1  # the case this test is about: a word in several pieces
+    assert (
+        sum(p.startswith("##") for p in pieces) >= 1
+    )  # the case this test is about: a word in several pieces
     scores = merge_pieces(offsets, words.spans, np.ones(len(offsets)))
     per_word = [sum(1 for a, b in offsets if b > a and s <= a < e) for s, e in words.spans]
-    assert scores.tolist() == per_word  # each word gets exactly its pieces; [CLS], [SEP], ',' and '.' go nowhere
+    assert (
+        scores.tolist() == per_word
+    )  # each word gets exactly its pieces; [CLS], [SEP], ',' and '.' go nowhere
     assert scores.sum() < len(offsets)
 
 
@@ -63,8 +67,12 @@ def test_pick_examples_finds_each_role():
     probs = np.array([[0.95, 0.05], [0.52, 0.48], [0.9, 0.1], [0.45, 0.55], [0.2, 0.8]])
     labels = np.array([0, 0, 1, 0, 1])
     roles = pick_examples(probs, labels)
-    assert roles == {"confident-correct-1": 0, "confident-wrong-1": 2, "uncertain-correct-1": 1,
-                     "uncertain-wrong-1": 3}
+    assert roles == {
+        "confident-correct-1": 0,
+        "confident-wrong-1": 2,
+        "uncertain-correct-1": 1,
+        "uncertain-wrong-1": 3,
+    }
 
 
 def test_text_proba_batches_and_keeps_the_order(tiny):
@@ -102,7 +110,9 @@ def test_lime_refuses_a_text_without_words(tiny):
 
 def test_global_words_weigh_every_explanation_the_same():
     a, b = Words.of("good film"), Words.of("bad film good")
-    frame = lib.explain.global_words([(a, np.array([10.0, 0.0])), (b, np.array([-0.1, 0.0, 0.1]))], min_count=2)
+    frame = lib.explain.global_words(
+        [(a, np.array([10.0, 0.0])), (b, np.array([-0.1, 0.0, 0.1]))], min_count=2
+    )
     assert frame.index.tolist() == ["good", "film"]  # 'bad' is seen once
     assert frame.loc["good", "mean_score"] == pytest.approx(1.0)  # 10/10 and 0.1/0.1: scale removed
     assert frame.loc["good", "count"] == 2

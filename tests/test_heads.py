@@ -22,8 +22,11 @@ def test_masked_mean_ignores_padding():
 def test_mean_head_gives_the_same_logits_padded_or_not():
     model, tok = tiny_mean()
     alone = tok(["a quietly moving film"], return_tensors="pt")
-    padded = tok(["a quietly moving film", "a much longer review that forces padding on the first one"],
-                 padding=True, return_tensors="pt")
+    padded = tok(
+        ["a quietly moving film", "a much longer review that forces padding on the first one"],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         a = model(**alone).logits[0]
         b = model(**padded).logits[0]
@@ -37,8 +40,12 @@ def test_mean_head_trains_and_round_trips_as_an_artifact(tmp_path):
     model, tok = tiny_mean()
     assert lib.models.pooling_of(model) == "mean"
     loaders = loaders_for(tok)
-    lib.train.fit(model, loaders.train, loaders.val, lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3,
-                                                                           progress=False))
+    lib.train.fit(
+        model,
+        loaders.train,
+        loaders.val,
+        lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3, progress=False),
+    )
     path = lib.artifacts.save(tmp_path / "m", model, tok, {"seed": 0})
     again, _, _ = lib.artifacts.load(path)
     assert isinstance(again, MeanPoolingBertForSequenceClassification)
@@ -48,7 +55,9 @@ def test_mean_head_trains_and_round_trips_as_an_artifact(tmp_path):
 def test_packaged_model_mean_head_uses_every_pretrained_weight_but_the_pooler(recwarn):
     model, _ = lib.models.load_model("minilm-l6", 2, pooling="mean")
     assert isinstance(model, MeanPoolingBertForSequenceClassification)
-    assert not [w for w in recwarn if "loading" in str(w.message)]  # the unused pooler is expected, not reported
+    assert not [
+        w for w in recwarn if "loading" in str(w.message)
+    ]  # the unused pooler is expected, not reported
     assert 22e6 < lib.models.count_params(model) < 23e6
 
 
@@ -63,4 +72,4 @@ def test_mean_head_works_with_lora():
 def test_bad_pooling_is_rejected():
     with pytest.raises(ValueError, match="pooling must be one of"):
         lib.models.load_model(lib.models.TINY, 2, pooling="max")
-    assert "not one of" in lib.params.RULES["pooling"]("max")
+    assert "not one of" in lib.runner.params.RULES["pooling"]("max")

@@ -44,7 +44,9 @@ def trained_looking(m):
 def test_merge_lora_matches_the_adapters_and_peft(tiny):
     make, tokenizer = tiny
     m = trained_looking(lora_model(make))
-    loader = lib.data.make_loader(lib.data.Encoded(toy_dataset(24), tokenizer, 16), tokenizer, 8, shuffle=False)
+    loader = lib.data.make_loader(
+        lib.data.Encoded(toy_dataset(24), tokenizer, 16), tokenizer, 8, shuffle=False
+    )
     merged = lib.lora.merge_lora(m)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert lib.models.count_params(merged) == lib.models.count_params(make())  # the base model's shapes
@@ -63,14 +65,22 @@ def test_adapter_artifact_loads_onto_the_base_its_metadata_names(tiny, tmp_path)
     make().save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
     base = lib.models.load_model(str(base_dir), 2, ["neg", "pos"])[0]
-    m = trained_looking(lib.lora.add_lora(base, r=4, alpha=8.0, dropout=0.0, target_modules=["query", "value"]))
-    path = lib.artifacts.save(tmp_path / "lora", m, tokenizer, {"params": {"model": str(base_dir), "pooling": "cls"},
-                                                                "label_names": ["neg", "pos"]})
-    assert lib.catalog.artifact_kind(path) == "adapter"
+    m = trained_looking(
+        lib.lora.add_lora(base, r=4, alpha=8.0, dropout=0.0, target_modules=["query", "value"])
+    )
+    path = lib.artifacts.save(
+        tmp_path / "lora",
+        m,
+        tokenizer,
+        {"params": {"model": str(base_dir), "pooling": "cls"}, "label_names": ["neg", "pos"]},
+    )
+    assert lib.runner.catalog.artifact_kind(path) == "adapter"
     assert lib.artifacts.file_mb(path) == pytest.approx(lib.lora.adapter_mb(m))
     assert lib.artifacts.file_mb(path) < lib.bench.size_info(make())["size_mb"] / 5
     again, _, meta = lib.artifacts.load(path)
-    loader = lib.data.make_loader(lib.data.Encoded(toy_dataset(24), tokenizer, 16), tokenizer, 8, shuffle=False)
+    loader = lib.data.make_loader(
+        lib.data.Encoded(toy_dataset(24), tokenizer, 16), tokenizer, 8, shuffle=False
+    )
     assert lib.evaluate.compare_predictions(m, again, loader)["max_abs_logit_diff"] < 1e-6
 
 
@@ -81,15 +91,29 @@ def test_adapter_without_its_base_is_a_clear_error(tiny, tmp_path):
         lib.artifacts.load(path)
 
 
+@pytest.mark.slow  # a fresh process per timing; 01_lora_finetune's smoke run uses the same probe
 def test_isolated_training_speed(tiny):
     _, tokenizer = tiny
     feats = lib.data.Encoded(toy_dataset(64), tokenizer, 16).features
-    common = dict(tokenizer_spec=lib.models.TINY, features=feats, batch_size=16, steps=3, learning_rate=1e-3, seed=0)
+    common = dict(
+        tokenizer_spec=lib.models.TINY, features=feats, batch_size=16, steps=3, learning_rate=1e-3, seed=0
+    )
     base = dict(spec=lib.models.TINY, num_labels=2, seed=0)
-    full = lib.bench.isolated(lib.train.training_speed, factory=lib.models.fresh_classifier, factory_kwargs=base,
-                              **common)
-    lora = lib.bench.isolated(lib.train.training_speed, factory=lib.lora.lora_model, **common, factory_kwargs={
-        **base, "r": 2, "alpha_scale": 2.0, "dropout": 0.0, "target_modules": ["query", "value"]})
+    full = lib.bench.isolated(
+        lib.train.training_speed, factory=lib.models.fresh_classifier, factory_kwargs=base, **common
+    )
+    lora = lib.bench.isolated(
+        lib.train.training_speed,
+        factory=lib.lora.lora_model,
+        **common,
+        factory_kwargs={
+            **base,
+            "r": 2,
+            "alpha_scale": 2.0,
+            "dropout": 0.0,
+            "target_modules": ["query", "value"],
+        },
+    )
     assert full["steps"] == lora["steps"] == 3
     assert full["samples_per_s"] > 0 and full["peak_mem_mb"] > 0
     assert lora["trainable_params"] < full["trainable_params"] == full["total_params"]

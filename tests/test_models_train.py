@@ -33,7 +33,9 @@ def test_packaged_model_loads_with_a_new_head_and_no_noise(recwarn, caplog):
     model, tokenizer = lib.models.load_model("minilm-l6", 3, ["a", "b", "c"])
     assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
     assert 22e6 < lib.models.count_params(model) < 23e6
-    assert not [w for w in recwarn if "loading" in str(w.message)]  # only the head is new: expected, not reported
+    assert not [
+        w for w in recwarn if "loading" in str(w.message)
+    ]  # only the head is new: expected, not reported
     assert "LOAD REPORT" not in caplog.text
 
 
@@ -76,19 +78,19 @@ def test_save_is_atomic_when_interrupted(tiny, tmp_path, monkeypatch):
 
 def test_missing_and_corrupt_artifacts(tiny, outputs):
     with pytest.raises(ArtifactError, match=r"missing.*Run 00_baseline first.*--only 00_baseline"):
-        lib.catalog.require_artifact("smoke", "teacher")
+        lib.runner.catalog.require_artifact("smoke", "teacher")
     make, tokenizer = tiny
-    path = lib.artifacts.save(lib.runs.artifact_dir("smoke", "teacher"), make(), tokenizer, {})
-    assert lib.catalog.require_artifact("smoke", "teacher") == path
+    path = lib.artifacts.save(lib.runner.folders.artifact_dir("smoke", "teacher"), make(), tokenizer, {})
+    assert lib.runner.catalog.require_artifact("smoke", "teacher") == path
     (path / "model.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(ArtifactError, match="corrupt"):
         lib.artifacts.load(path)
     (path / "metadata.json").write_text("{broken")
     with pytest.raises(ArtifactError, match="corrupt"):
-        lib.catalog.require_artifact("smoke", "teacher")
+        lib.runner.catalog.require_artifact("smoke", "teacher")
     (path / "config.json").unlink()
     with pytest.raises(ArtifactError, match="config.json missing"):
-        lib.catalog.require_artifact("smoke", "teacher")
+        lib.runner.catalog.require_artifact("smoke", "teacher")
 
 
 def test_fit_learns_and_keeps_best(tiny):
@@ -102,7 +104,9 @@ def test_fit_learns_and_keeps_best(tiny):
     assert np.mean(hist.step_losses[-6:]) < np.mean(hist.step_losses[:6])
     best = max(e["val_accuracy"] for e in hist.epochs)
     assert before < 0.9 <= best
-    assert lib.evaluate.evaluate(model, loaders.val)["accuracy"] == pytest.approx(best)  # best weights restored
+    assert lib.evaluate.evaluate(model, loaders.val)["accuracy"] == pytest.approx(
+        best
+    )  # best weights restored
     assert hist.peak_mem_mb > 0 and not model.training
 
 
@@ -122,7 +126,9 @@ def test_fit_on_a_used_loader_sees_the_same_batches(tiny):
     loaders = loaders_for(tokenizer, seed=3)  # one loader, three runs: the third must equal the first
     cfg = lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3, seed=3, progress=False)
     first = lib.train.fit(make(seed=3), loaders.train, None, cfg).step_losses
-    lib.train.fit(make(seed=3), loaders.train, None, lib.train.TrainConfig(num_epochs=1, seed=5, progress=False))
+    lib.train.fit(
+        make(seed=3), loaders.train, None, lib.train.TrainConfig(num_epochs=1, seed=5, progress=False)
+    )
     assert lib.train.fit(make(seed=3), loaders.train, None, cfg).step_losses == first
 
 
@@ -132,8 +138,15 @@ def test_fit_keeps_the_moving_average_of_the_weights(tiny):
 
     def weights(steps: int, ema: float = 0.0, val=None):
         model = make(seed=3)
-        cfg = lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, warmup_frac=0.0, max_steps=steps, seed=3,
-                                    ema_decay=ema, progress=False)
+        cfg = lib.train.TrainConfig(
+            num_epochs=1,
+            learning_rate=1e-2,
+            warmup_frac=0.0,
+            max_steps=steps,
+            seed=3,
+            ema_decay=ema,
+            progress=False,
+        )
         hist = lib.train.fit(model, loaders.train, val, cfg)
         return {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}, hist
 
@@ -158,8 +171,9 @@ def test_fit_hooks_custom_loss_prepare_max_steps_and_frozen_params(tiny):
 
     def loss_fn(m, batch):
         calls["loss"] += 1
-        return torch.nn.functional.cross_entropy(m(**{k: v for k, v in batch.items() if k != "labels"}).logits,
-                                                 batch["labels"])
+        return torch.nn.functional.cross_entropy(
+            m(**{k: v for k, v in batch.items() if k != "labels"}).logits, batch["labels"]
+        )
 
     def prepare(m, opt, loader):
         calls["prepare"] += 1
@@ -183,8 +197,9 @@ def test_no_trainable_parameters_is_a_clear_error(tiny):
 def test_compare_with_hf_trainer(tiny):
     make, tokenizer = tiny
     enc = loaders_for(tokenizer).encoded["train"]
-    df = lib.baselines.compare_with_hf_trainer(lambda: make(), enc, tokenizer, batch_size=16, steps=3,
-                                           learning_rate=1e-3, seed=0)
+    df = lib.baselines.compare_with_hf_trainer(
+        lambda: make(), enc, tokenizer, batch_size=16, steps=3, learning_rate=1e-3, seed=0
+    )
     assert list(df.index) == ["lib.train.fit", "transformers.Trainer"]
     assert all(len(x) == 3 for x in df["losses"]) and (df["samples_per_s"] > 0).all()
     speed = 3 * 16 / df["seconds"]  # samples per second of the median round, from the timed seconds
@@ -209,18 +224,24 @@ def test_bf16_training_casts_the_forward_and_keeps_fp32_weights(tiny):
     runs = {}
     for precision in ("fp32", "bf16"):
         model = make(seed=3)
-        cfg = lib.train.TrainConfig(num_epochs=6, learning_rate=3e-3, seed=3, progress=False, precision=precision)
-        runs[precision] = lib.train.fit(model, loaders_for(tokenizer, seed=3).train, loaders_for(tokenizer, seed=3).val,
-                                        cfg)
+        cfg = lib.train.TrainConfig(
+            num_epochs=6, learning_rate=3e-3, seed=3, progress=False, precision=precision
+        )
+        runs[precision] = lib.train.fit(
+            model, loaders_for(tokenizer, seed=3).train, loaders_for(tokenizer, seed=3).val, cfg
+        )
         assert all(p.dtype == torch.float32 for p in model.parameters())  # only the forward is cast
     assert runs["bf16"].precision == "bf16" and runs["fp32"].precision == "fp32"
-    assert runs["bf16"].step_losses[0] != runs["fp32"].step_losses[0]  # autocast really changed the arithmetic
+    assert (
+        runs["bf16"].step_losses[0] != runs["fp32"].step_losses[0]
+    )  # autocast really changed the arithmetic
     assert abs(runs["bf16"].step_losses[0] - runs["fp32"].step_losses[0]) < 0.05  # ... by bf16 rounding only
     assert max(e["val_accuracy"] for e in runs["bf16"].epochs) >= 0.9  # and it still learns
 
 
 def test_under_the_runner_the_training_bar_does_not_flood_the_log(tiny, monkeypatch, capsys):
-    """The runner streams every redraw to the terminal and into the executed notebook: at most one per few seconds."""
+    """The runner streams every redraw to the terminal and into the executed notebook: at most one per few
+    seconds."""
     make, tokenizer = tiny
     monkeypatch.setenv("MUXL_RUN_BY", "runner")
     cfg = lib.train.TrainConfig(num_epochs=4, learning_rate=1e-3, seed=0)  # 24 steps, a second or two

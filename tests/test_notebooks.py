@@ -1,12 +1,13 @@
-"""Notebook tier: hygiene of the committed notebooks; the smoke profile run end to end once, checked by named tests;
-and every Summary's claims checked against flipped numbers (a claim must follow the record, not be typed in).
+"""Notebook tier: hygiene of the committed notebooks; the smoke profile run end to end once, checked by named
+tests; and every Summary's claims checked against flipped numbers (a claim must follow the record, not be
+typed in).
 
-(``make test-all`` additionally executes every notebook in ``notebooks/`` with its own defaults through nbval.)
+(``make test-all`` additionally executes every notebook in ``notebooks/`` with its own defaults through
+nbval.)
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -15,9 +16,9 @@ from types import SimpleNamespace
 import pytest
 
 import lib
-from lib.run import main
+from lib.runner.cli import main
 
-NOTEBOOKS = sorted(lib.paths.NOTEBOOKS.glob("*.ipynb"))
+NOTEBOOKS = sorted(lib.runner.paths.NOTEBOOKS.glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -25,21 +26,26 @@ def test_committed_notebooks_are_clean(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
-            assert not cell.get("outputs"), f"{path.name} cell {i} has outputs: strip them (make clean-notebooks)"
+            assert not cell.get("outputs"), (
+                f"{path.name} cell {i} has outputs: strip them (make clean-notebooks)"
+            )
             assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
     tagged = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
     assert nb["cells"].index(tagged[0]) <= 2, "the parameters cell belongs near the top"
     sources = ["".join(c["source"]) for c in nb["cells"]]
-    assert any(s.startswith("## Summary") for s in sources) and any(s.startswith("## Exercises") for s in sources)
+    assert any(s.startswith("## Summary") for s in sources) and any(
+        s.startswith("## Exercises") for s in sources
+    )
     assert "sys.path" not in "".join(sources), "import lib as an installed package, no sys.path hacks"
 
 
 def test_no_model_files_are_committed():
     """Models and run outputs are written under outputs/ (git-ignored); a weights file in git is a mistake."""
     try:
-        tracked = subprocess.run(["git", "ls-files"], cwd=lib.paths.ROOT, capture_output=True, text=True,
-                                 check=True).stdout
+        tracked = subprocess.run(
+            ["git", "ls-files"], cwd=lib.runner.paths.ROOT, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
     binary = (".onnx", ".data", ".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -47,26 +53,33 @@ def test_no_model_files_are_committed():
 
 
 def test_every_notebook_is_in_the_catalog():
-    assert [p.stem for p in NOTEBOOKS] == [nb.name for nb in lib.catalog.NOTEBOOKS]
+    assert [p.stem for p in NOTEBOOKS] == [nb.name for nb in lib.runner.catalog.NOTEBOOKS]
 
 
 def test_every_parameter_rule_is_used_by_a_notebook():
-    declared = {name for nb in lib.catalog.NOTEBOOKS for name in lib.params.declared(nb.name)}
-    assert not set(lib.params.RULES) - declared, "rules for parameters no notebook declares: remove them"
+    declared = {name for nb in lib.runner.catalog.NOTEBOOKS for name in lib.runner.params.declared(nb.name)}
+    assert not set(lib.runner.params.RULES) - declared, (
+        "rules for parameters no notebook declares: remove them"
+    )
 
 
-# ---------------------------------------------------------------------------------------------- the smoke run
+# ------------------------------------------------------------------------ the smoke run
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """Run every notebook once on the smoke profile (into a temp folder); the tests below read what it wrote."""
+    """Run every notebook once on the smoke profile (into a temp folder); the tests below read what it
+    wrote."""
     out = tmp_path_factory.mktemp("smoke-outputs")
     old = os.environ.get("MUXL_OUTPUTS")
     os.environ["MUXL_OUTPUTS"] = str(out)
     try:
         code = main(["--profile", "smoke"])
-        yield SimpleNamespace(code=code, root=lib.runs.latest("smoke") or out / "smoke",
-                              rec={nb.name: _load("smoke", nb.name) for nb in lib.catalog.NOTEBOOKS})
+        yield SimpleNamespace(
+            code=code,
+            root=lib.runner.folders.latest("smoke") or out / "smoke",
+            rec={nb.name: _load("smoke", nb.name) for nb in lib.runner.catalog.NOTEBOOKS},
+        )
     finally:
         if old is None:
             os.environ.pop("MUXL_OUTPUTS", None)
@@ -76,7 +89,7 @@ def smoke(tmp_path_factory):
 
 def _load(profile, name):
     try:
-        return lib.results.load(profile, name)
+        return lib.runner.records.load(profile, name)
     except FileNotFoundError:
         return None
 
@@ -88,17 +101,19 @@ def by_name(rec):
 @pytest.mark.notebook
 def test_smoke_run_finishes_every_notebook(smoke):
     assert smoke.code == 0
-    for nb in lib.catalog.NOTEBOOKS:
+    for nb in lib.runner.catalog.NOTEBOOKS:
         assert smoke.rec[nb.name] is not None, f"{nb.name} wrote no record"
         assert (smoke.root / "notebooks" / f"{nb.name}.ipynb").exists()
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("name", [nb.name for nb in lib.catalog.NOTEBOOKS])
+@pytest.mark.parametrize("name", [nb.name for nb in lib.runner.catalog.NOTEBOOKS])
 def test_smoke_records_are_valid_timed_and_have_their_figures(smoke, name):
     rec = smoke.rec[name]
-    lib.results.validate_record(rec)
-    assert rec["profile"] == "smoke" and rec["params"].get("max_train_samples", 128) == 128  # 05 sizes by train_steps
+    lib.runner.records.validate_record(rec)
+    assert rec["profile"] == "smoke" and rec["params"] == lib.runner.params.resolve(
+        "smoke", name
+    )  # what it ran with
     assert rec["run_seconds"] > 0  # stamped by the runner
     assert rec["env"]["isa"] == lib.utils.isa()  # every speed figure names the CPU class
     for fig in rec["figures"]:
@@ -107,9 +122,9 @@ def test_smoke_records_are_valid_timed_and_have_their_figures(smoke, name):
 
 @pytest.mark.notebook
 def test_smoke_artifacts_reload_and_nothing_half_written(smoke):
-    for nb in lib.catalog.NOTEBOOKS:
+    for nb in lib.runner.catalog.NOTEBOOKS:
         for artifact in nb.produces:
-            assert lib.catalog.check_artifact(smoke.root / "models" / artifact) is None
+            assert lib.runner.catalog.check_artifact(smoke.root / "models" / artifact) is None
     assert not list(smoke.root.rglob("*.tmp"))
 
 
@@ -123,10 +138,11 @@ def test_smoke_00_split_and_real_teacher(smoke):
 
 
 @pytest.mark.notebook
-def test_smoke_00_lib_loop_runs_at_trainers_speed(smoke):
+def test_smoke_00_lib_loop_computes_what_the_trainer_computes(smoke):
     f = smoke.rec["00_baseline"]["findings"]
-    assert f["lib_vs_trainer_speed_ratio"] == pytest.approx(f["lib_samples_per_s"] / f["trainer_samples_per_s"])
-    assert 0.3 < f["lib_vs_trainer_speed_ratio"] < 3.0  # same work: neither loop is wildly slower
+    assert f["lib_final_loss"] == pytest.approx(
+        f["trainer_final_loss"], abs=1e-5
+    )  # same batches, same updates
 
 
 @pytest.mark.notebook
@@ -157,21 +173,27 @@ def test_smoke_02_structured_model_is_smaller_and_reloads(smoke):
 def test_smoke_03_best_int8_is_small_and_reloads_exactly(smoke):
     rec = smoke.rec["03_quantize"]
     f, v = rec["findings"], by_name(rec)
-    assert {(x["backend"], x["dtype"]) for x in rec["variants"]} >= {("torch", "int8"), ("onnxruntime", "int8")}
+    assert {(x["backend"], x["dtype"]) for x in rec["variants"]} >= {
+        ("torch", "int8"),
+        ("onnxruntime", "int8"),
+    }
     best = v[f["best_int8"]]
-    assert best["dtype"] == "int8" and best["size_mb"] < v["fp32"]["size_mb"] / 3.5  # embeddings quantized too
-    assert best["max_abs_logit_diff"] > 0  # int8 really changed the numbers (agreement is measured, not assumed)
+    assert (
+        best["dtype"] == "int8" and best["size_mb"] < v["fp32"]["size_mb"] / 3.5
+    )  # embeddings quantized too
+    assert (
+        best["max_abs_logit_diff"] > 0
+    )  # int8 really changed the numbers (agreement is measured, not assumed)
     assert f["reload_label_agreement"] == 1.0 and f["reload_max_abs_logit_diff"] == 0.0
     assert 0.5 < f["embedding_share"] < 0.6  # MiniLM: half its weights are the embedding table
 
 
 @pytest.mark.notebook
-def test_smoke_04_students_are_smaller_and_retention_is_a_ratio(smoke):
+def test_smoke_04_students_are_smaller_and_reload(smoke):
     rec = smoke.rec["04_distill"]
     f, v = rec["findings"], by_name(rec)
     assert {"teacher", "student-kd", "student-labels"} <= set(v) and v["teacher"]["role"] == "reference"
     assert v["student-kd"]["layers"] == 3 and v["student-kd"]["num_params"] < v["teacher"]["num_params"]
-    assert f["retention"] == pytest.approx(v["student-kd"]["accuracy"] / v["teacher"]["accuracy"])
     assert f["teacher_logits_cached"] == 128 and f["reload_max_abs_logit_diff"] == 0.0
     assert any(x.get("sweep") for x in rec["variants"])
 
@@ -186,9 +208,14 @@ def test_smoke_05_ranks_equal_one_process_and_bytes_are_measured(smoke):
     assert set(f["throughput"]) == {"1", "2"} and all(x > 0 for x in f["throughput"].values())
     assert f["grad_bytes_per_step"] == 4 * v["1process"]["num_params"]  # every fp32 gradient, once per step
     hooks = f["comm_hooks"]
-    assert hooks["fp16"]["bytes_vs_allreduce"] == 0.5 and hooks["powersgd"]["bytes_vs_allreduce"] < 0.1
+    assert (
+        set(hooks) == {"allreduce", *rec["params"]["comm_hooks"]}
+        and hooks["powersgd"]["bytes_vs_allreduce"] < 0.1
+    )
     assert v["1process"]["role"] == "reference" and v["1process"]["mb_per_step"] == 0
-    assert "failed on purpose" in f["worker_failure_message"]
+    assert (
+        f["worker_failure_message"] is None
+    )  # smoke launches no crashing worker: tests/test_distributed.py does
     split = f["step_split"]["2 ranks, allreduce"]
     assert split["comm_s"] > 0 and 0 <= split["exposed_comm_s"] <= split["comm_s"]
 
@@ -201,9 +228,14 @@ def test_smoke_06_every_method_is_measured_against_random(smoke):
     assert set(f["comprehensiveness"]) == set(f["sufficiency"]) == methods
     assert set(f["seconds_per_explanation"]) == {"lime", "integrated_gradients"}
     assert all(s > 0 for s in f["seconds_per_explanation"].values())
-    assert all(-1 <= x <= 1 for x in f["comprehensiveness"].values())  # differences of probabilities
-    assert {(r["model"], r["method"]) for r in f["survival"]} == {("student", "lime"), ("student", "integrated_gradients"),
-                                                                   ("int8", "lime")}
+    assert (
+        f["comprehensiveness"]["lime"] > f["comprehensiveness"]["random"]
+    )  # LIME's words matter more than any
+    assert {(r["model"], r["method"]) for r in f["survival"]} == {
+        ("student", "lime"),
+        ("student", "integrated_gradients"),
+        ("int8", "lime"),
+    }
     assert f["texts_explained"] == 4 and f["lime_vs_lime"] is not None
     htmls = list((smoke.root / "figures").glob("lime_*.html"))
     assert len(htmls) == 4 and all(h.stat().st_size > 1000 for h in htmls)
@@ -215,27 +247,36 @@ def test_smoke_07_private_models_spend_their_epsilon_and_are_audited(smoke):
     f, v = rec["findings"], by_name(rec)
     assert set(v) == {"non-private", "dp-eps-8", "overfit"} and v["non-private"]["role"] == "reference"
     assert v["non-private"]["epsilon"] is None and v["overfit"]["epsilon"] is None
-    assert 7.5 <= v["dp-eps-8"]["epsilon"] <= 8.0 * 1.01 and v["dp-eps-8"]["delta"] == f["delta"] == 1 / f["n_train"]
-    for x in v.values():
-        assert 0 <= x["mia_auc"] <= 1 and 0 <= x["mia_tpr_at_1pct_fpr"] <= 1 and 0 <= x["accuracy"] <= 1
-        assert 0 <= x["mia_calibrated_auc"] <= 1
+    assert (
+        7.5 <= v["dp-eps-8"]["epsilon"] <= 8.0 * 1.01
+        and v["dp-eps-8"]["delta"] == f["delta"] == 1 / f["n_train"]
+    )
+    assert (
+        v["overfit"]["mia_auc"] > v["dp-eps-8"]["mia_auc"]
+    )  # the memorising model leaks more than the private one
     assert f["audit_members"] == f["audit_nonmembers"] == 64
     checks = list(f["mechanism_checks"].values())
-    assert checks[0] < 1e-5 and checks[1] < 1e-5  # per-example mean = batch gradient; the notebook's formula = Opacus
+    assert (
+        checks[0] < 1e-5 and checks[1] < 1e-5
+    )  # per-example mean = batch gradient; the notebook's formula = Opacus
     assert v["overfit"]["epochs"] == 2 and v["dp-eps-8"]["epochs"] == 1
 
 
 @pytest.mark.notebook
-def test_smoke_08_reports_every_variant_the_stack_and_the_choices(smoke):
-    rec = smoke.rec["08_report"]
+def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
+    rec = smoke.rec["10_report"]
     f, v = rec["findings"], by_name(rec)
     sources = {x["source"] for x in rec["variants"]}
-    assert sources == {nb.name for nb in lib.catalog.NOTEBOOKS if nb.name != "06_explain"}  # 06 adds a column
-    assert f["missing_notebooks"] == [] and len(f["records"]) == len(lib.catalog.NOTEBOOKS) - 1
+    assert sources == {
+        nb.name for nb in lib.runner.catalog.NOTEBOOKS if nb.name != "06_explain"
+    }  # 06 adds a column
+    assert f["missing_notebooks"] == [] and len(f["records"]) == len(lib.runner.catalog.NOTEBOOKS) - 1
     stacked = [n for n in v if n.startswith("stacked")]
-    assert stacked == [f["stacked_name"]] and v[stacked[0]]["source"] == "08_report"
+    assert stacked == [f["stacked_name"]] and v[stacked[0]]["source"] == "10_report"
     s = v[stacked[0]]
-    assert s["size_mb"] < v["teacher"]["size_mb"] / 4 and s["speedup_vs_teacher"] > 1  # student, trimmed, int8
+    assert (
+        s["size_mb"] < v["teacher"]["size_mb"] / 4 and s["speedup_vs_teacher"] > 1
+    )  # student, trimmed, int8
     assert f["stacked_reload_max_abs_logit_diff"] == 0.0 and f["trim_train_max_abs_logit_diff"] < 1e-4
     assert 0 < f["vocabulary_kept"] < f["vocabulary_size"] and 0 <= f["test_tokens_unk"] < 0.5
     assert set(f["best_variant"]) == {"yours", "explanations first", "privacy required"}
@@ -243,14 +284,15 @@ def test_smoke_08_reports_every_variant_the_stack_and_the_choices(smoke):
     assert v["teacher"]["faithfulness"] is not None and v["dp-eps-8"]["epsilon"] is not None
     page = (smoke.root / "report.html").read_text(encoding="utf-8")
     assert f["stacked_name"] in page and 'src="figures/pareto.png"' in page
-    assert all(f'href="html/{nb.name}.html"' in page for nb in lib.catalog.NOTEBOOKS)
+    assert all(f'href="html/{nb.name}.html"' in page for nb in lib.runner.catalog.NOTEBOOKS)
 
 
-# ---------------------------------------------------------------------------------------------- Summaries
+# ------------------------------------------------------------------------ Summaries
+
 
 def summary_text(notebook, findings, params, env):
     """Run a notebook's Summary cell on the given numbers; return the markdown it writes."""
-    cells = json.loads(lib.paths.notebook_path(notebook).read_text(encoding="utf-8"))["cells"]
+    cells = json.loads(lib.runner.paths.notebook_path(notebook).read_text(encoding="utf-8"))["cells"]
     at = next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith("## Summary"))
     space = {"findings": findings, "P": SimpleNamespace(**params), "ENV": env, "Markdown": str}
     exec("".join(cells[at + 1]["source"]).replace("Markdown(", "_text = Markdown(", 1), space)
@@ -258,48 +300,124 @@ def summary_text(notebook, findings, params, env):
 
 
 FLIPS = [  # notebook, numbers where the claim is false, numbers where it is true, the claim's phrase
-    ("00_baseline", {"teacher_minus_tfidf_points": 5.0}, {"teacher_minus_tfidf_points": -2.0},
-     "no better than the classical reference"),
-    ("00_baseline", {"teacher_minus_tfidf_points": -2.0}, {"teacher_minus_tfidf_points": 5.0},
-     "over the classical reference"),
-    ("00_baseline", {"group_by": "movie", "groups_in_two_splits": 0}, {"group_by": "movie", "groups_in_two_splits": 3},
-     "3 movie groups in two splits"),
-    ("00_baseline", {"group_by": "movie", "groups_in_two_splits": 0}, {"group_by": "", "groups_in_two_splits": 0},
-     "no group column"),
-    ("01_lora_finetune", {"lr_demo_val_accuracy_lora_lr": 0.8, "lr_demo_val_accuracy_full_lr": 0.5},
-     {"lr_demo_val_accuracy_lora_lr": 0.5, "lr_demo_val_accuracy_full_lr": 0.8}, "did **not** help"),
-    ("01_lora_finetune", {"merged_label_agreement": 1.0}, {"merged_label_agreement": 0.99}, "changed in the merge"),
-    ("01_lora_finetune", {"train_speedup_lora_vs_full": 1.3}, {"train_speedup_lora_vs_full": 0.8}, "(slower;"),
-    ("02_prune", {"unstructured_min_latency_ratio": 0.98}, {"unstructured_min_latency_ratio": 0.5}, "zeros **did** cut"),
-    ("02_prune", {"unstructured_min_latency_ratio": 0.5}, {"unstructured_min_latency_ratio": 0.98},
-     "zeros alone did not make it faster"),
+    (
+        "00_baseline",
+        {"teacher_minus_tfidf_points": 5.0},
+        {"teacher_minus_tfidf_points": -2.0},
+        "no better than the classical reference",
+    ),
+    (
+        "00_baseline",
+        {"teacher_minus_tfidf_points": -2.0},
+        {"teacher_minus_tfidf_points": 5.0},
+        "over the classical reference",
+    ),
+    (
+        "00_baseline",
+        {"group_by": "movie", "groups_in_two_splits": 0},
+        {"group_by": "movie", "groups_in_two_splits": 3},
+        "3 movie groups in two splits",
+    ),
+    (
+        "00_baseline",
+        {"group_by": "movie", "groups_in_two_splits": 0},
+        {"group_by": "", "groups_in_two_splits": 0},
+        "no group column",
+    ),
+    (
+        "01_lora_finetune",
+        {"lr_demo_val_accuracy_lora_lr": 0.8, "lr_demo_val_accuracy_full_lr": 0.5},
+        {"lr_demo_val_accuracy_lora_lr": 0.5, "lr_demo_val_accuracy_full_lr": 0.8},
+        "did **not** help",
+    ),
+    (
+        "01_lora_finetune",
+        {"merged_label_agreement": 1.0},
+        {"merged_label_agreement": 0.99},
+        "changed in the merge",
+    ),
+    (
+        "01_lora_finetune",
+        {"train_speedup_lora_vs_full": 1.3},
+        {"train_speedup_lora_vs_full": 0.8},
+        "(slower;",
+    ),
+    (
+        "02_prune",
+        {"unstructured_min_latency_ratio": 0.98},
+        {"unstructured_min_latency_ratio": 0.5},
+        "zeros **did** cut",
+    ),
+    (
+        "02_prune",
+        {"unstructured_min_latency_ratio": 0.5},
+        {"unstructured_min_latency_ratio": 0.98},
+        "zeros alone did not make it faster",
+    ),
     ("02_prune", {"kept_speedup_b32": 1.9}, {"kept_speedup_b32": 0.9}, "did **not** speed it up"),
     ("02_prune", {"kept_speedup_b32": 0.9}, {"kept_speedup_b32": 1.9}, "removing units is speed"),
     ("03_quantize", {"best_int8_speedup_b32": 2.0}, {"best_int8_speedup_b32": 0.8}, "**slower**"),
-    ("03_quantize", {"bf16": True, "bf16_speedup_b32": 1.7}, {"bf16": False, "bf16_speedup_b32": 0.2},
-     "has **no** native bf16"),
-    ("03_quantize", {"worst_layer_error_per_channel": 0.1, "worst_layer_error_per_matrix": 0.5},
-     {"worst_layer_error_per_channel": 0.5, "worst_layer_error_per_matrix": 0.1}, "does not lower it"),
-    ("04_distill", {"kd_minus_labels_points": 1.0}, {"kd_minus_labels_points": -1.0}, "did **not** beat labels alone"),
-    ("04_distill", {"retention": 0.99, "random_init_retention": 0.9}, {"retention": 0.9, "random_init_retention": 0.99},
-     "did **not** help here"),
+    (
+        "03_quantize",
+        {"bf16": True, "bf16_speedup_b32": 1.7},
+        {"bf16": False, "bf16_speedup_b32": 0.2},
+        "has **no** native bf16",
+    ),
+    (
+        "03_quantize",
+        {"worst_layer_error_per_channel": 0.1, "worst_layer_error_per_matrix": 0.5},
+        {"worst_layer_error_per_channel": 0.5, "worst_layer_error_per_matrix": 0.1},
+        "does not lower it",
+    ),
+    (
+        "04_distill",
+        {"kd_minus_labels_points": 1.0},
+        {"kd_minus_labels_points": -1.0},
+        "did **not** beat labels alone",
+    ),
+    (
+        "04_distill",
+        {"retention": 0.99, "random_init_retention": 0.9},
+        {"retention": 0.9, "random_init_retention": 0.99},
+        "did **not** help here",
+    ),
     ("05_distributed", {"speedup_world_vs_1": 1.5}, {"speedup_world_vs_1": 0.8}, "(slower)"),
     ("05_distributed", {"speedup_world_vs_1": 0.8}, {"speedup_world_vs_1": 1.5}, "(faster)"),
     ("05_distributed", {"eval_identical": True}, {"eval_identical": False}, "**differ from**"),
-    ("06_explain", {"comprehensiveness": {"lime": 0.3, "integrated_gradients": 0.3, "random": 0.1}},
-     {"comprehensiveness": {"lime": 0.05, "integrated_gradients": 0.3, "random": 0.1}}, "does **not** beat"),
+    (
+        "06_explain",
+        {"comprehensiveness": {"lime": 0.3, "integrated_gradients": 0.3, "random": 0.1}},
+        {"comprehensiveness": {"lime": 0.05, "integrated_gradients": 0.3, "random": 0.1}},
+        "does **not** beat",
+    ),
     ("07_privacy", {"accuracy_gap_points": 2.0}, {"accuracy_gap_points": 7.0}, "**more than** 5 points"),
-    ("07_privacy", {"dp_below_overfit_tpr": True}, {"dp_below_overfit_tpr": False}, "**not** below the overfit model's under the"),
-    ("07_privacy", {"dp_below_overfit_tpr_calibrated": True}, {"dp_below_overfit_tpr_calibrated": False},
-     "**not** below it under the calibrated"),
+    (
+        "07_privacy",
+        {"dp_below_overfit_tpr": True},
+        {"dp_below_overfit_tpr": False},
+        "**not** below the overfit model's under the",
+    ),
+    (
+        "07_privacy",
+        {"dp_below_overfit_tpr_calibrated": True},
+        {"dp_below_overfit_tpr_calibrated": False},
+        "**not** below it under the calibrated",
+    ),
     ("07_privacy", {"dp_below_overfit_auc": True}, {"dp_below_overfit_auc": False}, "is **not** below the"),
-    ("08_report", {"stacked_meets_bar": True}, {"stacked_meets_bar": False}, "does **not** meet"),
-    ("08_report", {"missing_notebooks": []}, {"missing_notebooks": ["05_distributed"]}, "missing: 05_distributed"),
+    ("10_report", {"stacked_meets_bar": True}, {"stacked_meets_bar": False}, "does **not** meet"),
+    (
+        "10_report",
+        {"missing_notebooks": []},
+        {"missing_notebooks": ["05_distributed"]},
+        "missing: 05_distributed",
+    ),
 ]
 
 
 @pytest.mark.notebook
-@pytest.mark.parametrize("notebook, false, true, phrase", FLIPS, ids=[f"{n}-{p[:28]}" for n, _, _, p in FLIPS])
+@pytest.mark.parametrize(
+    "notebook, false, true, phrase", FLIPS, ids=[f"{n}-{p[:28]}" for n, _, _, p in FLIPS]
+)
 def test_summary_claims_follow_the_numbers(smoke, notebook, false, true, phrase):
     rec = smoke.rec[notebook]
     assert phrase not in summary_text(notebook, {**rec["findings"], **false}, rec["params"], rec["env"])

@@ -8,22 +8,27 @@ import pytest
 
 import lib
 from lib.errors import ParamError
-from lib.params import parse_declarations, validate
+from lib.runner.params import parse_declarations, validate
 
 NB = "00_baseline"
 
 
 def test_declarations_parse_types_and_comments():
-    decls = parse_declarations('a = 1  # an int\nb = 2.0e-5  # a float\nc = "x"  # a string\nd = [1, 4]  # ranks\n')
+    decls = parse_declarations(
+        'a = 1  # an int\nb = 2.0e-5  # a float\nc = "x"  # a string\nd = [1, 4]  # ranks\n'
+    )
     assert {n: d.type for n, d in decls.items()} == {"a": int, "b": float, "c": str, "d": list}
     assert decls["a"].help == "an int"
 
 
-@pytest.mark.parametrize("src, fragment", [
-    ("a: int = 1  # typed\n", "plain"),
-    ("a = 1 + 1  # computed\n", "literal"),
-    ("a = 1  # comment with = sign\n", "single '='"),
-])
+@pytest.mark.parametrize(
+    "src, fragment",
+    [
+        ("a: int = 1  # typed\n", "plain"),
+        ("a = 1 + 1  # computed\n", "literal"),
+        ("a = 1  # comment with = sign\n", "single '='"),
+    ],
+)
 def test_declarations_reject_what_papermill_cannot_read(src, fragment):
     with pytest.raises(ParamError, match=fragment):
         parse_declarations(src)
@@ -32,15 +37,15 @@ def test_declarations_reject_what_papermill_cannot_read(src, fragment):
 def test_every_notebook_parameters_cell_is_readable_by_papermill():
     import papermill as pm
 
-    for nb in lib.catalog.NOTEBOOKS:
-        ours = lib.params.declared(nb.name)
-        theirs = pm.inspect_notebook(str(lib.paths.notebook_path(nb.name)))
+    for nb in lib.runner.catalog.NOTEBOOKS:
+        ours = lib.runner.params.declared(nb.name)
+        theirs = pm.inspect_notebook(str(lib.runner.paths.notebook_path(nb.name)))
         assert set(theirs) == set(ours), f"papermill sees different parameters in {nb.name}"
         assert all(d.help for d in ours.values()), f"every parameter of {nb.name} needs a comment"
 
 
 def test_notebook_defaults_are_valid():
-    for nb in lib.catalog.NOTEBOOKS:
+    for nb in lib.runner.catalog.NOTEBOOKS:
         validate(nb.name, {})
 
 
@@ -49,13 +54,16 @@ def test_unknown_key_names_the_key_and_suggests():
         validate(NB, {"num_epoch": 2})
 
 
-@pytest.mark.parametrize("name, value, fragment", [
-    ("num_epochs", "2", "expected integer"),
-    ("num_epochs", 2.5, "expected integer"),
-    ("num_epochs", True, "true/false"),
-    ("learning_rate", "1e-3", "write 1.0e-3"),
-    ("model", 3, "expected string"),
-])
+@pytest.mark.parametrize(
+    "name, value, fragment",
+    [
+        ("num_epochs", "2", "expected integer"),
+        ("num_epochs", 2.5, "expected integer"),
+        ("num_epochs", True, "true/false"),
+        ("learning_rate", "1e-3", "write 1.0e-3"),
+        ("model", 3, "expected string"),
+    ],
+)
 def test_wrong_type(name, value, fragment):
     with pytest.raises(ParamError, match=fragment):
         validate(NB, {name: value})
@@ -65,41 +73,72 @@ def test_int_is_accepted_for_float():
     assert validate(NB, {"learning_rate": 1})["learning_rate"] == 1
 
 
-@pytest.mark.parametrize("name, value", [
-    ("test_frac", 1.5), ("val_frac", 0.0), ("num_epochs", 0), ("learning_rate", 0.0), ("batch_size", -1),
-    ("max_length", 4096), ("max_train_samples", -5), ("dataset", "imdb"), ("profile", "../x"),
-    ("ema_decay", 1.0), ("ema_decay", -0.5),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("test_frac", 1.5),
+        ("val_frac", 0.0),
+        ("num_epochs", 0),
+        ("learning_rate", 0.0),
+        ("batch_size", -1),
+        ("max_length", 4096),
+        ("max_train_samples", -5),
+        ("dataset", "imdb"),
+        ("profile", "../x"),
+        ("ema_decay", 1.0),
+        ("ema_decay", -0.5),
+    ],
+)
 def test_impossible_values(name, value):
     with pytest.raises(ParamError, match=name):
         validate(NB, {name: value})
 
 
-@pytest.mark.parametrize("notebook, name, value", [
-    ("03_quantize", "min_agreement", 1.5), ("03_quantize", "max_points_lost", -1.0),
-    ("04_distill", "alpha", 1.5), ("04_distill", "temperature", 0.0), ("04_distill", "student_narrow", 1.0),
-    ("04_distill", "student_layers", 0), ("04_distill", "sweep_alphas", [0.5, 2.0]),
-    ("05_distributed", "world_size", 1), ("05_distributed", "comm_hooks", ["fp16", "int4"]),
-    ("05_distributed", "equivalence_dtype", "float16"), ("05_distributed", "powersgd_rank", 0),
-    ("05_distributed", "threads_per_rank", -1), ("05_distributed", "train_steps", 0),
-    ("06_explain", "lime_num_samples", 5), ("06_explain", "top_share", 0.0), ("06_explain", "num_explain", 2),
-    ("06_explain", "ig_steps", 1),
-    ("07_privacy", "target_epsilons", [1.0, 0.0]), ("07_privacy", "max_grad_norm", 0.0), ("07_privacy", "delta", 1.0),
-    ("07_privacy", "delta", -1.0e-5), ("07_privacy", "accountant", "moments"), ("07_privacy", "trainable_layers", -1),
-    ("07_privacy", "overfit_epochs", 0), ("07_privacy", "audit_size", -5),
-    ("08_report", "stack_base", "pruned"), ("08_report", "stack_prune_fractions", [0.2, 1.0]),
-    ("08_report", "stack_max_val_points", -1.0), ("08_report", "weight_speed", -1.0),
-    ("08_report", "weight_privacy", -0.5), ("08_report", "max_points_lost", -3.0),
-])
+@pytest.mark.parametrize(
+    "notebook, name, value",
+    [
+        ("03_quantize", "min_agreement", 1.5),
+        ("03_quantize", "max_points_lost", -1.0),
+        ("04_distill", "alpha", 1.5),
+        ("04_distill", "temperature", 0.0),
+        ("04_distill", "student_narrow", 1.0),
+        ("04_distill", "student_layers", 0),
+        ("04_distill", "sweep_alphas", [0.5, 2.0]),
+        ("05_distributed", "world_size", 1),
+        ("05_distributed", "comm_hooks", ["fp16", "int4"]),
+        ("05_distributed", "equivalence_dtype", "float16"),
+        ("05_distributed", "powersgd_rank", 0),
+        ("05_distributed", "threads_per_rank", -1),
+        ("05_distributed", "train_steps", 0),
+        ("06_explain", "lime_num_samples", 5),
+        ("06_explain", "top_share", 0.0),
+        ("06_explain", "num_explain", 2),
+        ("06_explain", "ig_steps", 1),
+        ("07_privacy", "target_epsilons", [1.0, 0.0]),
+        ("07_privacy", "max_grad_norm", 0.0),
+        ("07_privacy", "delta", 1.0),
+        ("07_privacy", "delta", -1.0e-5),
+        ("07_privacy", "accountant", "moments"),
+        ("07_privacy", "trainable_layers", -1),
+        ("07_privacy", "overfit_epochs", 0),
+        ("07_privacy", "audit_size", -5),
+        ("10_report", "stack_base", "pruned"),
+        ("10_report", "stack_prune_fractions", [0.2, 1.0]),
+        ("10_report", "stack_max_val_points", -1.0),
+        ("10_report", "weight_speed", -1.0),
+        ("10_report", "weight_privacy", -0.5),
+        ("10_report", "max_points_lost", -3.0),
+    ],
+)
 def test_impossible_values_of_later_notebooks(notebook, name, value):
     with pytest.raises(ParamError, match=name):
         validate(notebook, {name: value})
 
 
 def test_rules_reject_impossible_fractions():
-    assert "[0, 1)" in lib.params.RULES["sparsities"](1.5)
-    assert lib.params.RULES["sparsities"](0.5) is None
-    assert lib.params.RULES["alpha"](1.5) and lib.params.RULES["temperature"](0)
+    assert "[0, 1)" in lib.runner.params.RULES["sparsities"](1.5)
+    assert lib.runner.params.RULES["sparsities"](0.5) is None
+    assert lib.runner.params.RULES["alpha"](1.5) and lib.runner.params.RULES["temperature"](0)
 
 
 def test_cross_check_leaves_room_for_training():
@@ -110,8 +149,8 @@ def test_cross_check_leaves_room_for_training():
 def test_weights_that_are_all_zero_choose_nothing():
     zero = {"weight_speed": 0.0, "weight_cost": 0.0, "weight_explainability": 0.0, "weight_privacy": 0.0}
     with pytest.raises(ParamError, match="all 0: nothing to choose by"):
-        validate("08_report", zero)
-    assert validate("08_report", {**zero, "weight_privacy": 1.0})["weight_privacy"] == 1.0
+        validate("10_report", zero)
+    assert validate("10_report", {**zero, "weight_privacy": 1.0})["weight_privacy"] == 1.0
 
 
 def test_all_problems_reported_at_once():
@@ -123,54 +162,56 @@ def test_all_problems_reported_at_once():
 
 def test_unknown_profile_lists_available():
     with pytest.raises(ParamError, match="unknown profile 'nope'.*smoke"):
-        lib.params.load_profile("nope")
+        lib.runner.params.load_profile("nope")
 
 
 def test_override_parsing():
-    assert lib.params.parse_override("num_epochs=2") == ("num_epochs", 2)
-    assert lib.params.parse_override("learning_rate=1.0e-4") == ("learning_rate", 1.0e-4)
-    assert lib.params.parse_override("ranks=[1, 4]") == ("ranks", [1, 4])
+    assert lib.runner.params.parse_override("num_epochs=2") == ("num_epochs", 2)
+    assert lib.runner.params.parse_override("learning_rate=1.0e-4") == ("learning_rate", 1.0e-4)
+    assert lib.runner.params.parse_override("ranks=[1, 4]") == ("ranks", [1, 4])
     with pytest.raises(ParamError, match="name=value"):
-        lib.params.parse_override("num_epochs")
+        lib.runner.params.parse_override("num_epochs")
 
 
 def test_resolve_merges_shared_section_and_overrides():
-    p = lib.params.resolve("smoke", NB, {"num_epochs": 2})
+    p = lib.runner.params.resolve("smoke", NB, {"num_epochs": 2})
     assert p["profile"] == "smoke" and p["num_epochs"] == 2 and p["max_train_samples"] == 128
 
 
 def test_from_namespace_validates():
     ns = {"num_epochs": 0}
     with pytest.raises(ParamError, match="num_epochs"):
-        lib.params.from_namespace(ns, NB)
-    p = lib.params.from_namespace({"seed": 7}, NB)
+        lib.runner.params.from_namespace(ns, NB)
+    p = lib.runner.params.from_namespace({"seed": 7}, NB)
     assert p.seed == 7 and p.as_dict()["model"] == "minilm-l6"
 
 
-@pytest.mark.parametrize("profile", lib.params.available_profiles())
+@pytest.mark.parametrize("profile", lib.runner.params.available_profiles())
 def test_profiles_only_use_declared_keys(profile):
     """Hygiene: every key of every profile is a parameter the notebooks declare (and shared keys are used)."""
-    data = lib.params.load_profile(profile)
-    declared = {nb.name: lib.params.declared(nb.name) for nb in lib.catalog.NOTEBOOKS}
+    data = lib.runner.params.load_profile(profile)
+    declared = {nb.name: lib.runner.params.declared(nb.name) for nb in lib.runner.catalog.NOTEBOOKS}
     for key in data.get("shared", {}):
-        assert any(key in d for d in declared.values()), f"{profile}.yaml shared key {key!r} is declared nowhere"
+        assert any(key in d for d in declared.values()), (
+            f"{profile}.yaml shared key {key!r} is declared nowhere"
+        )
     for section, values in data.items():
         if section == "shared":
             continue
         unknown = set(values) - set(declared[section])
         assert not unknown, f"{profile}.yaml [{section}] has undeclared keys {unknown}"
-    for nb in lib.catalog.NOTEBOOKS:
-        lib.params.resolve(profile, nb.name, profile_data=data)  # and every value is valid
+    for nb in lib.runner.catalog.NOTEBOOKS:
+        lib.runner.params.resolve(profile, nb.name, profile_data=data)  # and every value is valid
 
 
 def test_profile_with_unknown_section(tmp_path, monkeypatch):
-    monkeypatch.setattr(lib.paths, "PARAMS", tmp_path)
+    monkeypatch.setattr(lib.runner.paths, "PARAMS", tmp_path)
     (tmp_path / "bad.yaml").write_text("99_nothing:\n  a: 1\n")
     with pytest.raises(ParamError, match="unknown section '99_nothing'"):
-        lib.params.load_profile("bad")
+        lib.runner.params.load_profile("bad")
     (tmp_path / "broken.yaml").write_text("shared: [1, 2\n")
     with pytest.raises(ParamError, match="not valid YAML"):
-        lib.params.load_profile("broken")
+        lib.runner.params.load_profile("broken")
 
 
 def test_parameters_cell_must_be_unique(tmp_path):
@@ -178,14 +219,16 @@ def test_parameters_cell_must_be_unique(tmp_path):
     path = tmp_path / "x.ipynb"
     path.write_text(json.dumps(nb))
     with pytest.raises(ParamError, match="exactly one cell tagged 'parameters'"):
-        lib.params.parameters_cell(path)
+        lib.runner.params.parameters_cell(path)
 
 
 def test_notebook_defaults_describe_the_same_split():
     """Run by hand, every notebook must use the split 00_baseline used, or their numbers would not compare."""
-    first = lib.params.declared(lib.catalog.NOTEBOOKS[0].name)
-    for nb in lib.catalog.NOTEBOOKS[1:]:
-        decls = lib.params.declared(nb.name)
-        for key in lib.preflight.SPLIT_KEYS:
+    first = lib.runner.params.declared(lib.runner.catalog.NOTEBOOKS[0].name)
+    for nb in lib.runner.catalog.NOTEBOOKS[1:]:
+        decls = lib.runner.params.declared(nb.name)
+        for key in lib.runner.preflight.SPLIT_KEYS:
             if key in decls and key in first:
-                assert decls[key].default == first[key].default, f"{nb.name}: default {key} differs from 00_baseline"
+                assert decls[key].default == first[key].default, (
+                    f"{nb.name}: default {key} differs from 00_baseline"
+                )

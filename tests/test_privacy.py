@@ -1,10 +1,9 @@
-"""DP-SGD and the membership audit (lib.privacy): the attack's AUC at its two extremes, the DP bound, the cached-feature
-shortcut against the full model, Opacus' gradient against the notebook's formula, a tiny private run's ε, and the clear
-errors for what Opacus cannot train."""
+"""DP-SGD and the membership audit (lib.privacy): the attack's AUC at its two extremes, the DP bound, the
+cached-feature shortcut against the full model, Opacus' gradient against the notebook's formula, a tiny
+private run's ε, and the clear errors for what Opacus cannot train."""
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,8 +15,8 @@ import lib
 from lib.errors import ParamError
 from lib.techniques import privacy
 
+# ------------------------------------------------------------------------ the audit
 
-# ---------------------------------------------------------------------------------------------- the audit
 
 def test_attack_is_chance_on_identical_losses_and_perfect_on_separated_ones():
     rng = np.random.default_rng(0)
@@ -42,7 +41,9 @@ def test_dp_bound():
     assert np.allclose(privacy.tpr_bound(fpr, 0.0, 0.0), fpr)  # ε = 0: no attack beats chance
     b = privacy.tpr_bound(0.01, 1.0, 1e-5)
     assert b == pytest.approx(np.e * 0.01 + 1e-5)
-    assert privacy.tpr_bound(0.5, 1.0, 0.0) == pytest.approx(1 - np.exp(-1) * 0.5)  # the second branch, tighter here
+    assert privacy.tpr_bound(0.5, 1.0, 0.0) == pytest.approx(
+        1 - np.exp(-1) * 0.5
+    )  # the second branch, tighter here
     assert np.all(privacy.tpr_bound(fpr, 50.0, 0.0)[1:] == 1.0)
     assert np.all(privacy.tpr_bound(fpr, float("inf"), 0.0) == 1.0)
 
@@ -55,7 +56,8 @@ def test_audit_sample_is_balanced_and_seeded():
     assert len(privacy.audit_sample(1000, 300, 50, seed=1)[0]) == 50
 
 
-# ---------------------------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------------ checks
+
 
 def test_delta_defaults_to_one_over_n_and_refuses_more():
     assert privacy.resolve_delta(0.0, 400) == 1 / 400
@@ -87,7 +89,8 @@ def test_what_opacus_cannot_train_is_named_with_the_fix():
         privacy.TopLayers(lib.models.fresh_classifier("tiny-bert", 2), 3)
 
 
-# ---------------------------------------------------------------------------------------------- the shortcut
+# ------------------------------------------------------------------------ the shortcut
+
 
 @pytest.fixture(scope="module")
 def tiny_data():
@@ -100,7 +103,8 @@ def tiny_data():
 
 @pytest.mark.parametrize("pooling, k, hidden", [("mean", 1, 0), ("mean", 0, 16), ("cls", 2, 8)])
 def test_top_layers_on_cached_features_are_the_full_model(tiny_data, pooling, k, hidden):
-    """Before and after (private) training: the full model reading text == the top reading the frozen layers' output."""
+    """Before and after (private) training: the full model reading text == the top reading the frozen layers'
+    output."""
     _, tokenizer, enc = tiny_data
     model = lib.models.fresh_classifier("tiny-bert", 2, pooling=pooling, seed=0)
     feats = {n: privacy.frozen_features(model, e, tokenizer, k) for n, e in enc.items()}
@@ -108,7 +112,9 @@ def test_top_layers_on_cached_features_are_the_full_model(tiny_data, pooling, k,
 
     def gap(top):
         full = lib.evaluate.predict_logits(model, text_loader)[0]
-        return np.abs(full - lib.evaluate.predict_logits(top, privacy.feature_loader(feats["test"], 16, False))[0]).max()
+        return np.abs(
+            full - lib.evaluate.predict_logits(top, privacy.feature_loader(feats["test"], 16, False))[0]
+        ).max()
 
     top = privacy.TopLayers(model, k, hidden, seed=0)
     assert gap(top) < 1e-5
@@ -116,10 +122,14 @@ def test_top_layers_on_cached_features_are_the_full_model(tiny_data, pooling, k,
     assert all(p.requires_grad == (id(p) in {id(q) for q in top.parameters()}) for p in model.parameters())
     before = lib.evaluate.predict_logits(model, text_loader)[0]
     cfg = lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, max_grad_norm=0.0, progress=False, seed=0)
-    top, hist = privacy.train(model, k, feats["train"], None, cfg, 32, privacy.Private(4.0, 1e-3, 1, 1.0, seed=0))
+    top, hist = privacy.train(
+        model, k, feats["train"], None, cfg, 32, privacy.Private(4.0, 1e-3, 1, 1.0, seed=0)
+    )
     assert top.model is model and hist.samples > 0
     assert gap(top) < 1e-5  # trained through the shortcut, the whole model changed with it ...
-    assert np.abs(lib.evaluate.predict_logits(model, text_loader)[0] - before).max() > 1e-3  # ... and it did change
+    assert (
+        np.abs(lib.evaluate.predict_logits(model, text_loader)[0] - before).max() > 1e-3
+    )  # ... and it did change
     assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # Opacus' hooks are gone
 
 
@@ -147,20 +157,37 @@ def test_a_tiny_private_run_spends_about_its_target_epsilon(tiny_data):
     feats = privacy.frozen_features(model, enc["train"], tokenizer, 1)
     for accountant in ("prv", "rdp"):
         private = privacy.Private(2.0, 1 / len(feats), 2, 1.0, accountant=accountant, seed=0)
-        cfg = lib.train.TrainConfig(num_epochs=2, learning_rate=1e-3, max_grad_norm=0.0, progress=False, seed=0)
-        privacy.train(lib.models.fresh_classifier("tiny-bert", 2, pooling="mean", seed=0), 1, feats, None, cfg, 32, private)
+        cfg = lib.train.TrainConfig(
+            num_epochs=2, learning_rate=1e-3, max_grad_norm=0.0, progress=False, seed=0
+        )
+        privacy.train(
+            lib.models.fresh_classifier("tiny-bert", 2, pooling="mean", seed=0),
+            1,
+            feats,
+            None,
+            cfg,
+            32,
+            private,
+        )
         s = private.summary()
         assert np.isfinite(s["epsilon"]) and 1.8 <= s["epsilon"] <= 2.0 * 1.01, s
-        assert s["steps"] == 2 * 5 and s["noise_multiplier"] > 0.3 and s["sample_rate"] == pytest.approx(32 / 160)
+        assert (
+            s["steps"] == 2 * 5
+            and s["noise_multiplier"] > 0.3
+            and s["sample_rate"] == pytest.approx(32 / 160)
+        )
 
 
 def test_poisson_batches_may_be_empty_and_training_goes_on(tiny_data):
-    """20 examples at an expected batch of 2: some steps sample nobody. The step still happens (with noise only)."""
+    """20 examples at an expected batch of 2: some steps sample nobody. The step still happens (with noise
+    only)."""
     _, tokenizer, enc = tiny_data
     model = lib.models.fresh_classifier("tiny-bert", 2, pooling="mean", seed=0)
     feats = privacy.frozen_features(model, enc["train"], tokenizer, 1).subset(range(20))
     private = privacy.Private(8.0, 1e-3, 3, 1.0, seed=0)
-    cfg = lib.train.TrainConfig(num_epochs=3, learning_rate=1e-3, max_grad_norm=0.0, progress=False, seed=0, keep_best=False)
+    cfg = lib.train.TrainConfig(
+        num_epochs=3, learning_rate=1e-3, max_grad_norm=0.0, progress=False, seed=0, keep_best=False
+    )
     top = privacy.TopLayers(model, 1)
     seen = []
     loader = privacy.feature_loader(feats, 2, shuffle=True, seed=0)
@@ -179,22 +206,31 @@ def test_per_example_losses_are_cross_entropies(tiny_data):
     losses = privacy.per_example_losses(top, feats)
     logits = lib.evaluate.predict_logits(top, privacy.feature_loader(feats, 8, False))[0]
     expected = nn.functional.cross_entropy(torch.from_numpy(logits), feats.labels, reduction="none").numpy()
-    assert losses.shape == (len(feats),) and losses.dtype == np.float64 and np.allclose(losses, expected, atol=1e-5)
+    assert (
+        losses.shape == (len(feats),)
+        and losses.dtype == np.float64
+        and np.allclose(losses, expected, atol=1e-5)
+    )
 
 
 def test_confident_losses_do_not_tie_at_zero():
-    """A memorised member (margin 40) and a confident non-member (margin 20) must stay apart: in float32 both are 0."""
+    """A memorised member (margin 40) and a confident non-member (margin 20) must stay apart: in float32 both
+    are 0."""
     head = nn.Linear(1, 2, bias=False)
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[0.0], [1.0]]))
     model = lambda hidden, attention_mask: SimpleNamespace(logits=head(hidden[:, 0]))
-    feats = privacy.Features(torch.tensor([[[40.0]], [[20.0]]]), torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 1]))
+    feats = privacy.Features(
+        torch.tensor([[[40.0]], [[20.0]]]), torch.ones(2, 1, dtype=torch.long), torch.tensor([1, 1])
+    )
     model.to, model.eval = (lambda dev: model), (lambda: model)
     losses = privacy.per_example_losses(model, feats)
     assert 0 < losses[0] < losses[1] < 1e-8
     z = torch.tensor([[0.3, -1.2, 2.0], [5.0, 0.0, 1.0]])
     y = torch.tensor([2, 1])
-    assert torch.allclose(privacy.confident_cross_entropy(z, y), nn.functional.cross_entropy(z.double(), y, reduction="none"))
+    assert torch.allclose(
+        privacy.confident_cross_entropy(z, y), nn.functional.cross_entropy(z.double(), y, reduction="none")
+    )
 
 
 def test_an_empty_first_poisson_batch_has_the_batch_structure(tiny_data):
@@ -203,7 +239,9 @@ def test_an_empty_first_poisson_batch_has_the_batch_structure(tiny_data):
     feats = privacy.frozen_features(model, enc["train"], tokenizer, 1)
     top = privacy.TopLayers(model, 1)
     private = privacy.Private(8.0, 1e-3, 1, 1.0, seed=0)
-    _, _, loader = private(top, torch.optim.SGD(top.parameters(), lr=0.1), privacy.feature_loader(feats, 8, True))
+    _, _, loader = private(
+        top, torch.optim.SGD(top.parameters(), lr=0.1), privacy.feature_loader(feats, 8, True)
+    )
     empty = loader.collate_fn([])  # what the loader yields when Poisson sampling draws nobody, even at step 1
     private.close()
     assert set(empty) == {"hidden", "attention_mask", "labels"} and empty["labels"].shape == (0,)

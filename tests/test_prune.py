@@ -12,18 +12,19 @@ from lib.techniques.prune import Plan
 
 
 def batch(tokenizer):
-    return tokenizer(["a film that moved me", "dull and far too long for its own good"], padding=True,
-                     return_tensors="pt")
+    return tokenizer(
+        ["a film that moved me", "dull and far too long for its own good"], padding=True, return_tensors="pt"
+    )
 
 
 def zero_units(model, to_remove: Plan):
     """Zero what removal will cut: the output-side weights of each head/neuron (their contribution)."""
     with torch.no_grad():
-        for l, layer in enumerate(lib.models.encoder_layers(model)):
+        for li, layer in enumerate(lib.models.encoder_layers(model)):
             d = layer.attention.self.attention_head_size
-            for h in to_remove.heads.get(l, []):
-                layer.attention.output.dense.weight[:, h * d:(h + 1) * d] = 0
-            for j in to_remove.neurons.get(l, []):
+            for h in to_remove.heads.get(li, []):
+                layer.attention.output.dense.weight[:, h * d : (h + 1) * d] = 0
+            for j in to_remove.neurons.get(li, []):
                 layer.output.dense.weight[:, j] = 0
 
 
@@ -41,8 +42,13 @@ def test_removal_is_exact_when_the_removed_units_are_zero(tiny, pooling):
         after = model(**x).logits
     assert torch.allclose(before, after, atol=1e-6)
     layers = lib.models.encoder_layers(model)
-    assert layers[0].attention.self.num_attention_heads == 2 and layers[1].attention.self.num_attention_heads == 3
-    assert layers[0].attention.self.query.out_features == 2 * 8 == layers[0].attention.output.dense.in_features
+    assert (
+        layers[0].attention.self.num_attention_heads == 2
+        and layers[1].attention.self.num_attention_heads == 3
+    )
+    assert (
+        layers[0].attention.self.query.out_features == 2 * 8 == layers[0].attention.output.dense.in_features
+    )
     assert layers[1].intermediate.dense.out_features == 54 == layers[1].output.dense.in_features
     assert model.config.pruned_layout == {"heads": [2, 3], "intermediate": [61, 54]}
 
@@ -64,8 +70,12 @@ def test_pruned_model_trains_saves_and_reloads_with_its_shapes(tiny, tmp_path):
     loaders = loaders_for(tok)
     imp = lib.prune.unit_importance(model, loaders.val, "gradient")
     pruned = lib.prune.pruned_copy(model, imp, 0.5)
-    lib.train.fit(pruned, loaders.train, loaders.val, lib.train.TrainConfig(num_epochs=1, learning_rate=1e-3,
-                                                                            progress=False))
+    lib.train.fit(
+        pruned,
+        loaders.train,
+        loaders.val,
+        lib.train.TrainConfig(num_epochs=1, learning_rate=1e-3, progress=False),
+    )
     path = lib.artifacts.save(tmp_path / "p", pruned, tok, {"fraction": 0.5})
     again, _, meta = lib.artifacts.load(path)
     assert lib.models.layout(again) == lib.models.layout(pruned) == pruned.config.pruned_layout
@@ -82,18 +92,23 @@ def test_importance_scores_and_plan(tiny, method):
     model = make()
     imp = lib.prune.unit_importance(model, loaders_for(tok).val, method)
     assert [len(h) for h in imp.heads] == [4, 4] and [len(n) for n in imp.neurons] == [64, 64]
-    assert all(torch.all(h >= 0) for h in imp.heads) and torch.allclose(torch.stack(imp.heads).norm(dim=1), torch.ones(2))
+    assert all(torch.all(h >= 0) for h in imp.heads) and torch.allclose(
+        torch.stack(imp.heads).norm(dim=1), torch.ones(2)
+    )
     p = lib.prune.plan(imp, 0.5)
     assert sum(map(len, p.heads.values())) == 4 and sum(map(len, p.neurons.values())) == 64
     low = min(range(4), key=lambda h: float(imp.heads[0][h]))
-    assert low in p.heads[0] or len(p.heads[0]) == 3  # the weakest head of layer 0 goes, unless the layer is at its minimum
+    assert (
+        low in p.heads[0] or len(p.heads[0]) == 3
+    )  # the weakest head of layer 0 goes, unless the layer is at its minimum
     extreme = lib.prune.plan(imp, 0.99)
     assert all(len(v) == 3 for v in extreme.heads.values())  # at least one head stays per layer
 
 
 def test_gradient_importance_scores_a_unit_that_does_nothing_zero(tiny):
-    """A head whose output-projection columns are zero (and a neuron whose output column is zero) cannot change the
-    loss: its gradient score must be 0, the lowest, so it is the first to go. Magnitude still sees its other weights."""
+    """A head whose output-projection columns are zero (and a neuron whose output column is zero) cannot
+    change the loss: its gradient score must be 0, the lowest, so it is the first to go. Magnitude still sees
+    its other weights."""
     from tests.test_models_train import loaders_for
 
     make, tok = tiny
@@ -114,10 +129,14 @@ def test_unit_importance_dispatches_by_method(tiny):
     make, tok = tiny
     model = make()
     val = loaders_for(tok).val
-    assert torch.equal(torch.stack(lib.prune.unit_importance(model, val, "gradient").heads),
-                       torch.stack(lib.prune.gradient_importance(model, val).heads))
-    assert torch.equal(torch.stack(lib.prune.unit_importance(model, val, "magnitude").heads),
-                       torch.stack(lib.prune.magnitude_importance(model).heads))
+    assert torch.equal(
+        torch.stack(lib.prune.unit_importance(model, val, "gradient").heads),
+        torch.stack(lib.prune.gradient_importance(model, val).heads),
+    )
+    assert torch.equal(
+        torch.stack(lib.prune.unit_importance(model, val, "magnitude").heads),
+        torch.stack(lib.prune.magnitude_importance(model).heads),
+    )
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "half", True])
@@ -145,7 +164,9 @@ def test_magnitude_pruning_sparsity_masks_survive_training_and_storage(tiny):
     lib.prune.magnitude_prune(model, 0.7)
     assert lib.prune.encoder_sparsity(model) == pytest.approx(0.7, abs=0.01)
     loaders = loaders_for(tok)
-    lib.train.fit(model, loaders.train, None, lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, progress=False))
+    lib.train.fit(
+        model, loaders.train, None, lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, progress=False)
+    )
     lib.prune.make_permanent(model)
     assert lib.prune.encoder_sparsity(model) == pytest.approx(0.7, abs=0.01)  # training did not regrow zeros
     assert not any(n.endswith("_orig") for n, _ in model.named_parameters())
@@ -155,7 +176,8 @@ def test_magnitude_pruning_sparsity_masks_survive_training_and_storage(tiny):
     copy.deepcopy(model)  # a plain model again
 
 
-# ---------------------------------------------------------------------------------------------- uneven layers, vocabulary
+# ------------------------------------------------------------------------ uneven layers, vocabulary
+
 
 def test_an_already_pruned_model_is_scored_and_pruned_again(tiny):
     """A student or a pruned model has layers of different widths: importance and the plan work per layer."""

@@ -35,11 +35,18 @@ def test_every_variant_runs_through_one_interface(built):
     model, tok, variants = built
     assert list(variants)[0] == "fp32"
     assert {(v.backend, v.dtype) for v in variants.values()} == {
-        ("torch", "fp32"), ("torch", "int8"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("torch", "bf16")}
+        ("torch", "fp32"),
+        ("torch", "int8"),
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "int8"),
+        ("torch", "bf16"),
+    }
     assert len([v for v in variants.values() if v.backend == "onnxruntime" and v.dtype == "int8"]) == 5
     assert "torch int8 per-channel" in variants and "ort int8 per-channel (emb fp32)" in variants
     # other batch size and sequence length than the export example: the ONNX axes are dynamic
-    x = texts_batch(tok, ["one", "two words", "three words here", "and a fourth, much longer, sentence to pad to"])
+    x = texts_batch(
+        tok, ["one", "two words", "three words here", "and a fourth, much longer, sentence to pad to"]
+    )
     ref = variants["fp32"].predictor(x)
     for name, v in variants.items():
         out = v.predictor(x)
@@ -71,10 +78,15 @@ def test_comparison_scores_every_variant_against_independent_logits(built, toy):
     ref, _ = lib.evaluate.predict_logits(model, loader)  # the torch model itself, not the fp32 predictor
     expected = np.mean(ref.argmax(-1) == logits.argmax(-1))
     assert scores.loc["ort int8 per-channel", "agreement"] == pytest.approx(expected)
-    assert scores.loc["ort int8 per-channel", "max_abs_logit_diff"] == pytest.approx(np.max(np.abs(ref - logits)))
-    assert scores.loc["ort int8 per-channel", "accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
-    assert scores.loc["ort int8 per-channel", "smaller_x"] == pytest.approx(variants["fp32"].size_mb
-                                                                            / variants["ort int8 per-channel"].size_mb)
+    assert scores.loc["ort int8 per-channel", "max_abs_logit_diff"] == pytest.approx(
+        np.max(np.abs(ref - logits))
+    )
+    assert scores.loc["ort int8 per-channel", "accuracy"] == pytest.approx(
+        np.mean(logits.argmax(-1) == labels)
+    )
+    assert scores.loc["ort int8 per-channel", "smaller_x"] == pytest.approx(
+        variants["fp32"].size_mb / variants["ort int8 per-channel"].size_mb
+    )
 
 
 def test_agreement_counts_labels_and_largest_change():
@@ -90,8 +102,16 @@ def _table(val_acc, val_agree, sizes, speeds):
     import pandas as pd
 
     names = ["fp32", "ort int8 (emb fp32)", "ort int8 7-bit", "ort int8"]
-    return pd.DataFrame({"dtype": ["fp32", "int8", "int8", "int8"], "val_accuracy": val_acc,
-                         "val_agreement": val_agree, "size_mb": sizes, "throughput_b32": speeds}, index=names)
+    return pd.DataFrame(
+        {
+            "dtype": ["fp32", "int8", "int8", "int8"],
+            "val_accuracy": val_acc,
+            "val_agreement": val_agree,
+            "size_mb": sizes,
+            "throughput_b32": speeds,
+        },
+        index=names,
+    )
 
 
 def test_pick_int8_chooses_on_validation():
@@ -107,7 +127,9 @@ def test_onnx_artifact_round_trip(built, tmp_path):
     _, tok, variants = built
     v = variants["ort int8 7-bit per-channel"]
     path = lib.artifacts.save(tmp_path / "quantized", v.path, tok, {"variant": "ort int8 7-bit per-channel"})
-    assert lib.catalog.check_artifact(path) is None and lib.catalog.artifact_kind(path) == "onnx"
+    assert (
+        lib.runner.catalog.check_artifact(path) is None and lib.runner.catalog.artifact_kind(path) == "onnx"
+    )
     predictor, tok2, meta = lib.artifacts.load(path)
     assert meta["variant"] == "ort int8 7-bit per-channel" and meta["format"] == "onnx"
     assert isinstance(predictor, lib.predict.OnnxPredictor)
@@ -116,8 +138,8 @@ def test_onnx_artifact_round_trip(built, tmp_path):
 
 
 def test_onnx_tools_leave_the_working_directory_clean(tiny, tmp_path, monkeypatch):
-    """ONNX Runtime's symbolic shape inference dumps ``sym_shape_infer_temp.onnx`` (+ data files) into the current
-    directory when it gives up; such dumps once reached this repository's root (and git)."""
+    """ONNX Runtime's symbolic shape inference dumps ``sym_shape_infer_temp.onnx`` (+ data files) into the
+    current directory when it gives up; such dumps once reached this repository's root (and git)."""
     make, tok = tiny
     cwd, work = tmp_path / "cwd", tmp_path / "work"
     cwd.mkdir(), work.mkdir()
@@ -176,12 +198,18 @@ def test_failed_export_gives_a_clear_error(tiny, tmp_path):
         lib.quantize.export_onnx(Broken(), tmp_path / "m.onnx", texts_batch(tok))
     assert not list(tmp_path.iterdir())  # nothing half-written
     with pytest.raises(QuantizeError, match="input_ids and attention_mask"):
-        lib.quantize.export_onnx(model, tmp_path / "m.onnx", {"input_ids": torch.ones(1, 3, dtype=torch.long)})
+        lib.quantize.export_onnx(
+            model, tmp_path / "m.onnx", {"input_ids": torch.ones(1, 3, dtype=torch.long)}
+        )
 
 
 def test_cpu_support_reads_flags():
-    assert lib.utils.cpu_support({"avx2", "fma"}) == {"avx2": True, "avx512": False, "int8_vnni": False,
-                                                        "bf16": False}
+    assert lib.utils.cpu_support({"avx2", "fma"}) == {
+        "avx2": True,
+        "avx512": False,
+        "int8_vnni": False,
+        "bf16": False,
+    }
     s = lib.utils.cpu_support({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
     assert s["int8_vnni"] and s["bf16"] and s["avx512"]
 
@@ -217,7 +245,8 @@ def test_per_channel_scales_contain_an_outlier(tiny):
 
 
 def test_a_stacked_model_exports_to_int8_onnx(tiny, tmp_path):
-    """Pruned (uneven layers) and vocabulary-trimmed: the int8 file predicts like the torch model and is small."""
+    """Pruned (uneven layers) and vocabulary-trimmed: the int8 file predicts like the torch model and is
+    small."""
     make, tok = tiny
     model = lib.prune.remove_units(make(seed=1), lib.prune.Plan(heads={0: [0]}, neurons={1: list(range(16))}))
     x = texts_batch(tok)
@@ -229,4 +258,6 @@ def test_a_stacked_model_exports_to_int8_onnx(tiny, tmp_path):
     with torch.no_grad():
         ref = trimmed(**x).logits.numpy()
     assert np.abs(ort - ref).max() < 0.1 * np.abs(ref).max() + 0.05
-    assert path.stat().st_size < lib.bench.serialized_mb(trimmed) * 1e6  # int8 weights (the int32 remap table stays)
+    assert (
+        path.stat().st_size < lib.bench.serialized_mb(trimmed) * 1e6
+    )  # int8 weights (the int32 remap table stays)

@@ -1,4 +1,4 @@
-"""lib.report: the Pareto front and the weighted choice of 08_report, on tables whose answer is known."""
+"""lib.report: the Pareto front and the weighted choice of 10_report, on tables whose answer is known."""
 
 from __future__ import annotations
 
@@ -8,18 +8,27 @@ import pytest
 
 import lib
 
-TABLE = pd.DataFrame({"accuracy": [0.83, 0.83, 0.80, 0.79, 0.70],
-                      "throughput": [150.0, 370.0, 480.0, 470.0, 1000.0],
-                      "size_mb": [90.0, 65.0, 23.0, 23.0, None]},
-                     index=["teacher", "student", "int8", "int8-worse", "unknown-size"])
+TABLE = pd.DataFrame(
+    {
+        "accuracy": [0.83, 0.83, 0.80, 0.79, 0.70],
+        "throughput": [150.0, 370.0, 480.0, 470.0, 1000.0],
+        "size_mb": [90.0, 65.0, 23.0, 23.0, None],
+    },
+    index=["teacher", "student", "int8", "int8-worse", "unknown-size"],
+)
 OBJECTIVES = {"accuracy": "max", "throughput": "max", "size_mb": "min"}
 
 
 def test_pareto_front_drops_the_dominated_and_the_incomplete():
     front = lib.report.pareto_front(TABLE, OBJECTIVES)
     # teacher: the student is as accurate, faster and smaller; int8-worse: int8 beats it on all three
-    assert front.to_dict() == {"teacher": False, "student": True, "int8": True, "int8-worse": False,
-                               "unknown-size": False}
+    assert front.to_dict() == {
+        "teacher": False,
+        "student": True,
+        "int8": True,
+        "int8-worse": False,
+        "unknown-size": False,
+    }
     two = lib.report.pareto_front(TABLE, {"accuracy": "max", "throughput": "max"})
     assert two["unknown-size"] and two["student"] and not two["teacher"]  # with size left out, it competes
 
@@ -40,8 +49,12 @@ def test_normalised_objectives_put_the_best_at_one():
 def test_the_choice_follows_the_weights():
     accurate, _ = lib.report.weighted_choice(TABLE, OBJECTIVES, {"accuracy": 1.0})
     fast, _ = lib.report.weighted_choice(TABLE, OBJECTIVES, {"throughput": 1.0})
-    balanced, values = lib.report.weighted_choice(TABLE, OBJECTIVES, {"accuracy": 1.0, "throughput": 0.5, "size_mb": 0.5})
-    assert accurate == "teacher" and fast == "unknown-size"  # teacher and student tie on accuracy: the table's order
+    balanced, values = lib.report.weighted_choice(
+        TABLE, OBJECTIVES, {"accuracy": 1.0, "throughput": 0.5, "size_mb": 0.5}
+    )
+    assert (
+        accurate == "teacher" and fast == "unknown-size"
+    )  # teacher and student tie on accuracy: the table's order
     assert balanced == "int8" and values.index[0] == "int8" and values.is_monotonic_decreasing
 
 
@@ -58,49 +71,110 @@ def test_bad_objectives_and_weights_are_refused():
         lib.report.weighted_choice(TABLE, OBJECTIVES, {"accuracy": 1.0, "size_mb": -1.0})
 
 
-# ---------------------------------------------------------------------------------------------- the run's table
+# ------------------------------------------------------------------------ the run's table
+
 
 def _v(name, role="variant", **kw):
-    base = {"name": name, "role": role, "accuracy": None, "f1": None, "size_mb": None, "num_params": None,
-            "latency_ms_b1_p50": None, "throughput_b32": None, "speedup_vs_reference": None}
+    base = {
+        "name": name,
+        "role": role,
+        "accuracy": None,
+        "f1": None,
+        "size_mb": None,
+        "num_params": None,
+        "latency_ms_b1_p50": None,
+        "throughput_b32": None,
+        "speedup_vs_reference": None,
+    }
     return {**base, **kw}
 
 
-TEACHER = dict(accuracy=0.83, f1=0.82, size_mb=90.0, num_params=22e6, throughput_b32=150.0, speedup_vs_reference=1.0)
+TEACHER = dict(
+    accuracy=0.83, f1=0.82, size_mb=90.0, num_params=22e6, throughput_b32=150.0, speedup_vs_reference=1.0
+)
 RECORDS = [
-    {"notebook": "00_baseline", "params": {}, "findings": {},
-     "variants": [_v("teacher", "reference", **TEACHER), _v("tfidf-logreg", accuracy=0.74)]},
-    {"notebook": "03_quantize", "params": {}, "findings": {"best_int8": "ort int8"},
-     "variants": [_v("fp32", "reference", **{**TEACHER, "throughput_b32": 160.0}),
-                  _v("ort int8", accuracy=0.82, size_mb=23.0, throughput_b32=500.0, speedup_vs_reference=3.1,
-                     backend="onnxruntime", dtype="int8")]},
-    {"notebook": "06_explain", "params": {}, "findings": {"faithfulness": [
-        {"model": "teacher", "method": "lime", "comprehensiveness": 0.5},
-        {"model": "teacher", "method": "random", "comprehensiveness": 0.04},
-        {"model": "int8", "method": "lime", "comprehensiveness": 0.45}]}, "variants": []},
-    {"notebook": "07_privacy", "params": {}, "findings": {"trainable_params": 1000},
-     "variants": [_v("non-private", "reference", accuracy=0.76, epsilon=None),
-                  _v("dp-eps-8", accuracy=0.75, epsilon=8.0), _v("dp-eps-1", accuracy=0.70, epsilon=1.0)]},
+    {
+        "notebook": "00_baseline",
+        "params": {},
+        "findings": {},
+        "variants": [_v("teacher", "reference", **TEACHER), _v("tfidf-logreg", accuracy=0.74)],
+    },
+    {
+        "notebook": "03_quantize",
+        "params": {},
+        "findings": {"best_int8": "ort int8"},
+        "variants": [
+            _v("fp32", "reference", **{**TEACHER, "throughput_b32": 160.0}),
+            _v(
+                "ort int8",
+                accuracy=0.82,
+                size_mb=23.0,
+                throughput_b32=500.0,
+                speedup_vs_reference=3.1,
+                backend="onnxruntime",
+                dtype="int8",
+            ),
+        ],
+    },
+    {
+        "notebook": "06_explain",
+        "params": {},
+        "findings": {
+            "faithfulness": [
+                {"model": "teacher", "method": "lime", "comprehensiveness": 0.5},
+                {"model": "teacher", "method": "random", "comprehensiveness": 0.04},
+                {"model": "int8", "method": "lime", "comprehensiveness": 0.45},
+            ]
+        },
+        "variants": [],
+    },
+    {
+        "notebook": "07_privacy",
+        "params": {},
+        "findings": {"trainable_params": 1000},
+        "variants": [
+            _v("non-private", "reference", accuracy=0.76, epsilon=None),
+            _v("dp-eps-8", accuracy=0.75, epsilon=8.0),
+            _v("dp-eps-1", accuracy=0.70, epsilon=1.0),
+        ],
+    },
 ]
 
 
 def test_variants_table_folds_the_teacher_and_attaches_what_other_notebooks_measured():
     t = lib.report.variants_table(RECORDS)
-    assert list(t.index) == ["teacher", "tfidf-logreg", "ort int8", "non-private", "dp-eps-8", "dp-eps-1"]  # no "fp32"
+    assert list(t.index) == [
+        "teacher",
+        "tfidf-logreg",
+        "ort int8",
+        "non-private",
+        "dp-eps-8",
+        "dp-eps-1",
+    ]  # no "fp32"
     assert t.loc["ort int8", "speedup_vs_teacher"] == 3.1 and t.loc["ort int8", "faithfulness"] == 0.45
     assert t.loc["teacher", "faithfulness"] == 0.5 and t.loc["teacher", "trainable_params"] == 22e6
     assert pd.isna(t.loc["dp-eps-8", "speedup_vs_teacher"])  # 07's reference is not the teacher
     assert t.loc["dp-eps-8", "epsilon"] == 8.0 and t.loc["dp-eps-8", "trainable_params"] == 1000
     assert t.loc["ort int8", "provenance"] == "03_quantize: backend onnxruntime, dtype int8"
-    assert lib.report.missing_notebooks(RECORDS) == ["01_lora_finetune", "02_prune", "04_distill", "05_distributed"]
+    assert lib.report.missing_notebooks(RECORDS) == [
+        "01_lora_finetune",
+        "02_prune",
+        "04_distill",
+        "05_distributed",
+    ]
     assert list(lib.report.teacher_remeasured(RECORDS)["throughput_b32"]) == [150.0, 160.0]
 
 
 def test_the_choice_respects_the_accuracy_limit_and_privacy_needs_a_guarantee():
     t = lib.report.variants_table(RECORDS)
     best, values = lib.report.choose(t, {"speed": 1, "cost": 1, "explainability": 0, "privacy": 0}, 3.0, 0.83)
-    assert best == "ort int8" and set(values.index) == {"teacher", "ort int8"}  # the rest are > 3 points behind
-    best, values = lib.report.choose(t, {"speed": 0, "cost": 0, "explainability": 0, "privacy": 1}, 20.0, 0.83)
+    assert best == "ort int8" and set(values.index) == {
+        "teacher",
+        "ort int8",
+    }  # the rest are > 3 points behind
+    best, values = lib.report.choose(
+        t, {"speed": 0, "cost": 0, "explainability": 0, "privacy": 1}, 20.0, 0.83
+    )
     assert best == "dp-eps-1" and values.loc["dp-eps-8", "privacy"] == pytest.approx(1 / 9)
     assert values.loc["non-private", "privacy"] == 0.0  # no guarantee: the worst, not missing
     best, _ = lib.report.choose(t, {"speed": 0, "cost": 0, "explainability": 1, "privacy": 0}, 3.0, 0.83)
@@ -111,29 +185,67 @@ def test_the_choice_respects_the_accuracy_limit_and_privacy_needs_a_guarantee():
 
 def test_record_variants_name_their_source_and_keep_the_teacher_as_reference():
     t = lib.report.variants_table(RECORDS)
-    stage = pd.DataFrame({"accuracy": [0.81], "f1": [0.8], "size_mb": [9.0], "latency_ms_b1_p50": [1.0],
-                          "throughput_b32": [1200.0], "speedup_vs_reference": [8.0]}, index=["stacked (x)"])
-    rows = lib.report.record_variants(lib.report.with_rows(t, stage, "08_report", {}))
+    stage = pd.DataFrame(
+        {
+            "accuracy": [0.81],
+            "f1": [0.8],
+            "size_mb": [9.0],
+            "latency_ms_b1_p50": [1.0],
+            "throughput_b32": [1200.0],
+            "speedup_vs_reference": [8.0],
+        },
+        index=["stacked (x)"],
+    )
+    rows = lib.report.record_variants(lib.report.with_rows(t, stage, "10_report", {}))
     by = {r["name"]: r for r in rows}
     assert by["teacher"]["role"] == "reference" and by["teacher"]["source"] == "00_baseline"
-    assert by["stacked (x)"]["source"] == "08_report" and by["stacked (x)"]["speedup_vs_teacher"] == 8.0
+    assert by["stacked (x)"]["source"] == "10_report" and by["stacked (x)"]["speedup_vs_teacher"] == 8.0
     assert by["dp-eps-8"]["size_mb"] is None  # missing stays missing (JSON null), never NaN
-    rec = {"notebook": "08_report", "variants": rows}
-    assert [v["name"] for v in lib.results.own_variants(rec)] == ["stacked (x)"]
+    rec = {"notebook": "10_report", "variants": rows}
+    assert [v["name"] for v in lib.runner.records.own_variants(rec)] == ["stacked (x)"]
 
 
 def test_report_html_shows_what_the_run_has(outputs):
-    run_dir = lib.runs.start("smoke", by="test", notebooks=["00_baseline", "03_quantize"])
+    run_dir = lib.runner.folders.start("smoke", by="test", notebooks=["00_baseline", "03_quantize"])
     (run_dir / "metrics").mkdir()
     env = {"cpu": "test CPU", "isa": "AVX2", "threads": 2}
     for rec in RECORDS[:2]:
         lib.utils.atomic_write_json(run_dir / "metrics" / f"{rec['notebook']}.json", {**rec, "env": env})
-    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# executed"}], "metadata": {},
-          "nbformat": 4, "nbformat_minor": 4}
+    nb = {
+        "cells": [{"cell_type": "markdown", "metadata": {}, "source": "# executed"}],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 4,
+    }
     (run_dir / "notebooks").mkdir()
     lib.utils.atomic_write_json(run_dir / "notebooks" / "00_baseline.ipynb", nb)
-    page = lib.report.write_html(run_dir).read_text(encoding="utf-8")
+    page = lib.runner.page.write_html(run_dir).read_text(encoding="utf-8")
     assert "<table" in page and "ort int8" in page and "AVX2" in page
     assert 'href="html/00_baseline.html"' in page and (run_dir / "html" / "00_baseline.html").exists()
     assert "03_quantize: <em>not in this run</em>" in page  # no executed notebook
-    assert "No record from: 01_lora_finetune" in page and "08_report has not run" in page
+    assert "No record from: 01_lora_finetune" in page and "No report notebook in this run" in page
+    assert (
+        "<th>size (MB)</th>" in page and "latency_ms_b1_p50" not in page
+    )  # headers with units, not raw keys
+    assert page.index(">00_baseline</th>") < page.index(">03_quantize</th>")  # grouped by notebook, in order
+
+
+def test_report_html_groups_an_aggregating_record_and_marks_the_choice(outputs):
+    """The page knows no notebook by name: a record whose variants carry their `source` is the aggregate,
+    whatever notebook wrote it, and the variants its choice picked are marked."""
+    run_dir = lib.runner.folders.start("smoke", by="test", notebooks=[])
+    (run_dir / "metrics").mkdir()
+    rows = lib.report.record_variants(lib.report.variants_table(RECORDS))
+    summary = {
+        **RECORDS[0],
+        "notebook": "99_somebody_elses",
+        "variants": rows,
+        "findings": {"best_variant": {"yours": "ort int8", "privacy first": "dp-eps-1"}},
+    }
+    for rec in [*RECORDS[:1], summary]:
+        lib.utils.atomic_write_json(run_dir / "metrics" / f"{rec['notebook']}.json", rec)
+    groups = lib.runner.page.groups(lib.runner.records.load_run(run_dir), summary["findings"]["best_variant"])
+    assert [g["notebook"] for g in groups[1:]] == ["00_baseline", "03_quantize", "07_privacy"]
+    marked = {r["name"]: r["chosen"] for g in groups[1:] for r in g["rows"] if r["chosen"]}
+    assert marked == {"ort int8": ["yours"], "dp-eps-1": ["privacy first"]}
+    assert "faithfulness (LIME comprehensiveness)" in groups[0]["headers"]

@@ -12,9 +12,9 @@ import time
 import pytest
 
 import lib
-from lib import catalog
 from lib.errors import ParamError
-from lib.run import main, plan
+from lib.runner import catalog
+from lib.runner.cli import main, plan
 
 
 def run(capsys, *argv):
@@ -28,21 +28,30 @@ def test_list(capsys):
     assert code == 0 and "00_baseline" in out and "teacher" in out and "smoke" in out
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--profile", "nope"], "unknown profile 'nope'"),
-    (["--only", "07_nothing"], "unknown notebook"),
-    (["--profile", "smoke", "-p", "num_epochz=1"], "override 'num_epochz' is not a parameter"),
-    (["--profile", "smoke", "-p", "num_epochs=two"], "num_epochs: expected integer"),
-    (["--profile", "smoke", "-p", "test_frac=1.5"], "test_frac: must be in"),
-    (["--profile", "smoke", "-p", "learning_rate=1e-3"], "write 1.0e-3"),
-    (["--profile", "smoke", "-p", "profile=x"], "--profile"),
-    (["--profile", "smoke", "-p", "oops"], "name=value"),
-    (["--profile", "smoke", "-p", "sparsities=[0.5, 1.5]"], "sparsities: must be in [0, 1)"),
-    (["--profile", "smoke", "-p", "structured_fractions=[1.0]"], "structured_fractions: must be in (0, 1)"),
-    (["--profile", "smoke", "-p", "importance_methods=[random]"], "importance_methods: 'random' is not one of"),
-    (["--profile", "smoke", "-p", "pooling=max"], "pooling: 'max' is not one of"),
-    (["--profile", "smoke", "-p", "lora_ranks=[]"], "lora_ranks: must not be an empty list"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--profile", "nope"], "unknown profile 'nope'"),
+        (["--only", "07_nothing"], "unknown notebook"),
+        (["--profile", "smoke", "-p", "num_epochz=1"], "override 'num_epochz' is not a parameter"),
+        (["--profile", "smoke", "-p", "num_epochs=two"], "num_epochs: expected integer"),
+        (["--profile", "smoke", "-p", "test_frac=1.5"], "test_frac: must be in"),
+        (["--profile", "smoke", "-p", "learning_rate=1e-3"], "write 1.0e-3"),
+        (["--profile", "smoke", "-p", "profile=x"], "--profile"),
+        (["--profile", "smoke", "-p", "oops"], "name=value"),
+        (["--profile", "smoke", "-p", "sparsities=[0.5, 1.5]"], "sparsities: must be in [0, 1)"),
+        (
+            ["--profile", "smoke", "-p", "structured_fractions=[1.0]"],
+            "structured_fractions: must be in (0, 1)",
+        ),
+        (
+            ["--profile", "smoke", "-p", "importance_methods=[random]"],
+            "importance_methods: 'random' is not one of",
+        ),
+        (["--profile", "smoke", "-p", "pooling=max"], "pooling: 'max' is not one of"),
+        (["--profile", "smoke", "-p", "lora_ranks=[]"], "lora_ranks: must not be an empty list"),
+    ],
+)
 def test_refuses_bad_input_before_running(capsys, outputs, argv, fragment):
     code, out = run(capsys, *argv)
     assert code == 2 and fragment in out
@@ -50,7 +59,7 @@ def test_refuses_bad_input_before_running(capsys, outputs, argv, fragment):
 
 
 def test_only_takes_commas_or_spaces():
-    from lib.run import select
+    from lib.runner.cli import select
 
     assert [nb.name for nb in select(["02_prune,00_baseline"])] == ["00_baseline", "02_prune"]
     assert [nb.name for nb in select(["00_baseline", "02_prune"])] == ["00_baseline", "02_prune"]
@@ -68,9 +77,9 @@ def test_missing_or_corrupt_prerequisite(monkeypatch, outputs, tiny):
     with pytest.raises(ParamError, match=r"needs the 'teacher' artifact, which is missing"):
         plan("smoke", ["00_baseline"], [])
     make, tok = tiny
-    run_dir = lib.runs.start("smoke", by="runner", notebooks=["00_baseline"])
-    path = lib.artifacts.save(lib.runs.artifact_dir("smoke", "teacher"), make(), tok, {})
-    lib.runs.finish(run_dir, "complete")
+    run_dir = lib.runner.folders.start("smoke", by="runner", notebooks=["00_baseline"])
+    path = lib.artifacts.save(lib.runner.folders.artifact_dir("smoke", "teacher"), make(), tok, {})
+    lib.runner.folders.finish(run_dir, "complete")
     plan("smoke", ["00_baseline"], [])  # present (in the latest complete run): fine
     (path / "metadata.json").write_text("{")
     with pytest.raises(ParamError, match="corrupt"):
@@ -78,7 +87,9 @@ def test_missing_or_corrupt_prerequisite(monkeypatch, outputs, tiny):
 
 
 def test_later_notebook_alone_needs_the_teacher(outputs):
-    with pytest.raises(ParamError, match=r"01_lora_finetune needs the 'teacher' artifact.*--only 00_baseline"):
+    with pytest.raises(
+        ParamError, match=r"01_lora_finetune needs the 'teacher' artifact.*--only 00_baseline"
+    ):
         plan("smoke", ["01_lora_finetune"], [])
     assert len(plan("smoke", ["00_baseline", "01_lora_finetune"], [])) == 2  # made earlier in the same run
 
@@ -89,36 +100,78 @@ def test_prerequisite_made_earlier_in_the_same_run_is_fine(monkeypatch, outputs)
 
 @pytest.mark.notebook
 def test_failing_notebook_is_reported_with_cell_error_and_path(capsys, outputs, tmp_path):
-    tiny = tmp_path / "tiny.csv"  # a readable CSV with two classes (the pre-flight passes), too small to split
+    tiny = (
+        tmp_path / "tiny.csv"
+    )  # a readable CSV with two classes (the pre-flight passes), too small to split
     tiny.write_text("text,label\ngood,pos\nbad,neg\nfine,pos\n")
     code, out = run(capsys, "--profile", "smoke", "-p", f"dataset=csv:{tiny}", "--only", "00_baseline")
     assert code == 1
     assert "FAILED: 00_baseline" in out and "DataError" in out and "one class only" in out
-    (run_dir,) = lib.runs.all_runs("smoke")
+    (run_dir,) = lib.runner.folders.all_runs("smoke")
     failed = run_dir / "notebooks" / "00_baseline.failed.ipynb"
     assert str(failed) in out and failed.exists()
     assert not (run_dir / "metrics" / "00_baseline.json").exists()
-    assert lib.runs.read_manifest(run_dir)["status"] == "failed" and lib.runs.latest("smoke") is None
+    assert (
+        lib.runner.folders.read_manifest(run_dir)["status"] == "failed"
+        and lib.runner.folders.latest("smoke") is None
+    )
     # In the notebook, a project error shows its message, not a traceback through lib.
     cells = json.loads(failed.read_text())["cells"]
-    (error,) = [o for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []) if o["output_type"] == "error"]
-    assert error["ename"] == "DataError" and len(error["traceback"]) == 1 and "one class only" in error["traceback"][0]
+    (error,) = [
+        o
+        for c in cells
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if o["output_type"] == "error"
+    ]
+    assert (
+        error["ename"] == "DataError"
+        and len(error["traceback"]) == 1
+        and "one class only" in error["traceback"][0]
+    )
 
 
 @pytest.mark.notebook
 def test_cell_timeout_is_reported_as_a_timeout(capsys, outputs):
     # nbclient looks at the clock every 5 s: 20 epochs make the training cell run far longer than that
-    code, out = run(capsys, "--profile", "smoke", "--only", "00_baseline", "--execution-timeout", "1",
-                    "-p", "num_epochs=20")
+    code, out = run(
+        capsys,
+        "--profile",
+        "smoke",
+        "--only",
+        "00_baseline",
+        "--execution-timeout",
+        "1",
+        "-p",
+        "num_epochs=20",
+    )
     assert code == 1
     assert "FAILED: 00_baseline" in out and "--execution-timeout=1s" in out
 
 
 def _start_runner(outputs, *argv):
     env = {**os.environ, "MUXL_OUTPUTS": str(outputs)}
-    return subprocess.Popen([sys.executable, "-m", "lib.run", "--profile", "smoke", "--only", "00_baseline", *argv],
-                            cwd=lib.paths.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    # the tiny random BERT: the runner's behaviour does not depend on the model, and a run takes half the time
+    cmd = [
+        sys.executable,
+        "-m",
+        "lib.runner",
+        "--profile",
+        "smoke",
+        "--only",
+        "00_baseline",
+        "-p",
+        "model=tiny-bert",
+    ]
+    return subprocess.Popen(
+        [*cmd, *argv],
+        cwd=lib.runner.paths.ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_kernel(outputs, proc, seconds=60):
@@ -146,8 +199,8 @@ def _kernels_of(run_dir):
 
 @pytest.mark.notebook
 def test_interrupted_and_killed_runs_are_marked_and_the_next_run_completes(outputs):
-    """Ctrl-C, SIGTERM and SIGKILL in the middle of a notebook: the run is marked incomplete, `latest` stays where it
-    was, no kernel and no kernel file is left behind, and the next run completes."""
+    """Ctrl-C, SIGTERM and SIGKILL in the middle of a notebook: the run is marked incomplete, `latest` stays
+    where it was, no kernel and no kernel file is left behind, and the next run completes."""
     ended = {}
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         proc = _start_runner(outputs)
@@ -161,12 +214,12 @@ def test_interrupted_and_killed_runs_are_marked_and_the_next_run_completes(outpu
         ended[sig] = run_dir
         if sig != signal.SIGKILL:
             assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in out, out
-            assert lib.runs.read_manifest(run_dir)["status"] == "interrupted"
+            assert lib.runner.folders.read_manifest(run_dir)["status"] == "interrupted"
             assert (run_dir / "notebooks" / "00_baseline.interrupted.ipynb").exists()
             assert not (run_dir / ".runtime").exists() and not _kernels_of(run_dir)
-        assert lib.runs.latest("smoke") is None
+        assert lib.runner.folders.latest("smoke") is None
     killed = ended[signal.SIGKILL]
-    assert lib.runs.status(lib.runs.read_manifest(killed)) == "killed"
+    assert lib.runner.folders.status(lib.runner.folders.read_manifest(killed)) == "killed"
     for _ in range(50):  # the orphaned kernel notices its parent is gone and exits
         if not _kernels_of(killed):
             break
@@ -175,23 +228,30 @@ def test_interrupted_and_killed_runs_are_marked_and_the_next_run_completes(outpu
     proc = _start_runner(outputs)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
-    (latest,) = [d for d in lib.runs.all_runs("smoke") if d not in ended.values()]
-    assert lib.runs.latest("smoke") == latest and lib.runs.read_manifest(latest)["status"] == "complete"
-    assert lib.runs.read_manifest(killed)["status"] == "killed" and not (killed / ".runtime").exists()
+    (latest,) = [d for d in lib.runner.folders.all_runs("smoke") if d not in ended.values()]
+    assert (
+        lib.runner.folders.latest("smoke") == latest
+        and lib.runner.folders.read_manifest(latest)["status"] == "complete"
+    )
+    assert (
+        lib.runner.folders.read_manifest(killed)["status"] == "killed" and not (killed / ".runtime").exists()
+    )
 
 
 @pytest.mark.notebook
 def test_two_runs_two_folders_and_an_override_run_is_marked_and_refused_by_readme(capsys, outputs, tmp_path):
-    for argv in ([], ["-p", "num_epochs=2"]):
+    tiny = ["-p", "model=tiny-bert"]  # the runner's behaviour does not depend on the model
+    for argv in (tiny, [*tiny, "-p", "num_epochs=2"]):
         code, out = run(capsys, "--profile", "smoke", "--only", "00_baseline", *argv)
         assert code == 0, out
-    first, second = lib.runs.all_runs("smoke")
-    assert lib.runs.latest("smoke") == second
-    m1, m2 = lib.runs.read_manifest(first), lib.runs.read_manifest(second)
-    assert m1["status"] == m2["status"] == "complete" and m1["overrides"] == {}
-    assert m2["overrides"] == {"num_epochs": 2} and m2["override_diff"] == {"num_epochs": {"profile": 1, "run": 2}}
+    first, second = lib.runner.folders.all_runs("smoke")
+    assert lib.runner.folders.latest("smoke") == second
+    m1, m2 = lib.runner.folders.read_manifest(first), lib.runner.folders.read_manifest(second)
+    assert m1["status"] == m2["status"] == "complete" and m1["overrides"] == {"model": "tiny-bert"}
+    assert m2["overrides"] == {"model": "tiny-bert", "num_epochs": 2}
+    assert m2["override_diff"]["num_epochs"] == {"profile": 1, "run": 2}
     assert m2["notebooks"]["00_baseline"]["seconds"] > 0 and m2["machine"]["isa"] == lib.utils.isa()
     readme = tmp_path / "README.md"
-    readme.write_text(f"{lib.results.README_START}\nold\n{lib.results.README_END}\n")
+    readme.write_text(f"{lib.runner.readme.README_START}\nold\n{lib.runner.readme.README_END}\n")
     with pytest.raises(lib.errors.LabError, match="num_epochs=2"):
-        lib.results.update_readme(readme, second, "smoke")
+        lib.runner.readme.update_readme(readme, second, "smoke")

@@ -1,5 +1,6 @@
-"""Run folders (lib.runs): one folder per run with its manifest, `latest`, inputs taken from the right run, hand runs,
-housekeeping; and the defects of issue #13 part 4, each with a test that failed before its fix."""
+"""Run folders (lib.runner.folders): one folder per run with its manifest, `latest`, inputs taken from the
+right run, hand runs, housekeeping; and the defects of issue #13 part 4, each with a test that failed before
+its fix."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import time
 import pytest
 
 import lib
-from lib import runs
 from lib.errors import ArtifactError, DataError, LabError, ParamError
-from lib.run import main
+from lib.runner import folders
+from lib.runner.cli import main
 
 
 def cli(capsys, *argv):
@@ -23,84 +24,90 @@ def cli(capsys, *argv):
     return code, out.out + out.err
 
 
-# ---------------------------------------------------------------------------------------------- lifecycle
+# ------------------------------------------------------------------------ lifecycle
+
 
 def test_a_run_has_a_manifest_and_latest_moves_only_to_a_complete_run(outputs):
-    a = runs.start("smoke", by="runner", notebooks=["00_baseline"], overrides={"num_epochs": 1},
-                   override_diff={"num_epochs": {"profile": 2, "run": 1}})
-    m = runs.read_manifest(a)
+    a = folders.start(
+        "smoke",
+        by="runner",
+        notebooks=["00_baseline"],
+        overrides={"num_epochs": 1},
+        override_diff={"num_epochs": {"profile": 2, "run": 1}},
+    )
+    m = folders.read_manifest(a)
     assert m["status"] == "running" and m["profile"] == "smoke" and m["overrides"] == {"num_epochs": 1}
     assert m["machine"]["isa"] == lib.utils.isa() and m["packages"]["torch"] and "commit" in m["git"]
-    assert runs.latest("smoke") is None
-    runs.finish(a, "complete")
-    assert runs.latest("smoke") == a and (outputs / "smoke" / "latest").is_symlink()
-    b = runs.start("smoke", by="runner", notebooks=["00_baseline"])
-    runs.finish(b, "failed")
-    assert runs.latest("smoke") == a  # a failed run never becomes latest
-    assert a.name < b.name and runs.all_runs("smoke") == [a, b]  # ids sort by time
+    assert folders.latest("smoke") is None
+    folders.finish(a, "complete")
+    assert folders.latest("smoke") == a and (outputs / "smoke" / "latest").is_symlink()
+    b = folders.start("smoke", by="runner", notebooks=["00_baseline"])
+    folders.finish(b, "failed")
+    assert folders.latest("smoke") == a  # a failed run never becomes latest
+    assert a.name < b.name and folders.all_runs("smoke") == [a, b]  # ids sort by time
     with pytest.raises(LabError, match="never modified"):
-        runs.update(a, status="running")
+        folders.update(a, status="running")
 
 
 def test_a_dead_runs_status_is_killed_and_the_next_start_marks_it(outputs):
-    a = runs.start("smoke", by="runner", notebooks=["00_baseline"])
-    m = runs.read_manifest(a)
-    m["pid"] = 2 ** 22 + 12345  # no such process
+    a = folders.start("smoke", by="runner", notebooks=["00_baseline"])
+    m = folders.read_manifest(a)
+    m["pid"] = 2**22 + 12345  # no such process
     (a / "manifest.json").write_text(json.dumps(m))
     (a / ".runtime").mkdir()
     (a / ".runtime" / "kernel-00_baseline.json").write_text("{}")
-    assert runs.status(runs.read_manifest(a)) == "killed"
-    runs.start("smoke", by="runner", notebooks=["00_baseline"])
-    assert runs.read_manifest(a)["status"] == "killed" and not (a / ".runtime").exists()
+    assert folders.status(folders.read_manifest(a)) == "killed"
+    folders.start("smoke", by="runner", notebooks=["00_baseline"])
+    assert folders.read_manifest(a)["status"] == "killed" and not (a / ".runtime").exists()
 
 
 def test_inputs_come_from_this_run_else_the_newest_complete_run_else_the_named_one(outputs):
-    old = runs.start("smoke", by="runner", notebooks=["00_baseline"])
+    old = folders.start("smoke", by="runner", notebooks=["00_baseline"])
     (old / "models" / "teacher").mkdir(parents=True)
-    runs.finish(old, "complete")
-    newer = runs.start("smoke", by="runner", notebooks=["00_baseline"])
+    folders.finish(old, "complete")
+    newer = folders.start("smoke", by="runner", notebooks=["00_baseline"])
     (newer / "models" / "teacher").mkdir(parents=True)
-    runs.finish(newer, "failed")  # incomplete runs are not used implicitly
-    here = runs.start("smoke", by="runner", notebooks=["01_lora_finetune"])
-    assert runs.source("smoke", "models/teacher") == old
-    assert runs.inputs() == {"models/teacher": old.name}
-    assert runs.source("smoke", "models/teacher", newer.name) == newer  # named explicitly: used
+    folders.finish(newer, "failed")  # incomplete runs are not used implicitly
+    here = folders.start("smoke", by="runner", notebooks=["01_lora_finetune"])
+    assert folders.source("smoke", "models/teacher") == old
+    assert folders.inputs() == {"models/teacher": old.name}
+    assert folders.source("smoke", "models/teacher", newer.name) == newer  # named explicitly: used
     (here / "models" / "teacher").mkdir(parents=True)
-    assert runs.source("smoke", "models/teacher") == here
+    assert folders.source("smoke", "models/teacher") == here
     with pytest.raises(ArtifactError, match="no run with id 'nope'"):
-        runs.source("smoke", "models/teacher", "nope")
+        folders.source("smoke", "models/teacher", "nope")
 
 
 def test_a_hand_run_is_its_own_run_and_completes_with_its_record(outputs, monkeypatch):
-    monkeypatch.delenv(runs.ENV_DIR, raising=False)
-    monkeypatch.delenv(runs.ENV_BY, raising=False)
-    defaults = {n: d.default for n, d in lib.params.declared("00_baseline").items()}
-    P = lib.params.from_namespace(defaults, "00_baseline")
-    run_dir = runs.current(P.profile)
+    monkeypatch.delenv(folders.ENV_DIR, raising=False)
+    monkeypatch.delenv(folders.ENV_BY, raising=False)
+    defaults = {n: d.default for n, d in lib.runner.params.declared("00_baseline").items()}
+    P = lib.runner.params.from_namespace(defaults, "00_baseline")
+    run_dir = folders.current(P.profile)
     assert P.profile == "lab" and run_dir.parent == outputs / "lab" / "runs"
-    assert runs.read_manifest(run_dir)["by"] == "hand"
+    assert folders.read_manifest(run_dir)["by"] == "hand"
     from tests.test_bench_results import good_record
 
     rec = good_record()
-    lib.results.record("00_baseline", P.as_dict(), rec["variants"], {}, env=rec["env"])
-    assert runs.read_manifest(run_dir)["status"] == "complete" and runs.latest("lab") == run_dir
+    lib.runner.records.record("00_baseline", P.as_dict(), rec["variants"], {}, env=rec["env"])
+    assert folders.read_manifest(run_dir)["status"] == "complete" and folders.latest("lab") == run_dir
     with pytest.raises(LabError, match="re-run the notebook from the top"):
-        runs.figures_dir("lab")  # the ended run is never modified
-    lib.params.from_namespace(defaults, "00_baseline")  # running the notebook again: a new run
-    assert runs.current("lab") != run_dir
+        folders.figures_dir("lab")  # the ended run is never modified
+    lib.runner.params.from_namespace(defaults, "00_baseline")  # running the notebook again: a new run
+    assert folders.current("lab") != run_dir
 
 
 def test_delete_moves_latest_back(outputs):
-    a = runs.start("smoke", by="runner", notebooks=[])
-    runs.finish(a, "complete")
-    b = runs.start("smoke", by="runner", notebooks=[])
-    runs.finish(b, "complete")
-    assert runs.latest("smoke") == b
-    runs.delete([b])
-    assert runs.latest("smoke") == a and not b.exists()
-    c = runs.start("smoke", by="runner", notebooks=[])
+    a = folders.start("smoke", by="runner", notebooks=[])
+    folders.finish(a, "complete")
+    b = folders.start("smoke", by="runner", notebooks=[])
+    folders.finish(b, "complete")
+    assert folders.latest("smoke") == b
+    folders.delete([b])
+    assert folders.latest("smoke") == a and not b.exists()
+    c = folders.start("smoke", by="runner", notebooks=[])
     with pytest.raises(LabError, match="still running"):
-        runs.delete([c])
+        folders.delete([c])
 
 
 def test_runs_list_compare_and_delete_from_the_command_line(capsys, outputs):
@@ -109,15 +116,29 @@ def test_runs_list_compare_and_delete_from_the_command_line(capsys, outputs):
     rec = good_record()
     made = []
     for acc in (0.80, 0.85):
-        d = runs.start("smoke", by="runner", notebooks=["00_baseline"], overrides={"seed": 3} if acc > 0.8 else {})
+        d = folders.start(
+            "smoke", by="runner", notebooks=["00_baseline"], overrides={"seed": 3} if acc > 0.8 else {}
+        )
         variants = [{**rec["variants"][0], "accuracy": acc}, *rec["variants"][1:]]
-        lib.results.record("00_baseline", {"profile": "smoke", "seed": 3 if acc > 0.8 else 1}, variants,
-                           {"tfidf_accuracy": 0.7}, env=rec["env"], headline=["tfidf_accuracy"])
-        lib.runs.notebook_status(d, "00_baseline", status="complete", seconds=30.0)
-        runs.finish(d, "complete")
+        lib.runner.records.record(
+            "00_baseline",
+            {"profile": "smoke", "seed": 3 if acc > 0.8 else 1},
+            variants,
+            {"tfidf_accuracy": 0.7},
+            env=rec["env"],
+            headline=["tfidf_accuracy"],
+        )
+        lib.runner.folders.notebook_status(d, "00_baseline", status="complete", seconds=30.0)
+        folders.finish(d, "complete")
         made.append(d)
     code, out = cli(capsys, "--runs")
-    assert code == 0 and made[0].name in out and "seed=3" in out and "00 acc=0.8500" in out and "<- latest" in out
+    assert (
+        code == 0
+        and made[0].name in out
+        and "seed=3" in out
+        and "00 acc=0.8500" in out
+        and "<- latest" in out
+    )
     code, out = cli(capsys, "--compare", made[0].name, made[1].name)
     assert code == 0 and "00_baseline seed: 1 -> 3" in out and "teacher accuracy" in out and "+0.05" in out
     code, out = cli(capsys, "--delete", made[0].name)
@@ -126,7 +147,8 @@ def test_runs_list_compare_and_delete_from_the_command_line(capsys, outputs):
     assert code == 2 and "no run with id 'nope'" in out
 
 
-# ---------------------------------------------------------------------------------------------- part 4: bad input
+# ------------------------------------------------------------------------ part 4: bad input
+
 
 def _csv(tmp_path, text="text,label\ngood film,pos\nbad film,neg\n"):
     path = tmp_path / "data.csv"
@@ -135,8 +157,8 @@ def _csv(tmp_path, text="text,label\ngood film,pos\nbad film,neg\n"):
 
 
 def _smoke_split():
-    smoke = lib.params.resolve("smoke", "00_baseline")
-    return {k: smoke[k] for k in lib.preflight.SPLIT_KEYS if k in smoke}
+    smoke = lib.runner.params.resolve("smoke", "00_baseline")
+    return {k: smoke[k] for k in lib.runner.preflight.SPLIT_KEYS if k in smoke}
 
 
 def _save_teacher(tiny, params):
@@ -144,27 +166,38 @@ def _save_teacher(tiny, params):
     from tests.test_bench_results import good_record
 
     make, tok = tiny
-    d = runs.start("smoke", by="runner", notebooks=["00_baseline"])
-    lib.artifacts.save(runs.artifact_dir("smoke", "teacher"), make(), tok, {})
+    d = folders.start("smoke", by="runner", notebooks=["00_baseline"])
+    lib.artifacts.save(folders.artifact_dir("smoke", "teacher"), make(), tok, {})
     rec = good_record()
-    lib.results.record("00_baseline", {"profile": "smoke", **params}, rec["variants"], {}, env=rec["env"])
-    runs.finish(d, "complete")
+    lib.runner.records.record(
+        "00_baseline", {"profile": "smoke", **params}, rec["variants"], {}, env=rec["env"]
+    )
+    folders.finish(d, "complete")
     return d
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("missing", "does not exist"),
-    ("folder", "is a folder, not a CSV file"),
-    ("columns", "lacks column(s) ['text']"),
-    ("one class", "has only one class"),
-    ("empty", "is empty"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing", "does not exist"),
+        ("folder", "is a folder, not a CSV file"),
+        ("columns", "lacks column(s) ['text']"),
+        ("one class", "has only one class"),
+        ("empty", "is empty"),
+    ],
+)
 def test_check_catches_bad_csv_data_before_anything_runs(capsys, outputs, tmp_path, case, fragment):
-    path = {"missing": lambda: tmp_path / "nope.csv", "folder": lambda: tmp_path,
-            "columns": lambda: _csv(tmp_path, "review,label\na,pos\nb,neg\n"),
-            "one class": lambda: _csv(tmp_path, "text,label\na,pos\nb,pos\n"), "empty": lambda: _csv(tmp_path, "")}[case]()
+    path = {
+        "missing": lambda: tmp_path / "nope.csv",
+        "folder": lambda: tmp_path,
+        "columns": lambda: _csv(tmp_path, "review,label\na,pos\nb,neg\n"),
+        "one class": lambda: _csv(tmp_path, "text,label\na,pos\nb,pos\n"),
+        "empty": lambda: _csv(tmp_path, ""),
+    }[case]()
     t0 = time.perf_counter()
-    code, out = cli(capsys, "--profile", "smoke", "--only", "00_baseline", "--check", "-p", f"dataset=csv:{path}")
+    code, out = cli(
+        capsys, "--profile", "smoke", "--only", "00_baseline", "--check", "-p", f"dataset=csv:{path}"
+    )
     assert code == 2 and fragment in out and time.perf_counter() - t0 < 5
     assert not (outputs / "smoke" / "runs").exists()  # nothing started
 
@@ -194,7 +227,7 @@ def test_check_catches_a_truncated_or_corrupt_teacher(capsys, outputs, tiny):
     t0 = time.perf_counter()
     code, out = cli(capsys, "--profile", "smoke", "--only", "01_lora_finetune", "--check")
     assert code == 2 and "model.safetensors is truncated" in out and time.perf_counter() - t0 < 5
-    weights.write_bytes(struct.pack("<Q", 10 ** 9) + b"{}")  # garbage header
+    weights.write_bytes(struct.pack("<Q", 10**9) + b"{}")  # garbage header
     code, out = cli(capsys, "--profile", "smoke", "--only", "01_lora_finetune", "--check")
     assert code == 2 and "announces a 1000000000-byte header" in out
 
@@ -203,7 +236,9 @@ def test_check_catches_data_settings_that_differ_from_the_teachers(capsys, outpu
     _save_teacher(tiny, _smoke_split())
     code, out = cli(capsys, "--profile", "smoke", "--only", "01_lora_finetune", "--check")
     assert code == 0, out
-    code, out = cli(capsys, "--profile", "smoke", "--only", "01_lora_finetune", "--check", "-p", "max_length=32")
+    code, out = cli(
+        capsys, "--profile", "smoke", "--only", "01_lora_finetune", "--check", "-p", "max_length=32"
+    )
     assert code == 2 and "max_length: 00_baseline used 64, this notebook has 32" in out
 
 
@@ -218,38 +253,47 @@ def test_device_cuda_without_a_gpu_fails_fast(capsys, outputs):
         lib.utils.set_device("cuda")
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["-p", "dataset=csv:"], "dataset: must be 'rotten_tomatoes', 'csv:<path>'"),  # was: got dict {'csv': None}
-    (["-p", "num_epocs=1"], "did you mean 'num_epochs'"),
-    (["--only", ","], "--only names no notebook"),
-    (["--only", ""], "--only names no notebook"),
-    (["--execution-timeout", "-5"], "--execution-timeout must be a positive number"),
-    (["-p", "device=gpu"], "device: 'gpu' is not one of"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (
+            ["-p", "dataset=csv:"],
+            "dataset: must be 'rotten_tomatoes', 'csv:<path>'",
+        ),  # was: got dict {'csv': None}
+        (["-p", "num_epocs=1"], "did you mean 'num_epochs'"),
+        (["--only", ","], "--only names no notebook"),
+        (["--only", ""], "--only names no notebook"),
+        (["--execution-timeout", "-5"], "--execution-timeout must be a positive number"),
+        (["-p", "device=gpu"], "device: 'gpu' is not one of"),
+    ],
+)
 def test_runner_refuses(capsys, outputs, argv, fragment):
     code, out = cli(capsys, "--profile", "smoke", *argv)
     assert code == 2 and fragment in out, out
     assert not (outputs / "smoke" / "runs").exists()
 
 
-@pytest.mark.parametrize("yaml_text, fragment", [
-    ("shared:\n  sed: 1\n", "'shared:' sets 'sed' (did you mean 'seed'?)"),
-    ("shared:\n  seed: 1\n  seed: 2\n", "key 'seed' is set twice (lines 2 and 3)"),
-    ("00_baseline:\n  num_epochs: 1\n00_baseline:\n  num_epochs: 2\n", "key '00_baseline' is set twice"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, fragment",
+    [
+        ("shared:\n  sed: 1\n", "'shared:' sets 'sed' (did you mean 'seed'?)"),
+        ("shared:\n  seed: 1\n  seed: 2\n", "key 'seed' is set twice (lines 2 and 3)"),
+        ("00_baseline:\n  num_epochs: 1\n00_baseline:\n  num_epochs: 2\n", "key '00_baseline' is set twice"),
+    ],
+)
 def test_profile_typos_and_duplicate_keys_are_errors(tmp_path, monkeypatch, yaml_text, fragment):
     (tmp_path / "typo.yaml").write_text(yaml_text)
-    monkeypatch.setattr(lib.paths, "PARAMS", tmp_path)
+    monkeypatch.setattr(lib.runner.paths, "PARAMS", tmp_path)
     with pytest.raises(ParamError) as e:
-        lib.params.load_profile("typo")
+        lib.runner.params.load_profile("typo")
     assert fragment in str(e.value)
 
 
 def test_hand_run_hint_says_to_open_the_notebook(outputs):
     with pytest.raises(ArtifactError, match=r"Open notebooks/00_baseline.ipynb in JupyterLab"):
-        lib.catalog.require_artifact("lab", "teacher")
-    with pytest.raises(ArtifactError, match=r"python -m lib.run --profile smoke --only 00_baseline"):
-        lib.catalog.require_artifact("smoke", "teacher")
+        lib.runner.catalog.require_artifact("lab", "teacher")
+    with pytest.raises(ArtifactError, match=r"python -m lib.runner --profile smoke --only 00_baseline"):
+        lib.runner.catalog.require_artifact("smoke", "teacher")
 
 
 def test_project_errors_show_as_their_message_in_jupyter():
@@ -257,7 +301,9 @@ def test_project_errors_show_as_their_message_in_jupyter():
 
     shell = InteractiveShell.instance()
     lib._show_project_errors_briefly()
-    result = shell.run_cell("import lib\nraise lib.errors.DataError('the CSV lacks a text column: set text_column')")
+    result = shell.run_cell(
+        "import lib\nraise lib.errors.DataError('the CSV lacks a text column: set text_column')"
+    )
     assert isinstance(result.error_in_exec, DataError)  # the cell still fails (papermill stops the run)
     stb = shell.CustomTB(DataError, result.error_in_exec, None)
     assert stb == ["\x1b[0;31mDataError\x1b[0m: the CSV lacks a text column: set text_column"]
@@ -274,13 +320,15 @@ def test_a_teacher_at_chance_is_flagged():
 def test_busy_machine_and_unsteady_timings_are_recorded_and_flagged(monkeypatch, tiny):
     make, tok = tiny
     model = make()
-    enc = lib.data.Encoded.from_features([{"input_ids": [101, 7, 8, 102], "attention_mask": [1, 1, 1, 1]}] * 8)
+    enc = lib.data.Encoded.from_features(
+        [{"input_ids": [101, 7, 8, 102], "attention_mask": [1, 1, 1, 1]}] * 8
+    )
     probe = lib.bench.make_probe(enc, tok, 4)
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 3.0, 1.0))
     with pytest.warns(RuntimeWarning, match="load average 7.5"):
         df = lib.bench.compare({"a": model, "b": model}, probe, repeats=2)
     assert df["load_average"].iloc[0] == 7.5 and df["throughput_spread"].notna().all()
-    v = lib.results.variant("a", "reference", {"accuracy": 0.5, "f1": 0.5}, df.loc["a"])
+    v = lib.runner.records.variant("a", "reference", {"accuracy": 0.5, "f1": 0.5}, df.loc["a"])
     assert v["load_average"] == 7.5 and v["throughput_b32_spread"] is not None
 
 
@@ -298,11 +346,16 @@ def test_written_files_follow_the_umask(tmp_path, mask):
 
 
 def test_one_kernel_story():
-    """The notebooks, the runner and `make lab` all use "python3": the Python Jupyter runs in (the project's .venv).
-    `make kernel` registers a per-clone kernel for another JupyterLab, so a second clone cannot re-point the first."""
-    for path in lib.paths.NOTEBOOKS.glob("*.ipynb"):
-        assert json.loads(path.read_text())["metadata"]["kernelspec"]["name"] == lib.run.KERNEL == "python3"
-    makefile = (lib.paths.ROOT / "Makefile").read_text()
+    """The notebooks, the runner and `make lab` all use "python3": the Python Jupyter runs in (the project's
+    .venv). `make kernel` registers a per-clone kernel for another JupyterLab, so a second clone cannot
+    re-point the first."""
+    for path in lib.runner.paths.NOTEBOOKS.glob("*.ipynb"):
+        assert (
+            json.loads(path.read_text())["metadata"]["kernelspec"]["name"]
+            == lib.runner.execute.KERNEL
+            == "python3"
+        )
+    makefile = (lib.runner.paths.ROOT / "Makefile").read_text()
     install = makefile.split("$(BIN)/.installed:")[1].split("\n\n")[0]
     assert "kernel install" not in install  # installing never touches the user's kernels
     assert "--name $(KERNEL)" in makefile and "KERNEL := model-ux-lab-$(" in makefile
@@ -314,45 +367,64 @@ def test_an_interrupt_inside_a_finalizer_is_sent_again_not_printed(monkeypatch):
 
     sent = []
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
-    lib.run._redeliver_interrupts(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
-    lib.run._redeliver_interrupts(types.SimpleNamespace(exc_value=lib.run.Terminated()))
+    lib.runner.execute.redeliver_interrupts(types.SimpleNamespace(exc_value=KeyboardInterrupt()))
+    lib.runner.execute.redeliver_interrupts(types.SimpleNamespace(exc_value=lib.runner.execute.Terminated()))
     assert sent == [(os.getpid(), signal.SIGINT), (os.getpid(), signal.SIGTERM)]
 
 
 def test_eta_comes_from_the_profiles_earlier_complete_runs(outputs):
-    assert lib.run._eta("smoke", "00_baseline") == "no earlier run"
+    assert lib.runner.cli._eta("smoke", "00_baseline") == "no earlier run"
     for seconds in (60.0, 120.0, 600.0):
-        d = runs.start("smoke", by="runner", notebooks=["00_baseline"])
-        runs.notebook_status(d, "00_baseline", status="complete", seconds=seconds)
-        runs.finish(d, "complete")
-    d = runs.start("smoke", by="runner", notebooks=["00_baseline"])
-    runs.notebook_status(d, "00_baseline", status="failed", seconds=5.0)  # a failed notebook says nothing
-    runs.finish(d, "failed")
-    assert lib.run._eta("smoke", "00_baseline") == "~2.0 min (median of 3 earlier run(s))"
+        d = folders.start("smoke", by="runner", notebooks=["00_baseline"])
+        folders.notebook_status(d, "00_baseline", status="complete", seconds=seconds)
+        folders.finish(d, "complete")
+    d = folders.start("smoke", by="runner", notebooks=["00_baseline"])
+    folders.notebook_status(d, "00_baseline", status="failed", seconds=5.0)  # a failed notebook says nothing
+    folders.finish(d, "failed")
+    assert lib.runner.cli._eta("smoke", "00_baseline") == "~2.0 min (median of 3 earlier run(s))"
 
 
-@pytest.mark.parametrize("start, end, changed", [
-    ({"commit": "a", "dirty": False, "diff_sha1": None}, {"commit": "a", "dirty": False, "diff_sha1": None}, False),
-    ({"commit": "a", "dirty": True, "diff_sha1": "x"}, {"commit": "a", "dirty": True, "diff_sha1": "x"}, False),
-    ({"commit": "a", "dirty": False, "diff_sha1": None}, {"commit": "a", "dirty": True, "diff_sha1": "y"}, True),
-    ({"commit": "a", "dirty": False, "diff_sha1": None}, {"commit": "b", "dirty": False, "diff_sha1": None}, True),
-])
+@pytest.mark.parametrize(
+    "start, end, changed",
+    [
+        (
+            {"commit": "a", "dirty": False, "diff_sha1": None},
+            {"commit": "a", "dirty": False, "diff_sha1": None},
+            False,
+        ),
+        (
+            {"commit": "a", "dirty": True, "diff_sha1": "x"},
+            {"commit": "a", "dirty": True, "diff_sha1": "x"},
+            False,
+        ),
+        (
+            {"commit": "a", "dirty": False, "diff_sha1": None},
+            {"commit": "a", "dirty": True, "diff_sha1": "y"},
+            True,
+        ),
+        (
+            {"commit": "a", "dirty": False, "diff_sha1": None},
+            {"commit": "b", "dirty": False, "diff_sha1": None},
+            True,
+        ),
+    ],
+)
 def test_code_that_changes_during_a_run_is_recorded(outputs, monkeypatch, start, end, changed):
-    monkeypatch.setattr(runs, "git_state", lambda: {**start, "changed": []})
-    d = runs.start("smoke", by="runner", notebooks=[])
-    monkeypatch.setattr(runs, "git_state", lambda: {**end, "changed": []})
-    git = runs.finish(d, "complete")["git"]
+    monkeypatch.setattr(folders, "git_state", lambda: {**start, "changed": []})
+    d = folders.start("smoke", by="runner", notebooks=[])
+    monkeypatch.setattr(folders, "git_state", lambda: {**end, "changed": []})
+    git = folders.finish(d, "complete")["git"]
     assert git.get("changed_during_run", False) == changed
     assert git["dirty"] == (start["dirty"] or changed)
 
 
 def test_git_state_names_changed_files_whole():
-    state = runs.git_state()
+    state = folders.git_state()
     if state["commit"] is None:
         pytest.skip("not a git checkout")
-    assert all((lib.paths.ROOT / path).exists() or " -> " in path for path in state["changed"])
+    assert all((lib.runner.paths.ROOT / path).exists() or " -> " in path for path in state["changed"])
 
 
 def test_a_run_is_found_by_id_from_any_profile(outputs):
-    d = runs.start("smoke", by="runner", notebooks=[])
-    assert runs.find_run(d.name, "default") == d and runs.find_run(d.name[:17]) == d
+    d = folders.start("smoke", by="runner", notebooks=[])
+    assert folders.find_run(d.name, "default") == d and folders.find_run(d.name[:17]) == d

@@ -2,15 +2,18 @@
 
 The mechanism, in three pieces:
 
-- :class:`ShardedBatches` cuts every *global* batch of ``B`` examples into ``world_size`` contiguous slices, one per
-  rank: across the ranks every example of every global batch is seen exactly once (nothing dropped, nothing
-  duplicated; torch's ``DistributedSampler`` pads by repeating examples instead). A rank whose slice of the last,
-  short batch is empty gets one example with weight 0, so that every rank still joins the gradient all-reduce.
+- :class:`ShardedBatches` cuts every *global* batch of ``B`` examples into ``world_size`` contiguous slices,
+  one per rank: across the ranks every example of every global batch is seen exactly once (nothing dropped,
+  nothing duplicated; torch's ``DistributedSampler`` pads by repeating examples instead). A rank whose slice
+  of the last, short batch is empty gets one example with weight 0, so that every rank still joins the
+  gradient all-reduce.
 - :func:`scaled_loss`: each rank's loss is its examples' *sum* divided by the global batch size, times
-  ``world_size``; DDP averages the gradients over the ranks, so the update equals one process's mean over ``B``.
+  ``world_size``; DDP averages the gradients over the ranks, so the update equals one process's mean over
+  ``B``.
 - :func:`main`, the worker ``torchrun`` starts (``python -m torch.distributed.run --nproc-per-node 2 -m
-  lib.techniques.distributed --spec spec.json``): it joins the process group (gloo on CPU, nccl with CUDA), wraps the
-  model in ``DistributedDataParallel`` and trains with the project's one loop, :func:`lib.train.fit`.
+  lib.techniques.distributed --spec spec.json``): it joins the process group (gloo on CPU, nccl with CUDA),
+  wraps the model in ``DistributedDataParallel`` and trains with the project's one loop,
+  :func:`lib.train.fit`.
 
 Workers live here, in an importable module: a function defined in a notebook cell cannot be started in a new
 process (the child cannot import the kernel's ``__main__``).
@@ -22,56 +25,56 @@ import argparse
 import gc
 import json
 import os
-import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 from transformers.utils import logging as hf_logging
 
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
-
+from .. import launch as launcher
 from ..data import Encoded, make_loader
-from ..errors import LabError
 from ..evaluate import in_dataset_order, predict_logits
+from ..launch import LaunchError
 from ..models import fresh_classifier, load_tokenizer
 from ..predict import as_predictor
 from ..train import TrainConfig, fit
 from ..utils import atomic_path, atomic_write_json, num_threads, seed_everything
 
-WEIGHT = "_sample_weight"  # each example's share of its global batch's loss: 1/|global batch|, 0 for a stand-in
+WEIGHT = (
+    "_sample_weight"  # each example's share of its global batch's loss: 1/|global batch|, 0 for a stand-in
+)
 
 
 class ShardedBatches(Sampler[list[tuple[int, float]]]):
-    """Rank ``rank``'s slice of each global batch: the global batches are a seeded shuffle of ``range(n)`` cut into
-    ``batch_size`` pieces (the same on every rank), re-shuffled every epoch. Each index comes with its weight in the
-    loss, ``1 / len(global batch)``: every rank knows the global batch, so no message is needed to average over it."""
+    """Rank ``rank``'s slice of each global batch: the global batches are a seeded shuffle of ``range(n)`` cut
+    into ``batch_size`` pieces (the same on every rank), re-shuffled every epoch. Each index comes with its
+    weight in the loss, ``1 / len(global batch)``: every rank knows the global batch, so no message is needed
+    to average over it."""
 
     def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         if n < 1 or batch_size < 1:
-            raise ValueError(f"need at least one example and a batch size >= 1, got n={n}, batch_size={batch_size}")
+            raise ValueError(
+                f"need at least one example and a batch size >= 1, got n={n}, batch_size={batch_size}"
+            )
         self.n, self.batch_size, self.world_size, self.rank, self.seed = n, batch_size, world_size, rank, seed
         self.epoch = 0
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         order = np.random.default_rng(self.seed + epoch).permutation(self.n)
-        return [order[i:i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size)]
+        return [order[i : i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size)]
 
     def shard(self, batch: Sequence[int]) -> list[int]:
         return np.array_split(np.asarray(batch), self.world_size)[self.rank].tolist()
@@ -81,8 +84,8 @@ class ShardedBatches(Sampler[list[tuple[int, float]]]):
         self.epoch += 1  # the next pass over the data is a new shuffle, identical on every rank
         for batch in batches:
             mine = self.shard(batch)
-            # an empty slice (last batch shorter than the world): one stand-in example with weight 0, so that this
-            # rank still runs a backward pass and joins the gradient all-reduce
+            # an empty slice (last batch shorter than the world): one stand-in example with weight 0, so that
+            # this rank still runs a backward pass and joins the gradient all-reduce
             yield [(i, 1.0 / len(batch)) for i in mine] if mine else [(batch[0], 0.0)]
 
     def __len__(self) -> int:
@@ -103,7 +106,9 @@ class _Weighted(torch.utils.data.Dataset):
         return {**self.enc[i], WEIGHT: weight}
 
 
-def sharded_loader(enc: Encoded, tokenizer: Any, batch_size: int, world_size: int, rank: int, seed: int) -> DataLoader:
+def sharded_loader(
+    enc: Encoded, tokenizer: Any, batch_size: int, world_size: int, rank: int, seed: int
+) -> DataLoader:
     """This rank's training batches (see :class:`ShardedBatches`), padded per batch."""
     pad = DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
@@ -111,11 +116,14 @@ def sharded_loader(enc: Encoded, tokenizer: Any, batch_size: int, world_size: in
         weights = torch.tensor([it.pop(WEIGHT) for it in items], dtype=torch.float32)
         return {**pad(items), WEIGHT: weights}
 
-    return DataLoader(_Weighted(enc), batch_sampler=ShardedBatches(len(enc), batch_size, world_size, rank, seed),
-                      collate_fn=collate)
+    return DataLoader(
+        _Weighted(enc),
+        batch_sampler=ShardedBatches(len(enc), batch_size, world_size, rank, seed),
+        collate_fn=collate,
+    )
 
 
-#@save
+# @save
 def scaled_loss(world_size: int):
     """A ``loss_fn`` for ``lib.train.fit``: each example's cross-entropy times its share of the *global* batch
     (``1/B``), summed over this rank's slice, times ``world_size``. DDP averages the gradients over the ranks
@@ -126,24 +134,28 @@ def scaled_loss(world_size: int):
         batch = dict(batch)
         weights, labels = batch.pop(WEIGHT), batch.pop("labels")
         logits = model(**batch).logits
-        logits = logits if logits.dtype == torch.float64 else logits.float()  # bf16 autocast -> fp32; fp64 stays
+        logits = (
+            logits if logits.dtype == torch.float64 else logits.float()
+        )  # bf16 autocast -> fp32; fp64 stays
         per_example = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         return (per_example * weights.to(logits.dtype)).sum() * world_size
 
     return loss_fn
 
 
-# ---------------------------------------------------------------------------------------------- communication
+# ------------------------------------------------------------------------ communication
 
 COMM_HOOKS = ("allreduce", "fp16", "powersgd")
 
 
-def register_comm_hook(ddp: DistributedDataParallel, name: str, powersgd_rank: int = 4,
-                       powersgd_start: int = 2) -> Any:
-    """Install one of PyTorch's DDP communication hooks: ``allreduce`` (DDP's own averaging, as a Python hook so that
-    it is counted like the others), ``fp16`` (gradients sent as float16: half the bytes) or ``powersgd`` (Vogels et al.,
-    2019: each gradient matrix sent as a rank-``powersgd_rank`` factorisation, with error feedback; plain all-reduce
-    for the first ``powersgd_start`` steps). Returns the hook's state."""
+def register_comm_hook(
+    ddp: DistributedDataParallel, name: str, powersgd_rank: int = 4, powersgd_start: int = 2
+) -> Any:
+    """Install one of PyTorch's DDP communication hooks: ``allreduce`` (DDP's own averaging, as a Python hook
+    so that it is counted like the others), ``fp16`` (gradients sent as float16: half the bytes) or
+    ``powersgd`` (Vogels et al., 2019: each gradient matrix sent as a rank-``powersgd_rank`` factorisation,
+    with error feedback; plain all-reduce for the first ``powersgd_start`` steps). Returns the hook's state.
+    """
     if name == "allreduce":
         ddp.register_comm_hook(None, default_hooks.allreduce_hook)
         return None
@@ -151,17 +163,20 @@ def register_comm_hook(ddp: DistributedDataParallel, name: str, powersgd_rank: i
         ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
         return None
     if name == "powersgd":
-        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=powersgd_rank,
-                                            start_powerSGD_iter=max(2, powersgd_start))
+        state = powerSGD_hook.PowerSGDState(
+            process_group=None,
+            matrix_approximation_rank=powersgd_rank,
+            start_powerSGD_iter=max(2, powersgd_start),
+        )
         ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return state
     raise ValueError(f"comm hook must be one of {COMM_HOOKS}, got {name!r}")
 
 
 class CountingAllReduce:
-    """Counts what goes through ``torch.distributed.all_reduce`` while active (every DDP hook above calls it): calls
-    and payload bytes, per training step (:meth:`next_step` marks where a step starts). The payload is what each rank
-    contributes; a ring all-reduce moves ``2 (W-1)/W`` times it over each rank's link."""
+    """Counts what goes through ``torch.distributed.all_reduce`` while active (every DDP hook above calls it):
+    calls and payload bytes, per training step (:meth:`next_step` marks where a step starts). The payload is
+    what each rank contributes; a ring all-reduce moves ``2 (W-1)/W`` times it over each rank's link."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -172,7 +187,7 @@ class CountingAllReduce:
         self.calls.append(0)
         self.bytes.append(0)
 
-    def __enter__(self) -> "CountingAllReduce":
+    def __enter__(self) -> CountingAllReduce:
         self._original = original = dist.all_reduce
 
         def counting(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -189,7 +204,8 @@ class CountingAllReduce:
         dist.all_reduce = self._original
 
     def counted(self, loss_fn: Callable[[Any, dict], Any]) -> Callable[[Any, dict], Any]:
-        """``loss_fn``, marking a new step each time it is called (once per step, before that step's backward)."""
+        """``loss_fn``, marking a new step each time it is called (once per step, before that step's
+        backward)."""
 
         def loss(model: Any, batch: dict) -> Any:
             self.next_step()
@@ -199,10 +215,11 @@ class CountingAllReduce:
 
 
 def bucket_cap_mb(model: Any, hook: str, asked: float | None = None) -> float | None:
-    """DDP's gradient bucket size: ``asked``, else DDP's default (``None``: 25 MiB buckets, a 1 MiB first one, sent while
-    backward still runs) -- except PowerSGD on gloo, which gets one bucket holding every gradient: its hook sends its
-    later all-reduces from completion callbacks, and with several buckets in flight those reach gloo in a different
-    order on different ranks (measured here: gloo aborts with ``op.preamble.length <= op.nbytes``)."""
+    """DDP's gradient bucket size: ``asked``, else DDP's default (``None``: 25 MiB buckets, a 1 MiB first one,
+    sent while backward still runs) -- except PowerSGD on gloo, which gets one bucket holding every gradient:
+    its hook sends its later all-reduces from completion callbacks, and with several buckets in flight those
+    reach gloo in a different order on different ranks (measured here: gloo aborts with ``op.preamble.length
+    <= op.nbytes``)."""
     if asked:
         return asked
     if hook == "powersgd" and dist.is_initialized() and dist.get_backend() == "gloo":
@@ -211,8 +228,8 @@ def bucket_cap_mb(model: Any, hook: str, asked: float | None = None) -> float | 
 
 
 def allreduce_seconds(numel: int, repeats: int = 5, dtype: Any = torch.float32) -> float:
-    """Median wall time of one all-reduce of ``numel`` elements over the current process group (after one warm-up):
-    the communication of one step with nothing to overlap it."""
+    """Median wall time of one all-reduce of ``numel`` elements over the current process group (after one
+    warm-up): the communication of one step with nothing to overlap it."""
     buf = torch.ones(numel, dtype=dtype)
     times = []
     for i in range(repeats + 1):
@@ -225,20 +242,31 @@ def allreduce_seconds(numel: int, repeats: int = 5, dtype: Any = torch.float32) 
 
 
 def ddp_timing(ddp: DistributedDataParallel) -> dict[str, float]:
-    """DDP's own measurements of a training step (sampled steps, averaged; seconds): forward, backward compute,
-    backward communication and the part of it that overlapped backward compute."""
+    """DDP's own measurements of a training step (sampled steps, averaged; seconds): forward, backward
+    compute, backward communication and the part of it that overlapped backward compute."""
     data = ddp._get_ddp_logging_data()  # PyTorch's "prototype" logging interface: read it, never rely on it
-    keys = {"forward": "avg_forward_compute_time", "backward_compute": "avg_backward_compute_time",
-            "backward_comm": "avg_backward_comm_time", "overlap": "avg_backward_compute_comm_overlap_time"}
+    keys = {
+        "forward": "avg_forward_compute_time",
+        "backward_compute": "avg_backward_compute_time",
+        "backward_comm": "avg_backward_comm_time",
+        "overlap": "avg_backward_compute_comm_overlap_time",
+    }
     return {name: data[key] / 1e9 for name, key in keys.items() if key in data}
 
 
-def simulated_ranks_gap(model: Any, enc: Encoded, tokenizer: Any, loss_factory: Callable[[int], Any], batch_size: int,
-                        world_size: int, seed: int = 0) -> dict[str, float]:
-    """Check the loss scaling in one process, without DDP: the gradient of the first global batch (one "rank" takes it
-    all, ``loss_factory(1)``) against the average over ``world_size`` simulated ranks of each one's gradient on its
-    slice (``loss_factory(world_size)``) -- what DDP's all-reduce computes. ``model`` is used in eval mode (no
-    dropout), so the two must agree up to round-off."""
+def simulated_ranks_gap(
+    model: Any,
+    enc: Encoded,
+    tokenizer: Any,
+    loss_factory: Callable[[int], Any],
+    batch_size: int,
+    world_size: int,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Check the loss scaling in one process, without DDP: the gradient of the first global batch (one "rank"
+    takes it all, ``loss_factory(1)``) against the average over ``world_size`` simulated ranks of each one's
+    gradient on its slice (``loss_factory(world_size)``) -- what DDP's all-reduce computes. ``model`` is used
+    in eval mode (no dropout), so the two must agree up to round-off."""
     model.eval()
 
     def grads(world: int, rank: int) -> torch.Tensor:
@@ -253,12 +281,13 @@ def simulated_ranks_gap(model: Any, enc: Encoded, tokenizer: Any, loss_factory: 
     return {"max_abs_grad_diff": float((one - averaged).abs().max()), "max_abs_grad": float(one.abs().max())}
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
+# ------------------------------------------------------------------------ evaluation
+
 
 def sharded_logits(model: Any, loader: DataLoader, world_size: int, rank: int) -> np.ndarray | None:
-    """Distributed evaluation: rank ``r`` predicts the evaluation batches ``r, r + W, r + 2W, ...`` (whole batches, so
-    each is computed exactly as in one process), the ranks gather their logits, and rank 0 returns them all in dataset
-    order (other ranks return ``None``)."""
+    """Distributed evaluation: rank ``r`` predicts the evaluation batches ``r, r + W, r + 2W, ...`` (whole
+    batches, so each is computed exactly as in one process), the ranks gather their logits, and rank 0 returns
+    them all in dataset order (other ranks return ``None``)."""
     batches, call = list(loader), as_predictor(model)
     mine = {i: predict_logits(call, [batches[i]])[0] for i in range(rank, len(batches), world_size)}
     parts: list[dict[int, np.ndarray]] = [mine]
@@ -271,35 +300,51 @@ def sharded_logits(model: Any, loader: DataLoader, world_size: int, rank: int) -
     return in_dataset_order(loader, np.concatenate([merged[i] for i in range(len(batches))]))[0]
 
 
-# ---------------------------------------------------------------------------------------------- beyond this machine
+# ------------------------------------------------------------------------ beyond this machine
 
 # Networks the scaling model is drawn for: nominal bandwidth (Gbit/s) and an assumed per-message latency (s).
-NETWORKS = {"1 Gb/s Ethernet": (1.0, 50e-6), "10 Gb/s Ethernet": (10.0, 20e-6), "100 Gb/s (InfiniBand class)": (100.0, 5e-6)}
+NETWORKS = {
+    "1 Gb/s Ethernet": (1.0, 50e-6),
+    "10 Gb/s Ethernet": (10.0, 20e-6),
+    "100 Gb/s (InfiniBand class)": (100.0, 5e-6),
+}
 
 
-def ring_allreduce_seconds(nbytes: float, workers: int, gbit_per_s: float, latency_s: float, messages: int = 1) -> float:
+def ring_allreduce_seconds(
+    nbytes: float, workers: int, gbit_per_s: float, latency_s: float, messages: int = 1
+) -> float:
     """Time of a ring all-reduce of ``nbytes`` per worker (Patarasuk & Yuan, 2009): a reduce-scatter then an
-    all-gather, ``2 (W-1)`` rounds, each moving ``nbytes / W`` over every link at once. So every worker sends and
-    receives ``2 (W-1)/W * nbytes`` -- almost independent of ``W`` -- and pays ``2 (W-1)`` latencies per message
-    (``messages``: DDP sends one per gradient bucket)."""
+    all-gather, ``2 (W-1)`` rounds, each moving ``nbytes / W`` over every link at once. So every worker sends
+    and receives ``2 (W-1)/W * nbytes`` -- almost independent of ``W`` -- and pays ``2 (W-1)`` latencies per
+    message (``messages``: DDP sends one per gradient bucket)."""
     if workers <= 1:
         return 0.0
-    return 2 * (workers - 1) / workers * nbytes * 8 / (gbit_per_s * 1e9) + 2 * (workers - 1) * latency_s * messages
+    return (
+        2 * (workers - 1) / workers * nbytes * 8 / (gbit_per_s * 1e9)
+        + 2 * (workers - 1) * latency_s * messages
+    )
 
 
-def scaling_model(compute_s: float, overlappable_s: float, batch_per_worker: int, payloads: dict[str, float],
-                  workers: Sequence[int] = (1, 2, 4, 8, 16, 32, 64), networks: dict[str, tuple[float, float]] = NETWORKS,
-                  messages: int = 1) -> pd.DataFrame:
+def scaling_model(
+    compute_s: float,
+    overlappable_s: float,
+    batch_per_worker: int,
+    payloads: dict[str, float],
+    workers: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    networks: dict[str, tuple[float, float]] = NETWORKS,
+    messages: int = 1,
+) -> pd.DataFrame:
     """Predicted step time, throughput and efficiency of data-parallel training on ``W`` identical workers.
 
     Assumptions (every one of them a simplification): each worker is one machine like the measured one, doing
-    ``compute_s`` of work per step on its own ``batch_per_worker`` examples (weak scaling: the global batch grows with
-    ``W``); the gradients (``payloads``: bytes per step per communication scheme) go through one ring all-reduce on a
-    network delivering its nominal bandwidth, with the given per-message latency, no contention, no stragglers;
-    communication overlaps at most ``overlappable_s`` of the compute (the backward pass, as DDP's buckets allow) --
-    the ``overlap`` column gives both ends: ``none`` (step = compute + communication) and ``backward``
-    (step = compute + the communication that does not fit under the backward pass). Efficiency = step time of one
-    worker / step time of ``W`` workers; throughput = ``W * batch_per_worker`` / step time."""
+    ``compute_s`` of work per step on its own ``batch_per_worker`` examples (weak scaling: the global batch
+    grows with ``W``); the gradients (``payloads``: bytes per step per communication scheme) go through one
+    ring all-reduce on a network delivering its nominal bandwidth, with the given per-message latency, no
+    contention, no stragglers; communication overlaps at most ``overlappable_s`` of the compute (the backward
+    pass, as DDP's buckets allow) -- the ``overlap`` column gives both ends: ``none`` (step = compute +
+    communication) and ``backward`` (step = compute + the communication that does not fit under the backward
+    pass). Efficiency = step time of one worker / step time of ``W`` workers; throughput = ``W *
+    batch_per_worker`` / step time."""
     rows = []
     for net, (gbit, latency) in networks.items():
         for scheme, nbytes in payloads.items():
@@ -307,120 +352,60 @@ def scaling_model(compute_s: float, overlappable_s: float, batch_per_worker: int
                 comm = ring_allreduce_seconds(nbytes, w, gbit, latency, messages)
                 for overlap, hidden in (("none", 0.0), ("backward", overlappable_s)):
                     step = compute_s + max(0.0, comm - hidden)
-                    rows.append({"network": net, "scheme": scheme, "overlap": overlap, "workers": w,
-                                 "comm_s": comm, "step_s": step, "efficiency": compute_s / step,
-                                 "samples_per_s": w * batch_per_worker / step})
+                    rows.append(
+                        {
+                            "network": net,
+                            "scheme": scheme,
+                            "overlap": overlap,
+                            "workers": w,
+                            "comm_s": comm,
+                            "step_s": step,
+                            "efficiency": compute_s / step,
+                            "samples_per_s": w * batch_per_worker / step,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------------------------- launching
-
-class LaunchError(LabError, RuntimeError):
-    """A torchrun launch failed; the message carries the failing worker's own error."""
+# ------------------------------------------------------------------------ launching
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now (the OS picks it), for a rendezvous on this machine."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def torchrun_command(spec_path: Path | str, nproc: int, **rendezvous: Any) -> list[str]:
+    """The torchrun command for this worker on ``spec_path`` (:func:`lib.launch.torchrun_command`: one
+    machine, or several with ``nnodes``, ``node_rank`` and one ``rdzv_endpoint``)."""
+    return launcher.torchrun_command(__name__, ["--spec", str(spec_path)], nproc, **rendezvous)
 
 
-def torchrun_command(spec_path: Path | str, nproc: int, nnodes: int = 1, node_rank: int = 0,
-                     rdzv_endpoint: str | None = None, rdzv_id: str = "muxl") -> list[str]:
-    """The torchrun command for this worker. One machine: ``--standalone`` (a free port is chosen). Several: every
-    machine runs the same command with its own ``node_rank`` and the same ``rdzv_endpoint`` (``host:port`` of one of
-    them; c10d rendezvous). With gloo across machines, set ``GLOO_SOCKET_IFNAME`` to the network interface: the
-    hostname often resolves to 127.0.1.1."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
-    if nnodes == 1 and rdzv_endpoint is None:
-        cmd.append("--standalone")
-    else:
-        cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
-                "--rdzv-endpoint", rdzv_endpoint or f"127.0.0.1:{free_port()}", "--rdzv-id", rdzv_id]
-    return cmd + ["-m", __name__, "--spec", str(spec_path)]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something on this machine already listens on ``host:port``."""
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _local(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "0.0.0.0", "::1", socket.gethostname(), socket.getfqdn())
-
-
-def launch(spec_path: Path | str, nproc: int, echo: Callable[[str], None] | None = print, threads: int | None = None,
-           timeout: float | None = None, **rendezvous: Any) -> dict[str, Any]:
-    """Run the worker under torchrun, stream its output line by line to ``echo`` (rank 0's progress bar, torchrun's
-    messages), and return rank 0's stats. Any failing rank makes a :class:`LaunchError` carrying that worker's own
-    error (torchrun then stops the others). ``threads``: torch threads per rank (``OMP_NUM_THREADS``; default: this
-    machine's cores shared evenly). ``timeout``: seconds after which every process of the launch is killed and a
-    :class:`LaunchError` says so (default: none)."""
-    endpoint = rendezvous.get("rdzv_endpoint")
-    if endpoint and rendezvous.get("node_rank", 0) == 0:
-        host, _, port = endpoint.rpartition(":")
-        if not port.isdigit():
-            raise LaunchError(f"rendezvous endpoint {endpoint!r} must be host:port, e.g. 10.0.0.1:29500")
-        if _local(host) and port_in_use(host, int(port)):
-            raise LaunchError(f"port {port} on {host} is already in use (another run, or another program): give "
-                              f"--rdzv-endpoint {host}:<another port>, or leave it out on one machine (a free port is "
-                              "chosen)")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads or max(1, num_threads() // nproc)),
-           "PYTHONUNBUFFERED": "1", "MUXL_PROGRESS": "text"}
-    proc = subprocess.Popen(torchrun_command(spec_path, nproc, **rendezvous), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)  # its own group: killable whole
-    watchdog = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL)) if timeout else None
-    if watchdog is not None:
-        watchdog.start()
-    tail: list[str] = []
-    assert proc.stdout is not None
-    pending = b""
-    try:
-        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
-            pending += chunk
-            *lines, pending = re.split(rb"[\r\n]", pending)  # tqdm redraws with \r: each redraw is a line here
-            for raw in lines:
-                line = raw.decode(errors="replace").rstrip()
-                if line:
-                    tail = (tail + [line])[-400:]
-                    if echo is not None:
-                        echo(line)
-    except BaseException:  # Ctrl-C in the notebook: stop the workers too
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
-    code = proc.wait()
-    if pending.strip():
-        tail.append(pending.decode(errors="replace"))
-    if code == -signal.SIGKILL and timeout:
-        raise LaunchError(f"torchrun did not finish within {timeout:g} s and was stopped; its last lines: "
-                          + " | ".join(tail[-3:]))
-    if code != 0:
-        raise LaunchError(f"torchrun failed (exit {code}): {worker_error(chr(10).join(tail))}")
+def launch(
+    spec_path: Path | str,
+    nproc: int,
+    echo: Callable[[str], None] | None = print,
+    threads: int | None = None,
+    timeout: float | None = None,
+    **rendezvous: Any,
+) -> dict[str, Any]:
+    """Run the worker on ``spec_path`` under torchrun (:func:`lib.launch.launch`: output streamed to ``echo``,
+    a failing rank raises a :class:`~lib.launch.LaunchError` with its own error) and return rank 0's stats."""
+    launcher.launch(
+        __name__, ["--spec", str(spec_path)], nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous
+    )
     out = Path(json.loads(Path(spec_path).read_text())["out"])
     return json.loads((out / "stats.json").read_text())
 
 
-def worker_error(stderr: str) -> str:
-    """The failing worker's exception line from torchrun's output (its last ``SomethingError: ...`` line)."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ": " in ln and ln.split(": ", 1)[0].split(".")[-1].endswith(("Error", "Exception"))
-              and "ChildFailedError" not in ln]
-    return errors[-1] if errors else (lines[-1] if lines else "no output")
-
-
-def run(name: str, spec: dict[str, Any], nproc: int, work: Path | str, threads: int | None = None,
-        echo: Callable[[str], None] | None = print, timeout: float | None = None, **rendezvous: Any) -> dict[str, Any]:
-    """Launch one training run: its spec goes to ``work/<name>/spec.json``, its results to ``work/<name>/``; returns
-    rank 0's stats with ``out`` (the folder). Unknown spec keys are refused here, before any process starts."""
+def run(
+    name: str,
+    spec: dict[str, Any],
+    nproc: int,
+    work: Path | str,
+    threads: int | None = None,
+    echo: Callable[[str], None] | None = print,
+    timeout: float | None = None,
+    **rendezvous: Any,
+) -> dict[str, Any]:
+    """Launch one training run: its spec goes to ``work/<name>/spec.json``, its results to ``work/<name>/``;
+    returns rank 0's stats with ``out`` (the folder). Unknown spec keys are refused here, before any process
+    starts."""
     unknown = sorted(set(spec) - set(SPEC_KEYS) - {"out"})
     if unknown:
         raise LaunchError(f"unknown spec keys {unknown}; known: {sorted(SPEC_KEYS)}")
@@ -430,7 +415,10 @@ def run(name: str, spec: dict[str, Any], nproc: int, work: Path | str, threads: 
     spec_path = atomic_write_json(out / "spec.json", {**spec, "out": str(out)})
     if echo is not None:
         echo(f"[{name}] {' '.join(torchrun_command(spec_path, nproc, **rendezvous)[1:])}")
-    return {**launch(spec_path, nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous), "out": str(out)}
+    return {
+        **launch(spec_path, nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous),
+        "out": str(out),
+    }
 
 
 def load_weights(out: Path | str, model: Any) -> Any:
@@ -447,9 +435,9 @@ def max_weight_diff(a: Path | str, b: Path | str) -> tuple[float, str]:
     return diffs[worst], worst
 
 
-def runs_table(stats: dict[str, dict[str, Any]], reference: str, warmup: int = 2) -> pd.DataFrame:
-    """One row per run: ranks, threads, hook, median step time (after ``warmup`` steps) and its spread, throughput
-    and its ratio to ``reference``, DDP's split of a step, and the all-reduce payload per step."""
+def step_table(stats: dict[str, dict[str, Any]], reference: str, warmup: int = 2) -> pd.DataFrame:
+    """One row per run: ranks, threads, hook, median step time (after ``warmup`` steps) and its spread,
+    throughput and its ratio to ``reference``, DDP's split of a step, and the all-reduce payload per step."""
     rows = {}
     for name, st in stats.items():
         steps = np.asarray(st["step_seconds"][warmup:] or st["step_seconds"], dtype=float)
@@ -457,13 +445,21 @@ def runs_table(stats: dict[str, dict[str, Any]], reference: str, warmup: int = 2
         t = st.get("ddp_timing", {})
         comm, overlap = t.get("backward_comm"), t.get("overlap")
         exposed = max(0.0, comm - overlap) if comm is not None and overlap is not None else 0.0
-        row = {"world_size": st["world_size"], "threads_per_rank": st["threads_per_rank"],
-               "comm_hook": st.get("comm_hook") or "-", "steps": st["steps"], "step_s": step,
-               "step_spread": float((np.percentile(steps, 75) - np.percentile(steps, 25)) / step),
-               "samples_per_s": st["batch_size"] / step,
-               "forward_s": t.get("forward"), "backward_s": t.get("backward_compute"), "comm_s": comm,
-               "overlap_s": overlap, "exposed_comm_s": exposed if t else None,
-               "mb_per_step": st["allreduce_bytes_per_step"] / 1e6}
+        row = {
+            "world_size": st["world_size"],
+            "threads_per_rank": st["threads_per_rank"],
+            "comm_hook": st.get("comm_hook") or "-",
+            "steps": st["steps"],
+            "step_s": step,
+            "step_spread": float((np.percentile(steps, 75) - np.percentile(steps, 25)) / step),
+            "samples_per_s": st["batch_size"] / step,
+            "forward_s": t.get("forward"),
+            "backward_s": t.get("backward_compute"),
+            "comm_s": comm,
+            "overlap_s": overlap,
+            "exposed_comm_s": exposed if t else None,
+            "mb_per_step": st["allreduce_bytes_per_step"] / 1e6,
+        }
         if t:
             row["other_s"] = max(0.0, step - t["forward"] - t["backward_compute"] - exposed)
         else:
@@ -474,31 +470,43 @@ def runs_table(stats: dict[str, dict[str, Any]], reference: str, warmup: int = 2
     return table
 
 
-# ---------------------------------------------------------------------------------------------- the worker
+# ------------------------------------------------------------------------ the worker
 
 SPEC_KEYS = {
     "model": "model spec (lib.models.load_model): packaged MiniLM, a folder, an HF id or tiny-bert",
-    "num_labels": "classes", "pooling": "mean | cls", "features": "JSON file of tokenized training examples",
-    "batch_size": "GLOBAL batch: split over the ranks", "steps": "optimizer steps", "learning_rate": "AdamW peak rate",
-    "warmup_frac": "share of steps warming up (default 0)", "seed": "data order, initialisation",
-    "out": "folder for weights.safetensors, stats.json, eval_logits.npy", "no_dropout": "turn dropout off",
+    "num_labels": "classes",
+    "pooling": "mean | cls",
+    "features": "JSON file of tokenized training examples",
+    "batch_size": "GLOBAL batch: split over the ranks",
+    "steps": "optimizer steps",
+    "learning_rate": "AdamW peak rate",
+    "warmup_frac": "share of steps warming up (default 0)",
+    "seed": "data order, initialisation",
+    "out": "folder for weights.safetensors, stats.json, eval_logits.npy",
+    "no_dropout": "turn dropout off",
     "threads": "torch threads per rank (default: OMP_NUM_THREADS, else cores / ranks on this machine)",
-    "device": "auto | cpu | cuda", "max_grad_norm": "gradient clipping (default 1.0)",
-    "comm_hook": f"one of {COMM_HOOKS} (default allreduce)", "powersgd_rank": "PowerSGD matrix rank (default 4)",
+    "device": "auto | cpu | cuda",
+    "max_grad_norm": "gradient clipping (default 1.0)",
+    "comm_hook": f"one of {COMM_HOOKS} (default allreduce)",
+    "powersgd_rank": "PowerSGD matrix rank (default 4)",
     "powersgd_start": "PowerSGD: steps of plain all-reduce first (default 2, the least PyTorch allows)",
     "dtype": "float32 | float64 (the equivalence proof: no round-off for Adam to amplify)",
     "bucket_cap_mb": "DDP gradient bucket size (default: DDP's; PowerSGD on gloo: one bucket)",
     "eval_features": "JSON file of tokenized test examples: sharded evaluation after training",
-    "eval_batch_size": "evaluation batch (default 64)", "allreduce_repeats": "timed all-reduces of the gradients "
-    "alone after training (default 5; 0 skips)", "fail_on_rank": "for tests: this rank raises at start",
+    "eval_batch_size": "evaluation batch (default 64)",
+    "allreduce_repeats": "timed all-reduces of the gradients alone after training (default 5; 0 skips)",
+    "fail_on_rank": "for tests: this rank raises at start",
 }
 
 
 @record  # on a crash, torchrun's summary shows this worker's own traceback (not just "exit code 1")
 def main(argv: Sequence[str] | None = None) -> None:
-    """One rank of a data-parallel training run; ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT."""
-    ap = argparse.ArgumentParser(prog="python -m lib.techniques.distributed",
-                                 epilog="spec keys: " + "; ".join(f"{k}: {v}" for k, v in SPEC_KEYS.items()))
+    """One rank of a data-parallel training run; ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR/PORT."""
+    ap = argparse.ArgumentParser(
+        prog="python -m lib.techniques.distributed",
+        epilog="spec keys: " + "; ".join(f"{k}: {v}" for k, v in SPEC_KEYS.items()),
+    )
     ap.add_argument("--spec", required=True, help="JSON file with the run's settings (keys below)")
     spec = json.loads(Path(ap.parse_args(argv).spec).read_text())
     unknown = sorted(set(spec) - set(SPEC_KEYS))
@@ -507,35 +515,53 @@ def main(argv: Sequence[str] | None = None) -> None:
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     # nccl needs a GPU per rank; otherwise the ranks run on the CPU with gloo
-    cuda = spec.get("device", "auto") != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+    cuda = (
+        spec.get("device", "auto") != "cpu"
+        and torch.cuda.is_available()
+        and torch.cuda.device_count() >= local_world
+    )
     if spec.get("device") == "cuda" and not cuda:
-        raise RuntimeError(f"device='cuda' needs one GPU per rank on each machine: {torch.cuda.device_count()} visible, "
-                           f"{local_world} ranks here (fewer ranks, or device='auto' to run them on the CPU)")
+        raise RuntimeError(
+            f"device='cuda' needs one GPU per rank on each machine: {torch.cuda.device_count()} visible, "
+            f"{local_world} ranks here (fewer ranks, or device='auto' to run them on the CPU)"
+        )
     if world > 1:
         dist.init_process_group("nccl" if cuda else "gloo")
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     os.environ["MUXL_DEVICE"] = "cuda" if cuda else "cpu"  # lib.train.fit and the predictors run there
-    threads = int(spec.get("threads") or os.environ.get("OMP_NUM_THREADS") or max(1, num_threads() // local_world))
+    threads = int(
+        spec.get("threads") or os.environ.get("OMP_NUM_THREADS") or max(1, num_threads() // local_world)
+    )
     torch.set_num_threads(threads)
     if rank == spec.get("fail_on_rank"):  # for the failure test: a worker that crashes
         raise RuntimeError(f"worker {rank} failed on purpose (spec fail_on_rank={rank})")
     hf_logging.disable_progress_bar()  # every rank would draw transformers' weight-loading bar
     seed_everything(spec["seed"])
-    model = fresh_classifier(spec["model"], spec["num_labels"], pooling=spec.get("pooling", "cls"), seed=spec["seed"])
+    model = fresh_classifier(
+        spec["model"], spec["num_labels"], pooling=spec.get("pooling", "cls"), seed=spec["seed"]
+    )
     if spec.get("dtype", "float32") == "float64":  # the equivalence proof: round-off far below what it tests
         model = model.double()
-    if spec.get("no_dropout"):  # for the equivalence proof: each rank draws its own dropout masks (same law, new values)
+    if spec.get(
+        "no_dropout"
+    ):  # for the equivalence proof: each rank draws its own dropout masks (same law, new values)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
     tokenizer = load_tokenizer(spec["model"])
     enc = Encoded.from_features(json.loads(Path(spec["features"]).read_text()))
     loader = sharded_loader(enc, tokenizer, spec["batch_size"], world, rank, spec["seed"])
-    cfg = TrainConfig(num_epochs=max(1, -(-spec["steps"] // len(loader))), max_steps=spec["steps"],
-                      learning_rate=spec["learning_rate"], seed=spec["seed"], keep_best=False,
-                      warmup_frac=spec.get("warmup_frac", 0.0), progress=rank == 0,
-                      max_grad_norm=spec.get("max_grad_norm", 1.0))
+    cfg = TrainConfig(
+        num_epochs=max(1, -(-spec["steps"] // len(loader))),
+        max_steps=spec["steps"],
+        learning_rate=spec["learning_rate"],
+        seed=spec["seed"],
+        keep_best=False,
+        warmup_frac=spec.get("warmup_frac", 0.0),
+        progress=rank == 0,
+        max_grad_norm=spec.get("max_grad_norm", 1.0),
+    )
     hook = spec.get("comm_hook", "allreduce")
     wrapped: dict[str, Any] = {}
 
@@ -543,9 +569,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if world == 1:
             return net, optimizer, train_loader
         ddp = DistributedDataParallel(net, bucket_cap_mb=bucket_cap_mb(net, hook, spec.get("bucket_cap_mb")))
-        ddp._set_ddp_runtime_logging_sample_rate(1)  # DDP times every step (its default: 1 in 100 after the 10th)
-        wrapped.update(ddp=ddp, state=register_comm_hook(ddp, hook, spec.get("powersgd_rank", 4),
-                                                         spec.get("powersgd_start", 2)))
+        ddp._set_ddp_runtime_logging_sample_rate(
+            1
+        )  # DDP times every step (its default: 1 in 100 after the 10th)
+        wrapped.update(
+            ddp=ddp,
+            state=register_comm_hook(ddp, hook, spec.get("powersgd_rank", 4), spec.get("powersgd_start", 2)),
+        )
         return ddp, optimizer, train_loader
 
     counter = CountingAllReduce()
@@ -561,23 +591,37 @@ def main(argv: Sequence[str] | None = None) -> None:
             compression = state.compression_stats()[0]
     wrapped.clear()  # drop DDP now: its reducer holds the process group, which must not outlive leave_group()
     gc.collect()
-    losses = hist.step_losses  # this rank's share of each step's loss; their mean over the ranks is the global loss
+    losses = (
+        hist.step_losses
+    )  # this rank's share of each step's loss; their mean over the ranks is the global loss
     if world > 1:
         shares: list[list[float]] = [None] * world  # type: ignore[list-item]
         dist.all_gather_object(shares, losses)
         losses = np.mean(np.asarray(shares, dtype=float), axis=0).tolist()
     steps = len(hist.step_losses)
     plain = max(2, spec.get("powersgd_start", 2)) if hook == "powersgd" else 0
-    steady = counter.bytes[plain:] or counter.bytes  # the steady state: after PowerSGD's plain all-reduce steps
+    steady = (
+        counter.bytes[plain:] or counter.bytes
+    )  # the steady state: after PowerSGD's plain all-reduce steps
     grad_numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stats: dict[str, Any] = {
-        "world_size": world, "batch_size": spec["batch_size"], "threads_per_rank": threads, "device": "cuda" if cuda else "cpu", "steps": steps,
-        "seconds": seconds, "losses": losses, "step_seconds": hist.step_seconds,
+        "world_size": world,
+        "batch_size": spec["batch_size"],
+        "threads_per_rank": threads,
+        "device": "cuda" if cuda else "cpu",
+        "steps": steps,
+        "seconds": seconds,
+        "losses": losses,
+        "step_seconds": hist.step_seconds,
         "samples_per_s": hist.samples * world / hist.train_seconds if hist.train_seconds else None,
-        "backend": dist.get_backend() if world > 1 else None, "comm_hook": hook if world > 1 else None,
-        "grad_numel": grad_numel, "grad_bytes_fp32": grad_numel * 4,
-        # measured: what went through all_reduce in each training step (PowerSGD's first steps are plain all-reduce)
-        "allreduce_calls": counter.calls, "allreduce_bytes": counter.bytes,
+        "backend": dist.get_backend() if world > 1 else None,
+        "comm_hook": hook if world > 1 else None,
+        "grad_numel": grad_numel,
+        "grad_bytes_fp32": grad_numel * 4,
+        # measured: what went through all_reduce in each training step (PowerSGD's first steps are plain
+        # all-reduce)
+        "allreduce_calls": counter.calls,
+        "allreduce_bytes": counter.bytes,
         "allreduce_bytes_per_step": float(np.median(steady)) if steady else 0.0,
     }
     if timing:
@@ -589,8 +633,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if spec.get("eval_features"):
         test = Encoded.from_features(json.loads(Path(spec["eval_features"]).read_text()))
         t1 = time.perf_counter()
-        logits = sharded_logits(model, make_loader(test, tokenizer, spec.get("eval_batch_size", 64), shuffle=False),
-                                world, rank)
+        logits = sharded_logits(
+            model, make_loader(test, tokenizer, spec.get("eval_batch_size", 64), shuffle=False), world, rank
+        )
         stats["eval_seconds"] = time.perf_counter() - t1
         if logits is not None:
             with atomic_path(Path(spec["out"]) / "eval_logits.npy") as tmp:
@@ -606,11 +651,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def leave_group() -> None:
-    """Destroy the process group without gloo's teardown deadlock: destroying a gloo group holds the GIL and waits
-    for gloo's worker threads, while a worker thread may still be freeing the last collective's tensors, for which it
-    needs the GIL (pytorch/pytorch#56297; seen here once in CI: a rank hung for ever after its last all_gather). So:
-    a barrier (every rank is done with every collective), a pause with the GIL released for those threads, then
-    the destruction."""
+    """Destroy the process group without gloo's teardown deadlock: destroying a gloo group holds the GIL and
+    waits for gloo's worker threads, while a worker thread may still be freeing the last collective's tensors,
+    for which it needs the GIL (pytorch/pytorch#56297; seen here once in CI: a rank hung for ever after its
+    last all_gather). So: a barrier (every rank is done with every collective), a pause with the GIL released
+    for those threads, then the destruction."""
     dist.barrier()
     time.sleep(0.2)
     dist.destroy_process_group()

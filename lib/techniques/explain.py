@@ -2,31 +2,34 @@
 
 Two explainers, each giving one score per *word* of a text (its contribution toward a class):
 
-- :func:`lime_scores`: LIME (Ribeiro et al., 2016) through ``lime.lime_text.LimeTextExplainer``: ``num_samples`` copies
-  of the text with random words replaced by the tokenizer's unknown token, the model's probabilities on them, and a
-  weighted linear model fitted to those; its coefficients are the scores. Model-agnostic: works on an ONNX int8 model.
+- :func:`lime_scores`: LIME (Ribeiro et al., 2016) through ``lime.lime_text.LimeTextExplainer``:
+  ``num_samples`` copies of the text with random words replaced by the tokenizer's unknown token, the model's
+  probabilities on them, and a weighted linear model fitted to those; its coefficients are the scores.
+  Model-agnostic: works on an ONNX int8 model.
 - :func:`integrated_gradients`: Integrated Gradients (Sundararajan et al., 2017) through captum's
-  ``LayerIntegratedGradients`` on the word-embedding layer: the gradient of the class probability, averaged along the
-  straight path from a baseline (``[PAD]`` tokens between ``[CLS]`` and ``[SEP]``) to the text, times the difference;
-  word pieces are summed into words (:func:`merge_pieces`). Needs a torch model.
+  ``LayerIntegratedGradients`` on the word-embedding layer: the gradient of the class probability, averaged
+  along the straight path from a baseline (``[PAD]`` tokens between ``[CLS]`` and ``[SEP]``) to the text,
+  times the difference; word pieces are summed into words (:func:`merge_pieces`). Needs a torch model.
 
 And the measures of trust:
 
-- :func:`faithfulness`: ERASER's comprehensiveness (how much the predicted class's probability drops when the top-k%
-  words are deleted) and sufficiency (how much it drops when *only* they are kept), averaged over several k (AOPC,
-  DeYoung et al., 2020). A faithful explanation has high comprehensiveness and low sufficiency; a random ranking of
-  the words is the floor to beat.
+- :func:`faithfulness`: ERASER's comprehensiveness (how much the predicted class's probability drops when the
+  top-k% words are deleted) and sufficiency (how much it drops when *only* they are kept), averaged over
+  several k (AOPC, DeYoung et al., 2020). A faithful explanation has high comprehensiveness and low
+  sufficiency; a random ranking of the words is the floor to beat.
 - :func:`agreement`: Spearman rank correlation and top-k overlap between two explanations of the same text.
 
-Words are maximal runs of word characters (``\\w+``), the same split LIME makes: both explainers score the same list.
+Words are maximal runs of word characters (``\\w+``), the same split LIME makes: both explainers score the
+same list.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,7 +53,7 @@ class Words:
     spans: tuple[tuple[int, int], ...]
 
     @classmethod
-    def of(cls, text: str) -> "Words":
+    def of(cls, text: str) -> Words:
         return cls(text, tuple(m.span() for m in WORD.finditer(text)))
 
     @property
@@ -80,38 +83,52 @@ class ExplainError(LabError, ValueError):
     """An explanation cannot be made as asked; the message says why and what to do."""
 
 
-# ---------------------------------------------------------------------------------------------- LIME
+# ------------------------------------------------------------------------ LIME
+
 
 def lime_explainer(class_names: Sequence[str], mask: str, seed: int) -> LimeTextExplainer:
-    """LIME for text, masking a word by replacing it with ``mask`` (the tokenizer's unknown token: the model sees a
-    token it knows means "something here") instead of deleting it (``bow=False``: each occurrence is its own feature)."""
-    return LimeTextExplainer(class_names=list(class_names), bow=False, mask_string=mask, split_expression=r"\W+",
-                             random_state=seed)
+    """LIME for text, masking a word by replacing it with ``mask`` (the tokenizer's unknown token: the model
+    sees a token it knows means "something here") instead of deleting it (``bow=False``: each occurrence is
+    its own feature)."""
+    return LimeTextExplainer(
+        class_names=list(class_names), bow=False, mask_string=mask, split_expression=r"\W+", random_state=seed
+    )
 
 
-def lime_scores(explainer: LimeTextExplainer, proba: Callable[[list[str]], np.ndarray], text: str, label: int,
-                num_samples: int) -> tuple[np.ndarray, Any]:
+def lime_scores(
+    explainer: LimeTextExplainer,
+    proba: Callable[[list[str]], np.ndarray],
+    text: str,
+    label: int,
+    num_samples: int,
+) -> tuple[np.ndarray, Any]:
     """One score per word of ``text`` toward ``label`` (LIME's coefficients) and LIME's explanation object."""
     words = Words.of(text)
     if not len(words):
         raise ExplainError(f"no words to explain in {text!r}")
-    exp = explainer.explain_instance(text, proba, labels=(label,), num_features=len(words), num_samples=num_samples)
+    exp = explainer.explain_instance(
+        text, proba, labels=(label,), num_features=len(words), num_samples=num_samples
+    )
     lime_words = list(exp.domain_mapper.indexed_string.inverse_vocab)
     if lime_words != words.words:  # both must score the same list of words
-        raise ExplainError(f"LIME split {text!r} into other words than \\w+ does: {lime_words} vs {words.words}")
+        raise ExplainError(
+            f"LIME split {text!r} into other words than \\w+ does: {lime_words} vs {words.words}"
+        )
     scores = np.zeros(len(words))
     for i, weight in exp.as_map()[label]:
         scores[i] = weight
     return scores, exp
 
 
-# ---------------------------------------------------------------------------------------------- Integrated Gradients
+# ------------------------------------------------------------------------ Integrated Gradients
 
-def merge_pieces(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], token_scores: Sequence[float]
-                 ) -> np.ndarray:
-    """Word scores from token scores: each token's score goes to the word whose character span holds the token's
-    start (word pieces of one word are summed; special tokens, offset (0, 0), and punctuation belong to no word).
-    Words past the truncation get no token: score 0."""
+
+def merge_pieces(
+    offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]], token_scores: Sequence[float]
+) -> np.ndarray:
+    """Word scores from token scores: each token's score goes to the word whose character span holds the
+    token's start (word pieces of one word are summed; special tokens, offset (0, 0), and punctuation belong
+    to no word). Words past the truncation get no token: score 0."""
     starts = np.array([a for a, _ in spans])
     out = np.zeros(len(spans))
     for (a, b), score in zip(offsets, token_scores):
@@ -127,12 +144,19 @@ class IntegratedGradients:
     """Integrated Gradients of a torch classifier's class probability, attributed to its word embeddings."""
 
     def __init__(self, model: Any, tokenizer: Any, max_length: int, n_steps: int = 32):
-        self.model, self.tokenizer, self.max_length, self.n_steps = model.eval(), tokenizer, max_length, n_steps
+        self.model, self.tokenizer, self.max_length, self.n_steps = (
+            model.eval(),
+            tokenizer,
+            max_length,
+            n_steps,
+        )
         self.device = device()
         self.model.to(self.device)
 
         def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.model(input_ids=input_ids, attention_mask=attention_mask).logits, dim=-1)
+            return torch.softmax(
+                self.model(input_ids=input_ids, attention_mask=attention_mask).logits, dim=-1
+            )
 
         self.lig = LayerIntegratedGradients(forward, self.model.get_input_embeddings())
 
@@ -140,22 +164,37 @@ class IntegratedGradients:
         """One score per word toward ``label``, and the completeness gap: |sum of attributions - (p(text) -
         p(baseline))|, which IG's theory makes 0 as the steps grow (a large gap means too few steps)."""
         words = Words.of(text)
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            text,
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
         offsets = [tuple(o) for o in enc.pop("offset_mapping")[0].tolist()]
         enc = to_device(dict(enc), self.device)
         ids, mask = enc["input_ids"], enc["attention_mask"]
-        special = torch.tensor(self.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True),
-                               device=ids.device, dtype=torch.bool)
+        special = torch.tensor(
+            self.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True),
+            device=ids.device,
+            dtype=torch.bool,
+        )
         baseline = torch.where(special, ids, torch.full_like(ids, self.tokenizer.pad_token_id))
-        attributions, delta = self.lig.attribute(ids, baselines=baseline, target=label, additional_forward_args=(mask,),
-                                                 n_steps=self.n_steps, internal_batch_size=self.n_steps,
-                                                 return_convergence_delta=True)
+        attributions, delta = self.lig.attribute(
+            ids,
+            baselines=baseline,
+            target=label,
+            additional_forward_args=(mask,),
+            n_steps=self.n_steps,
+            internal_batch_size=self.n_steps,
+            return_convergence_delta=True,
+        )
         token_scores = attributions.sum(dim=-1)[0].detach().cpu().numpy()
         return merge_pieces(offsets, words.spans, token_scores), float(delta.abs().max())
 
 
-# ---------------------------------------------------------------------------------------------- trust
+# ------------------------------------------------------------------------ trust
+
 
 def random_scores(n_words: int, rng: np.random.Generator) -> np.ndarray:
     """The floor every explainer must beat: a random ranking of the words."""
@@ -168,11 +207,14 @@ def top_words(scores: np.ndarray, k: float) -> list[int]:
     return list(np.argsort(-np.asarray(scores), kind="stable")[:n])
 
 
-#@save
-def faithfulness(proba: Callable[[list[str]], np.ndarray], items: Sequence[tuple[Words, np.ndarray, int]],
-                 ks: Sequence[float] = KS) -> pd.DataFrame:
-    """ERASER comprehensiveness and sufficiency of each explanation ``(words, scores, label)``, per k and averaged
-    over ``ks`` (AOPC), computed with one batched call to ``proba``. Columns: ``comprehensiveness``,
+# @save
+def faithfulness(
+    proba: Callable[[list[str]], np.ndarray],
+    items: Sequence[tuple[Words, np.ndarray, int]],
+    ks: Sequence[float] = KS,
+) -> pd.DataFrame:
+    """ERASER comprehensiveness and sufficiency of each explanation ``(words, scores, label)``, per k and
+    averaged over ``ks`` (AOPC), computed with one batched call to ``proba``. Columns: ``comprehensiveness``,
     ``sufficiency`` (AOPC), ``p_full`` and the per-k values."""
     texts: list[str] = []
     for words, scores, _ in items:
@@ -182,7 +224,7 @@ def faithfulness(proba: Callable[[list[str]], np.ndarray], items: Sequence[tuple
             texts += [words.without(top), words.only(top)]
     p = proba(texts)
     rows, at = [], 0
-    for words, _, label in items:
+    for _, _, label in items:
         full = p[at, label]
         row: dict[str, float] = {"p_full": float(full)}
         for j, k in enumerate(ks):
@@ -197,8 +239,8 @@ def faithfulness(proba: Callable[[list[str]], np.ndarray], items: Sequence[tuple
 
 
 def agreement(a: np.ndarray, b: np.ndarray, k: float = 0.2) -> dict[str, float]:
-    """How alike two explanations of one text are: Spearman correlation of the word scores (nan for fewer than 3
-    words or a constant explanation) and the share of the top-k% words they have in common."""
+    """How alike two explanations of one text are: Spearman correlation of the word scores (nan for fewer than
+    3 words or a constant explanation) and the share of the top-k% words they have in common."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     rho = float(spearmanr(a, b).statistic) if len(a) >= 3 and a.std() > 0 and b.std() > 0 else float("nan")
     ta, tb = set(top_words(a, k)), set(top_words(b, k))
@@ -211,16 +253,20 @@ def toward(scores: np.ndarray, label: int) -> np.ndarray:
 
 
 def global_words(items: Iterable[tuple[Words, np.ndarray]], min_count: int = 3) -> pd.DataFrame:
-    """Mean score per (lower-cased) word over many explanations (scores toward one class), each explanation divided
-    by its largest |score| first (every text and method weighs the same, whatever its scale), for words seen at
-    least ``min_count`` times; sorted from most toward that class to most against."""
+    """Mean score per (lower-cased) word over many explanations (scores toward one class), each explanation
+    divided by its largest |score| first (every text and method weighs the same, whatever its scale), for
+    words seen at least ``min_count`` times; sorted from most toward that class to most against."""
     total: dict[str, list[float]] = {}
     for words, scores in items:
         scores = np.asarray(scores, dtype=float)
         scores = scores / (np.abs(scores).max() or 1.0)
         for w, s in zip(words.words, scores):
             total.setdefault(w.lower(), []).append(float(s))
-    rows = [{"word": w, "mean_score": float(np.mean(v)), "count": len(v)} for w, v in total.items() if len(v) >= min_count]
+    rows = [
+        {"word": w, "mean_score": float(np.mean(v)), "count": len(v)}
+        for w, v in total.items()
+        if len(v) >= min_count
+    ]
     if not rows:
         return pd.DataFrame(columns=["mean_score", "count"])
     return pd.DataFrame(rows).set_index("word").sort_values("mean_score", ascending=False)
@@ -232,9 +278,15 @@ def pick_examples(probs: np.ndarray, labels: np.ndarray, per_role: int = 1) -> d
     pred, conf = probs.argmax(-1), probs.max(-1)
     right = pred == labels
     picks: dict[str, int] = {}
-    for role, mask, order in (("confident-correct", right, -conf), ("confident-wrong", ~right, -conf),
-                              ("uncertain-correct", right, conf), ("uncertain-wrong", ~right, conf)):
-        idx = [i for i in np.argsort(order, kind="stable") if mask[i] and int(i) not in picks.values()][:per_role]
+    for role, mask, order in (
+        ("confident-correct", right, -conf),
+        ("confident-wrong", ~right, -conf),
+        ("uncertain-correct", right, conf),
+        ("uncertain-wrong", ~right, conf),
+    ):
+        idx = [i for i in np.argsort(order, kind="stable") if mask[i] and int(i) not in picks.values()][
+            :per_role
+        ]
         for j, i in enumerate(idx, 1):
             picks[f"{role}-{j}"] = int(i)
     return picks
@@ -248,16 +300,18 @@ def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float
 
 
 def summarize_faithfulness(per_text: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
-    """One row per (model, method): mean comprehensiveness and sufficiency over the texts, their standard errors,
-    and how many texts."""
+    """One row per (model, method): mean comprehensiveness and sufficiency over the texts, their standard
+    errors, and how many texts."""
     rows = {}
     for key, frame in per_text.items():
         n = len(frame)
-        rows[key] = {"comprehensiveness": frame["comprehensiveness"].mean(),
-                     "comprehensiveness_se": frame["comprehensiveness"].std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
-                     "sufficiency": frame["sufficiency"].mean(),
-                     "sufficiency_se": frame["sufficiency"].std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
-                     "texts": n}
+        rows[key] = {
+            "comprehensiveness": frame["comprehensiveness"].mean(),
+            "comprehensiveness_se": frame["comprehensiveness"].std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
+            "sufficiency": frame["sufficiency"].mean(),
+            "sufficiency_se": frame["sufficiency"].std(ddof=1) / np.sqrt(n) if n > 1 else np.nan,
+            "texts": n,
+        }
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method"])
     return out

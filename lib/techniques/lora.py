@@ -1,9 +1,9 @@
 """LoRA (Hu et al., 2021) with ``peft``: the adapters' wiring, and what merging them does.
 
-LoRA freezes a pretrained Linear layer's weight ``W`` and learns a low-rank update: ``y = W x + b + (alpha / r) · B A x``
-with ``A`` (r × in, random at the start) and ``B`` (out × r, zero at the start, so training starts from the pretrained
-model). Only ``A``, ``B`` and the new classification head train and are stored per task. :func:`merge_lora` folds the
-update into ``W``, so a merged model has the base model's shapes and speed.
+LoRA freezes a pretrained Linear layer's weight ``W`` and learns a low-rank update: ``y = W x + b + (alpha /
+r) · B A x`` with ``A`` (r × in, random at the start) and ``B`` (out × r, zero at the start, so training
+starts from the pretrained model). Only ``A``, ``B`` and the new classification head train and are stored per
+task. :func:`merge_lora` folds the update into ``W``, so a merged model has the base model's shapes and speed.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
@@ -20,8 +21,14 @@ from peft import LoraConfig, TaskType, get_peft_model
 from ..models import fresh_classifier
 
 
-def add_lora(model: Any, r: int, alpha: float, dropout: float, target_modules: Sequence[str],
-             modules_to_save: Sequence[str] = ()) -> Any:
+def add_lora(
+    model: Any,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: Sequence[str],
+    modules_to_save: Sequence[str] = (),
+) -> Any:
     """Wrap ``model`` (a sequence classifier) with LoRA adapters; returns the ``peft`` model.
 
     ``target_modules`` are name suffixes of Linear layers (BERT: ``query``, ``key``, ``value``,
@@ -31,18 +38,36 @@ def add_lora(model: Any, r: int, alpha: float, dropout: float, target_modules: S
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in target_modules if t.rsplit(".", 1)[-1] not in names]
     if missing:
-        raise ValueError(f"LoRA target module(s) {missing} not found in {type(model).__name__}; "
-                         "BERT's Linear layers are query, key, value, dense")
-    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                     target_modules=list(target_modules), modules_to_save=list(modules_to_save) or None)
+        raise ValueError(
+            f"LoRA target module(s) {missing} not found in {type(model).__name__}; "
+            "BERT's Linear layers are query, key, value, dense"
+        )
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        modules_to_save=list(modules_to_save) or None,
+    )
     with warnings.catch_warnings():  # peft 0.21 calls a transformers-v5 method deprecated for v6: not ours
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
         return get_peft_model(model, cfg)
 
 
-def lora_model(spec: str, num_labels: int, r: int, alpha_scale: float, dropout: float,
-               target_modules: Sequence[str], seed: int, label_names: list[str] | None = None,
-               pooling: str = "cls") -> Any:
+def lora_model(
+    spec: str,
+    num_labels: int,
+    r: int,
+    alpha_scale: float,
+    dropout: float,
+    target_modules: Sequence[str],
+    seed: int,
+    label_names: list[str] | None = None,
+    pooling: str = "cls",
+) -> Any:
     """A freshly loaded pretrained base (:func:`lib.models.fresh_classifier`) with rank-``r`` LoRA adapters,
     ``alpha = alpha_scale * r`` (the same update scale at every rank).
 
@@ -53,9 +78,10 @@ def lora_model(spec: str, num_labels: int, r: int, alpha_scale: float, dropout: 
     return add_lora(base, r=r, alpha=alpha_scale * r, dropout=dropout, target_modules=target_modules)
 
 
-#@save
+# @save
 def merge_lora(peft_model: Any) -> Any:
-    """A plain copy of ``peft_model`` with every LoRA update folded into its weights: ``W <- W + (alpha / r) · B A``."""
+    """A plain copy of ``peft_model`` with every LoRA update folded into its weights: ``W <- W + (alpha / r) ·
+    B A``."""
     model = copy.deepcopy(peft_model)
     for module in model.modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:  # a peft LoRA Linear
@@ -68,7 +94,8 @@ def merge_lora(peft_model: Any) -> Any:
 
 
 def adapter_mb(peft_model: Any) -> float:
-    """What the adapter (and trained head) of ``peft_model`` costs on disk (MB, 10^6 bytes), via a temporary save."""
+    """What the adapter (and trained head) of ``peft_model`` costs on disk (MB, 10^6 bytes), via a temporary
+    save."""
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp)
         return (Path(tmp) / "adapter_model.safetensors").stat().st_size / 1e6

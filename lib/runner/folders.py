@@ -1,18 +1,20 @@
-"""Run folders: every run keeps its own folder, a manifest saying what made it, and never changes once it ends.
+"""Run folders: every run keeps its own folder, a manifest saying what made it, and never changes once it
+ends.
 
-``outputs/<profile>/runs/<run id>/`` holds one run's ``notebooks/`` (executed copies), ``metrics/`` (one JSON record
-per notebook), ``figures/``, ``models/`` (the artifacts later notebooks start from), ``work/`` (scratch) and
-``manifest.json``: profile, the ``-p`` overrides (as a diff against the profile), git commit and whether the tree was
-dirty, package versions, machine and CPU class, and per notebook its status and wall time.
-``outputs/<profile>/latest`` points to the last *complete* run of the profile.
+``outputs/<profile>/runs/<run id>/`` holds one run's ``notebooks/`` (executed copies), ``metrics/`` (one JSON
+record per notebook), ``figures/``, ``models/`` (the artifacts later notebooks start from), ``work/``
+(scratch) and ``manifest.json``: profile, the ``-p`` overrides (as a diff against the profile), git commit and
+whether the tree was dirty, package versions, machine and CPU class, and per notebook its status and wall
+time. ``outputs/<profile>/latest`` points to the last *complete* run of the profile.
 
-A run id is the start time plus a short random suffix (``20261126-053007-412-a3f1``: date, time, milliseconds, random): ids sort by time and never clash.
-The runner (``python -m lib.run``) starts a run and tells the notebook kernels which one through ``$MUXL_RUN_DIR``; a
-notebook run by hand in JupyterLab starts its own run (profile ``lab``) when its parameters are checked, and that run
-is complete once the notebook writes its record.
+A run id is the start time plus a short random suffix (``20261126-053007-412-a3f1``: date, time, milliseconds,
+random): ids sort by time and never clash. The runner (``python -m lib.runner``) starts a run and tells the
+notebook kernels which one through ``$MUXL_RUN_DIR``; a notebook run by hand in JupyterLab starts its own run
+(profile ``lab``) when its parameters are checked, and that run is complete once the notebook writes its
+record.
 
-A later notebook takes an earlier one's artifacts and record from the **same run** when it has them, else from the
-newest complete run of the profile that has them, or from the run named by its ``input_run`` parameter.
+A later notebook takes an earlier one's artifacts and record from the **same run** when it has them, else from
+the newest complete run of the profile that has them, or from the run named by its ``input_run`` parameter.
 """
 
 from __future__ import annotations
@@ -25,30 +27,47 @@ import secrets
 import shutil
 import socket
 import subprocess
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
+from ..errors import ArtifactError, LabError
+from ..utils import atomic_write_json, cpu_flags, cpu_model, isa, load_average
 from . import paths, tracking
-from .errors import ArtifactError, LabError
-from .utils import atomic_write_json, cpu_flags, cpu_model, isa
 
 ENV_DIR = "MUXL_RUN_DIR"  # the run folder a notebook kernel writes into (set by the runner)
 ENV_BY = "MUXL_RUN_BY"  # "runner" when the runner started it
-HAND_PROFILE = "lab"  # the profile of a notebook run by hand (no params/lab.yaml: the notebook's own defaults)
+HAND_PROFILE = (
+    "lab"  # the profile of a notebook run by hand (no params/lab.yaml: the notebook's own defaults)
+)
 MANIFEST = "manifest.json"
 LATEST = "latest"
 ENDED = ("complete", "failed", "interrupted", "killed")
 # The packages whose versions decide the numbers (recorded in every manifest).
-PACKAGES = ("torch", "transformers", "peft", "onnxruntime", "onnx", "numpy", "scikit-learn", "pandas", "papermill",
-            "lime", "captum", "opacus", "mlflow")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "onnxruntime",
+    "onnx",
+    "numpy",
+    "scikit-learn",
+    "pandas",
+    "papermill",
+    "lime",
+    "captum",
+    "opacus",
+    "mlflow",
+)
 
 _hand: dict[str, Path] = {}  # profile -> the run this process started by hand (a JupyterLab kernel)
 _inputs: dict[str, str] = {}  # what this process read from earlier runs: "models/teacher" -> run id
 
 
-# ---------------------------------------------------------------------------------------------- where runs live
+# ------------------------------------------------------------------------ where runs live
+
 
 def runs_dir(profile: str) -> Path:
     return paths.profile_dir(profile) / "runs"
@@ -67,13 +86,16 @@ def all_runs(profile: str | None = None) -> list[Path]:
 
 
 def find_run(run: str, profile: str | None = None) -> Path:
-    """A run folder by id or unique id prefix (of any profile: ids are unique), ``latest`` (of ``profile``) or a path."""
+    """A run folder by id or unique id prefix (of any profile: ids are unique), ``latest`` (of ``profile``) or
+    a path."""
     if run == LATEST:
         if profile is None:
             raise LabError("'latest' needs a profile (--profile NAME)")
         target = latest(profile)
         if target is None:
-            raise ArtifactError(f"profile {profile!r} has no complete run yet: python -m lib.run --profile {profile}")
+            raise ArtifactError(
+                f"profile {profile!r} has no complete run yet: python -m lib.runner --profile {profile}"
+            )
         return target
     if Path(run).is_dir() and (Path(run) / MANIFEST).exists():
         return Path(run).resolve()
@@ -82,8 +104,10 @@ def find_run(run: str, profile: str | None = None) -> Path:
     if len(matches) != 1:
         known = ", ".join(d.name for d in all_runs(profile)[-5:]) or "none"
         what = "no run" if not matches else f"{len(matches)} runs"
-        raise ArtifactError(f"{what} with id {run!r} under {paths.outputs_root()} (newest: {known}; "
-                            "see python -m lib.run --runs)")
+        raise ArtifactError(
+            f"{what} with id {run!r} under {paths.outputs_root()} (newest: {known}; "
+            "see python -m lib.runner --runs)"
+        )
     return matches[0]
 
 
@@ -100,7 +124,8 @@ def _set_latest(run_dir: Path) -> None:
     os.replace(tmp, link)
 
 
-# ---------------------------------------------------------------------------------------------- the manifest
+# ------------------------------------------------------------------------ the manifest
+
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
@@ -134,17 +159,25 @@ def _alive(pid: Any) -> bool:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit, whether tracked files differ from it (outputs/ is ignored, so results never count), which, and a
-    fingerprint of the difference (to tell whether the code changed *during* a run)."""
+    """Commit, whether tracked files differ from it (outputs/ is ignored, so results never count), which, and
+    a fingerprint of the difference (to tell whether the code changed *during* a run)."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20,
-                              check=True).stdout
+        return subprocess.run(
+            ["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+
     try:
-        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()  # "XY path": keep the columns
+        changed = git(
+            "status", "--porcelain", "--untracked-files=no"
+        ).splitlines()  # "XY path": keep the columns
         diff = git("diff", "HEAD")
-        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed),
-                "changed": [line[3:] for line in changed][:20],
-                "diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if changed else None}
+        return {
+            "commit": git("rev-parse", "HEAD").strip(),
+            "dirty": bool(changed),
+            "changed": [line[3:] for line in changed][:20],
+            "diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if changed else None,
+        }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "changed": [], "diff_sha1": None}
 
@@ -160,45 +193,74 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 
 def machine() -> dict[str, Any]:
-    """This machine as speed figures need it: CPU model and class (ISA), the flags that matter, cores, memory."""
+    """This machine as speed figures need it: CPU model and class (ISA), the flags that matter, cores,
+    memory."""
     flags = cpu_flags()
     try:
-        mem = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
+        mem = next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
     except (OSError, StopIteration):
         mem = None
-    return {"cpu": cpu_model(), "isa": isa(flags), "cpu_count": os.cpu_count(), "memory_bytes": mem,
-            "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))),
-            "platform": platform.platform(), "python": platform.python_version(), "host": socket.gethostname()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+    return {
+        "cpu": cpu_model(),
+        "isa": isa(flags),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": mem,
+        "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+    }
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-# ---------------------------------------------------------------------------------------------- lifecycle
+# ------------------------------------------------------------------------ lifecycle
 
-def start(profile: str, *, by: str, notebooks: Sequence[str], overrides: Mapping[str, Any] | None = None,
-          override_diff: Mapping[str, Any] | None = None, argv: Sequence[str] = ()) -> Path:
-    """Create a new run folder with its manifest (status ``running``) and make it this process's current run."""
+
+def start(
+    profile: str,
+    *,
+    by: str,
+    notebooks: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    override_diff: Mapping[str, Any] | None = None,
+    argv: Sequence[str] = (),
+) -> Path:
+    """Create a new run folder with its manifest (status ``running``) and make it this process's current
+    run."""
     sweep_killed(profile)
     run_dir = runs_dir(profile) / new_id()
     run_dir.mkdir(parents=True)
-    _write_manifest(run_dir, {
-        "id": run_dir.name, "profile": profile, "by": by, "argv": list(argv), "status": "running",
-        "started": _now(), "ended": None, "minutes": None, "pid": os.getpid(), "host": socket.gethostname(),
-        "notebooks": {name: {"status": "pending"} for name in notebooks},
-        "overrides": dict(overrides or {}), "override_diff": dict(override_diff or {}),
-        "git": git_state(), "packages": package_versions(), "machine": machine(), "load_average_start": load_average(),
-        "inputs": {}, "mlflow": tracking.enabled(),
-    })
+    _write_manifest(
+        run_dir,
+        {
+            "id": run_dir.name,
+            "profile": profile,
+            "by": by,
+            "argv": list(argv),
+            "status": "running",
+            "started": _now(),
+            "ended": None,
+            "minutes": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "notebooks": {name: {"status": "pending"} for name in notebooks},
+            "overrides": dict(overrides or {}),
+            "override_diff": dict(override_diff or {}),
+            "git": git_state(),
+            "packages": package_versions(),
+            "machine": machine(),
+            "load_average_start": load_average(),
+            "inputs": {},
+            "mlflow": tracking.enabled(),
+        },
+    )
     os.environ[ENV_DIR] = str(run_dir)
     os.environ[ENV_BY] = by
     if by == "hand":
@@ -210,8 +272,10 @@ def update(run_dir: Path, **changes: Any) -> dict[str, Any]:
     """Change a *running* run's manifest (a run that ended is never modified)."""
     manifest = read_manifest(run_dir)
     if manifest["status"] in ENDED:
-        raise LabError(f"run {run_dir.name} has ended ({manifest['status']}): it is never modified. "
-                       "Start a new run (re-run the notebook from the top, or python -m lib.run).")
+        raise LabError(
+            f"run {run_dir.name} has ended ({manifest['status']}): it is never modified. "
+            "Start a new run (re-run the notebook from the top, or python -m lib.runner)."
+        )
     manifest.update(changes)
     _write_manifest(run_dir, manifest)
     return manifest
@@ -224,7 +288,8 @@ def notebook_status(run_dir: Path, notebook: str, **fields: Any) -> None:
 
 
 def finish(run_dir: Path, final: str) -> dict[str, Any]:
-    """End a run: its final status, end time, minutes and git state; ``latest`` moves only to a complete run."""
+    """End a run: its final status, end time, minutes and git state; ``latest`` moves only to a complete
+    run."""
     assert final in ENDED, final
     manifest = read_manifest(run_dir)
     if manifest["status"] in ENDED:
@@ -234,8 +299,13 @@ def finish(run_dir: Path, final: str) -> dict[str, Any]:
     if (end_git.get("commit"), end_git.get("diff_sha1")) != (git.get("commit"), git.get("diff_sha1")):
         git.update(dirty=True, changed_during_run=True)  # the code changed while it ran: no clean provenance
     started = datetime.fromisoformat(manifest["started"])
-    manifest.update(status=final, ended=_now(), git=git, load_average_end=load_average(),
-                    minutes=round((datetime.now(timezone.utc) - started).total_seconds() / 60, 2))
+    manifest.update(
+        status=final,
+        ended=_now(),
+        git=git,
+        load_average_end=load_average(),
+        minutes=round((datetime.now(UTC) - started).total_seconds() / 60, 2),
+    )
     _write_manifest(run_dir, manifest)
     shutil.rmtree(run_dir / ".runtime", ignore_errors=True)  # kernel connection files of this run
     if final == "complete":
@@ -247,7 +317,8 @@ def finish(run_dir: Path, final: str) -> dict[str, Any]:
 
 
 def sweep_killed(profile: str) -> list[Path]:
-    """Mark runs whose process died without ending them (SIGKILL) as ``killed``, and drop their kernel files."""
+    """Mark runs whose process died without ending them (SIGKILL) as ``killed``, and drop their kernel
+    files."""
     found = []
     for d in all_runs(profile):
         try:
@@ -262,10 +333,12 @@ def sweep_killed(profile: str) -> list[Path]:
     return found
 
 
-# ---------------------------------------------------------------------------------------------- the current run
+# ------------------------------------------------------------------------ the current run
+
 
 def begin_hand_run(profile: str, notebook: str) -> Path:
-    """Called when a notebook checks its parameters: join the runner's run, or start a run of its own (by hand)."""
+    """Called when a notebook checks its parameters: join the runner's run, or start a run of its own (by
+    hand)."""
     joined = _runner_run(profile)
     if joined is not None:
         return joined
@@ -281,7 +354,8 @@ def _runner_run(profile: str) -> Path | None:
 
 
 def _here(profile: str) -> Path | None:
-    """This process's run of ``profile`` under today's outputs folder (the runner's, or one started by hand)."""
+    """This process's run of ``profile`` under today's outputs folder (the runner's, or one started by
+    hand)."""
     run_dir = _runner_run(profile) or _hand.get(profile)
     return run_dir if run_dir is not None and run_dir.parent == runs_dir(profile) else None
 
@@ -293,15 +367,17 @@ def current(profile: str) -> Path:
     if run_dir is not None and (run_dir / MANIFEST).exists():
         manifest = read_manifest(run_dir)
         if manifest["status"] in ENDED:
-            raise LabError(f"run {run_dir.name} has ended ({manifest['status']}) and is never modified: re-run the "
-                           "notebook from the top (its parameters cell starts a new run).")
+            raise LabError(
+                f"run {run_dir.name} has ended ({manifest['status']}) and is never modified: re-run the "
+                "notebook from the top (its parameters cell starts a new run)."
+            )
         return run_dir
     return start(profile, by="hand", notebooks=[])
 
 
 def source(profile: str, relpath: str, run: str = "") -> Path:
-    """The run folder to read ``relpath`` (e.g. ``models/teacher``) from: the run named by ``run``, else the current
-    run if it has it, else the newest complete run of ``profile`` that has it."""
+    """The run folder to read ``relpath`` (e.g. ``models/teacher``) from: the run named by ``run``, else the
+    current run if it has it, else the newest complete run of ``profile`` that has it."""
     if run:
         found = find_run(run, profile)
     else:
@@ -341,7 +417,8 @@ def notebook_done(profile: str, notebook: str) -> None:
         finish(run_dir, "complete")  # _hand keeps it: a later write in this kernel is refused, not misplaced
 
 
-# ---------------------------------------------------------------------------------------------- inside the current run
+# ------------------------------------------------------------------------ inside the current run
+
 
 def metrics_path(profile: str, notebook: str) -> Path:
     return current(profile) / "metrics" / f"{notebook}.json"
@@ -365,10 +442,12 @@ def work_dir(profile: str, notebook: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------- housekeeping
+# ------------------------------------------------------------------------ housekeeping
+
 
 def delete(run_dirs: Iterable[Path]) -> list[str]:
-    """Remove runs (never one still running); ``latest`` moves back to the newest complete run left, if any."""
+    """Remove runs (never one still running); ``latest`` moves back to the newest complete run left, if
+    any."""
     gone = []
     for d in run_dirs:
         manifest = read_manifest(d)

@@ -1,16 +1,17 @@
 """Experiment tracking with MLflow (opt-in): every notebook's record also lands in a local MLflow store.
 
-On with ``python -m lib.run --mlflow`` (or ``MUXL_MLFLOW=1`` in the environment of a JupyterLab or script); off by
-default, because the run folders already hold every number, and tracking costs time (measured: see the README).
+On with ``python -m lib.runner --mlflow`` (or ``MUXL_MLFLOW=1`` in the environment of a JupyterLab or script);
+off by default, because the run folders already hold every number, and tracking costs time (measured: see the
+README).
 
-The store is local, no server: ``sqlite:///<outputs>/mlflow.db`` (MLflow's default backend since 3.7) with artifacts
-in ``<outputs>/mlartifacts/``. Browse it with::
+The store is local, no server: ``sqlite:///<outputs>/mlflow.db`` (MLflow's default backend since 3.7) with
+artifacts in ``<outputs>/mlartifacts/``. Browse it with::
 
     mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db      # then open http://127.0.0.1:5000
 
-Layout: one MLflow experiment per profile (``model-ux-lab/<profile>``); one parent MLflow run per run folder (named by
-its run id) and under it one run per notebook, with the notebook's parameters, every numeric finding and every
-variant's numbers as metrics (``<variant>/accuracy`` ...), and the record and figures as artifacts.
+Layout: one MLflow experiment per profile (``model-ux-lab/<profile>``); one parent MLflow run per run folder
+(named by its run id) and under it one run per notebook, with the notebook's parameters, every numeric finding
+and every variant's numbers as metrics (``<variant>/accuracy`` ...), and the record and figures as artifacts.
 """
 
 from __future__ import annotations
@@ -18,14 +19,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from . import paths
 
 ENV = "MUXL_MLFLOW"
-VARIANT_METRICS = ("accuracy", "f1", "size_mb", "num_params", "latency_ms_b1_p50", "throughput_b32",
-                   "speedup_vs_reference")
+VARIANT_METRICS = (
+    "accuracy",
+    "f1",
+    "size_mb",
+    "num_params",
+    "latency_ms_b1_p50",
+    "throughput_b32",
+    "speedup_vs_reference",
+)
 
 
 def enabled() -> bool:
@@ -72,14 +81,23 @@ def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path) -> floa
     mlflow.set_tracking_uri(tracking_uri())
     name = f"model-ux-lab/{rec['profile']}"
     experiment = mlflow.get_experiment_by_name(name)
-    experiment_id = (experiment.experiment_id if experiment is not None else
-                     mlflow.create_experiment(name, artifact_location=(artifact_root() / rec["profile"]).as_uri()))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else mlflow.create_experiment(name, artifact_location=(artifact_root() / rec["profile"]).as_uri())
+    )
     parent = _parent_run(mlflow, experiment_id, run_dir.name, rec)
     env = rec.get("env", {})
-    tags = {"muxl.run_id": run_dir.name, "muxl.notebook": rec["notebook"], "muxl.profile": rec["profile"],
-            "muxl.isa": str(env.get("isa")), "muxl.device": str(env.get("device"))}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=rec["notebook"], tags=tags,
-                          parent_run_id=parent) as run:
+    tags = {
+        "muxl.run_id": run_dir.name,
+        "muxl.notebook": rec["notebook"],
+        "muxl.profile": rec["profile"],
+        "muxl.isa": str(env.get("isa")),
+        "muxl.device": str(env.get("device")),
+    }
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=rec["notebook"], tags=tags, parent_run_id=parent
+    ) as run:
         mlflow.log_params(flatten_params(rec.get("params", {})))
         mlflow.log_metrics(metrics_of(rec))
         mlflow.log_artifact(str(record_path), artifact_path="metrics")
@@ -95,12 +113,18 @@ def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path) -> floa
 
 def _parent_run(mlflow: Any, experiment_id: str, run_id: str, rec: Mapping[str, Any]) -> str:
     """The MLflow run standing for run folder ``run_id`` (created by the first notebook that logs)."""
-    found = mlflow.search_runs(experiment_ids=[experiment_id], output_format="list",
-                               filter_string=f"tags.`muxl.run_id` = '{run_id}' and tags.`muxl.parent` = 'true'")
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        output_format="list",
+        filter_string=f"tags.`muxl.run_id` = '{run_id}' and tags.`muxl.parent` = 'true'",
+    )
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_id, tags={"muxl.run_id": run_id, "muxl.parent": "true",
-                                                                  "muxl.profile": rec["profile"]})
+    run = client.create_run(
+        experiment_id,
+        run_name=run_id,
+        tags={"muxl.run_id": run_id, "muxl.parent": "true", "muxl.profile": rec["profile"]},
+    )
     client.set_terminated(run.info.run_id)
     return run.info.run_id

@@ -1,9 +1,9 @@
 """The notebooks, in order, what each needs from earlier ones, and what a complete artifact folder holds.
 
 The runner uses this to order a run and to refuse a notebook whose prerequisite artifact is missing or broken
-(naming the notebook that makes it) before anything runs. Add a notebook here when you add it to ``notebooks/``.
-Only the standard library is used here, so those checks are instant; saving and loading artifacts is
-:mod:`lib.artifacts`.
+(naming the notebook that makes it) before anything runs. Add a notebook here when you add it to
+``notebooks/``. Only the standard library is used here, so those checks are instant; saving and loading
+artifacts is :mod:`lib.artifacts`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runs
-from .errors import ArtifactError
+from ..errors import ArtifactError
+from . import folders
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     ),
     Notebook(
         "02_prune",
-        "Pruning: unstructured (zeros) and structured (heads and FFN neurons removed), with real speed measured",
+        "Pruning: unstructured (zeros) and structured (heads and FFN neurons removed), with real speed "
+        "measured",
         needs=("teacher",),
         produces=("pruned",),
     ),
@@ -59,25 +60,32 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     ),
     Notebook(
         "05_distributed",
-        "Distributed: data-parallel training with torch.distributed (torchrun, DDP), proven equal and measured",
+        "Distributed: data-parallel training with torch.distributed (torchrun, DDP), proven equal and "
+        "measured",
         needs=(),  # fine-tunes the pretrained model itself: nothing from earlier notebooks
         produces=(),
     ),
     Notebook(
         "06_explain",
-        "Explanations: LIME and Integrated Gradients, their faithfulness measured, and whether they survive compression",
-        needs=("teacher",),  # the student (04) and the int8 model (03) too, when asked: checked in the notebook
+        "Explanations: LIME and Integrated Gradients, their faithfulness measured, and whether they survive "
+        "compression",
+        needs=(
+            "teacher",
+        ),  # the student (04) and the int8 model (03) too, when asked: checked in the notebook
         produces=(),
     ),
     Notebook(
         "07_privacy",
-        "Privacy: DP-SGD fine-tuning with Opacus at several ε, and a membership-inference audit of every model",
-        needs=(),  # starts from the public pretrained model: a teacher fine-tuned without DP would carry its leak along
+        "Privacy: DP-SGD fine-tuning with Opacus at several ε, and a membership-inference audit of every "
+        "model",
+        # starts from the public pretrained model: a teacher fine-tuned without DP would carry its leak along
+        needs=(),
         produces=(),
     ),
     Notebook(
-        "08_report",
-        "Report: every variant of the run side by side, a stacked deployment variant, Pareto fronts, a weighted choice",
+        "10_report",
+        "Report: every variant of the run side by side, a stacked deployment variant, Pareto fronts, a "
+        "weighted choice",
         needs=("teacher",),  # and the student (04) when the stack starts from it: checked in the notebook
         produces=("stacked",),
     ),
@@ -94,7 +102,7 @@ def producer_of(artifact: str) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------- artifact folders
+# ------------------------------------------------------------------------ artifact folders
 
 METADATA = "metadata.json"
 # What each kind of artifact folder holds besides the tokenizer and metadata.json; the first file is JSON.
@@ -138,8 +146,8 @@ def check_artifact(path: Path) -> str | None:
 
 
 def safetensors_problem(path: Path) -> str | None:
-    """What is wrong with a ``.safetensors`` file's header and length, or ``None`` (the format: an 8-byte little-endian
-    header length, a JSON header naming each tensor's byte range, then the data)."""
+    """What is wrong with a ``.safetensors`` file's header and length, or ``None`` (the format: an 8-byte
+    little-endian header length, a JSON header naming each tensor's byte range, then the data)."""
     size = path.stat().st_size
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -152,8 +160,11 @@ def safetensors_problem(path: Path) -> str | None:
             header = json.loads(fh.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError):
             return "has an unreadable header: corrupt"
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-            and "data_offsets" in v]
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+    ]
     if ends and 8 + n + max(ends) > size:
         return f"is truncated: its tensors need {8 + n + max(ends)} bytes, the file has {size}"
     return None
@@ -161,10 +172,13 @@ def safetensors_problem(path: Path) -> str | None:
 
 def run_hint(notebook: str, profile: str) -> str:
     """How to get what ``notebook`` makes: run it by hand (profile ``lab``) or with the runner."""
-    if profile == runs.HAND_PROFILE:
-        return (f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end (Run > Run All Cells), then "
-                "re-run this notebook; or name a run that has it in the input_run parameter.")
-    return f"Run {notebook} first: python -m lib.run --profile {profile} --only {notebook}"
+    if profile == folders.HAND_PROFILE:
+        return (
+            f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end (Run > Run All Cells), "
+            f"then "
+            "re-run this notebook; or name a run that has it in the input_run parameter."
+        )
+    return f"Run {notebook} first: python -m lib.runner --profile {profile} --only {notebook}"
 
 
 def artifact_hint(name: str, profile: str) -> str:
@@ -175,13 +189,17 @@ def artifact_hint(name: str, profile: str) -> str:
 
 def require_artifact(profile: str, name: str, run: str = "") -> Path:
     """The folder of artifact ``name``: from ``run`` if named, else this run, else the newest complete run of
-    ``profile`` that has it (:func:`lib.runs.source`); a clear error naming the fix if it is missing or broken."""
+    ``profile`` that has it (:func:`lib.runner.folders.source`); a clear error naming the fix if it is missing
+    or broken."""
     try:
-        path = runs.source(profile, f"models/{name}", run) / "models" / name
+        path = folders.source(profile, f"models/{name}", run) / "models" / name
     except ArtifactError as e:
-        raise ArtifactError(f"the '{name}' artifact for profile '{profile}' is missing ({e}). "
-                            f"{artifact_hint(name, profile)}") from None
+        raise ArtifactError(
+            f"the '{name}' artifact for profile '{profile}' is missing ({e}). {artifact_hint(name, profile)}"
+        ) from None
     problem = check_artifact(path)
     if problem:
-        raise ArtifactError(f"the '{name}' artifact for profile '{profile}' {problem}. {artifact_hint(name, profile)}")
+        raise ArtifactError(
+            f"the '{name}' artifact for profile '{profile}' {problem}. {artifact_hint(name, profile)}"
+        )
     return path

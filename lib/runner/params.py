@@ -14,16 +14,17 @@ import ast
 import difflib
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-from . import paths, runs
+from ..errors import ParamError
+from . import folders, paths
 from .catalog import BY_NAME
-from .errors import ParamError
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Decl:
         return None if self.default is None else type(self.default)
 
 
-# ---------------------------------------------------------------------------------------------- parsing
+# ------------------------------------------------------------------------ parsing
+
 
 def parameters_cell(notebook: str | Path) -> str:
     """Source of the cell tagged ``parameters`` in a notebook (by name or path)."""
@@ -60,23 +62,31 @@ def parse_declarations(source: str) -> dict[str, Decl]:
     lines = source.splitlines()
     decls: dict[str, Decl] = {}
     for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+        if not (
+            isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+        ):
             raise ParamError(
-                f"parameters cell line {node.lineno}: only plain 'name = literal  # comment' lines are allowed "
-                "(papermill does not see annotated or computed parameters; put derived values in the next cell)."
+                f"parameters cell line {node.lineno}: only plain 'name = literal  # comment' lines are "
+                f"allowed "
+                "(papermill does not see annotated or computed parameters; put derived values in the next "
+                "cell)."
             )
         name = node.targets[0].id
         try:
             default = ast.literal_eval(node.value)
         except ValueError:
-            raise ParamError(f"parameter {name!r}: the default must be a literal, not an expression.") from None
+            raise ParamError(
+                f"parameter {name!r}: the default must be a literal, not an expression."
+            ) from None
         line = lines[node.lineno - 1]
         if node.lineno != node.end_lineno or line.count("=") != 1:
             raise ParamError(
-                f"parameters cell line {node.lineno} ({line.strip()!r}): keep each parameter on one line with a "
-                "single '=' (papermill cannot parse a second '=', e.g. in the comment, and ignores such lines)."
+                f"parameters cell line {node.lineno} ({line.strip()!r}): keep each parameter on one line "
+                f"with a "
+                "single '=' (papermill cannot parse a second '=', e.g. in the comment, and ignores such "
+                "lines)."
             )
-        rest = lines[node.end_lineno - 1][node.end_col_offset:]
+        rest = lines[node.end_lineno - 1][node.end_col_offset :]
         comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
         decls[name] = Decl(name, default, comment)
     return decls
@@ -87,7 +97,7 @@ def declared(notebook: str | Path) -> dict[str, Decl]:
     return parse_declarations(parameters_cell(notebook))
 
 
-# ---------------------------------------------------------------------------------------------- rules
+# ------------------------------------------------------------------------ rules
 
 Rule = Callable[[Any], "str | None"]
 
@@ -125,6 +135,7 @@ def _profile(v: str) -> str | None:
 def _one_of(*choices: str) -> Rule:
     def rule(v: Any) -> str | None:
         return None if v in choices else f"{v!r} is not one of {', '.join(map(repr, choices))}"
+
     return rule
 
 
@@ -133,7 +144,11 @@ def _nonempty(v: str) -> str | None:
 
 
 def _run_id(v: str) -> str | None:
-    return None if re.fullmatch(r"[A-Za-z0-9_./-]*", v) else f"must be a run id (see python -m lib.run --runs), got {v!r}"
+    return (
+        None
+        if re.fullmatch(r"[A-Za-z0-9_./-]*", v)
+        else f"must be a run id (see python -m lib.runner --runs), got {v!r}"
+    )
 
 
 # Value rules by parameter name; a name means the same thing in every notebook that declares it.
@@ -171,21 +186,26 @@ RULES: dict[str, Rule] = {
     "lora_target_modules": _nonempty,
     "speed_steps": _at_least(1),
     "sparsities": _between(0, 1, hi_open=True, fix="fractions of weights to zero, e.g. [0.3, 0.5]"),
-    "structured_fractions": _between(0, 1, lo_open=True, hi_open=True,
-                                     fix="fractions of heads and neurons to remove, e.g. [0.25, 0.5]"),
+    "structured_fractions": _between(
+        0, 1, lo_open=True, hi_open=True, fix="fractions of heads and neurons to remove, e.g. [0.25, 0.5]"
+    ),
     "importance_methods": _one_of("gradient", "magnitude"),
     "recovery_steps": _at_least(1),
     "recovery_epochs": _at_least(1),
     "max_points_lost": _between(0, 100, fix="accuracy points, e.g. 1.0"),
     "min_agreement": _between(0, 1, fix="a share of labels, e.g. 0.98"),
     "student_layers": _between(1, 24, fix="fewer encoder layers than the teacher's, e.g. 3"),
-    "student_narrow": _between(0, 1, hi_open=True, fix="a share of heads and FFN neurons, e.g. 0.25 (0 = full width)"),
+    "student_narrow": _between(
+        0, 1, hi_open=True, fix="a share of heads and FFN neurons, e.g. 0.25 (0 = full width)"
+    ),
     "temperature": _positive,
     "alpha": _between(0, 1, fix="0 = labels only, 1 = teacher only"),
     "sweep_temperatures": _positive,
     "sweep_alphas": _between(0, 1, fix="values in [0, 1]"),
     "sweep_epochs": _at_least(1),
-    "world_size": _between(2, 64, fix="ranks on this machine; the comparison with one process needs at least 2"),
+    "world_size": _between(
+        2, 64, fix="ranks on this machine; the comparison with one process needs at least 2"
+    ),
     "threads_per_rank": _at_least(0, "0 shares this machine's cores evenly between the ranks"),
     "train_steps": _at_least(1),
     "comm_hooks": _one_of("fp16", "powersgd"),
@@ -193,23 +213,38 @@ RULES: dict[str, Rule] = {
     "equivalence_steps": _at_least(1),
     "equivalence_batch_size": _at_least(1),
     "equivalence_dtype": _one_of("float32", "float64"),
-    "num_explain": _at_least(4, "the four example roles (confident/uncertain, correct/wrong) need four texts"),
-    "lime_num_samples": _at_least(20, "LIME fits a linear model on these samples: far fewer than the words is noise"),
+    "num_explain": _at_least(
+        4, "the four example roles (confident/uncertain, correct/wrong) need four texts"
+    ),
+    "lime_num_samples": _at_least(
+        20, "LIME fits a linear model on these samples: far fewer than the words is noise"
+    ),
     "lime_stability_sentences": _at_least(0, "0 skips the check"),
-    "ig_steps": _at_least(2, "Integrated Gradients needs a path of several steps (its completeness gap says if enough)"),
+    "ig_steps": _at_least(
+        2, "Integrated Gradients needs a path of several steps (its completeness gap says if enough)"
+    ),
     "top_share": _between(0, 1, lo_open=True, fix="a share of a text's words, e.g. 0.2"),
     "global_min_count": _at_least(1),
     "trainable_layers": _between(0, 48, fix="top encoder layers trained with the head; 0 = the head alone"),
-    "target_epsilons": lambda v: None if v > 0 else (f"must be > 0, got {v!r} (ε = 0 would allow no learning at all; "
-                                                     "typical budgets are 1 to 10)"),
-    "delta": _between(0, 1, hi_open=True, fix="0 means 1/n_train; a value must not exceed 1/n_train (checked with the data)"),
-    "max_grad_norm": lambda v: None if v > 0 else f"must be > 0, got {v!r} (each example's gradient is clipped to this norm)",
+    "target_epsilons": lambda v: (
+        None
+        if v > 0
+        else (f"must be > 0, got {v!r} (ε = 0 would allow no learning at all; typical budgets are 1 to 10)")
+    ),
+    "delta": _between(
+        0, 1, hi_open=True, fix="0 means 1/n_train; a value must not exceed 1/n_train (checked with the data)"
+    ),
+    "max_grad_norm": lambda v: (
+        None if v > 0 else f"must be > 0, got {v!r} (each example's gradient is clipped to this norm)"
+    ),
     "accountant": _one_of("prv", "rdp"),
     "head_hidden": _at_least(0, "hidden units of the trained head; 0 = a linear head"),
     "overfit_epochs": _at_least(1),
     "audit_size": _at_least(0, "0 means as many members and non-members as the test split has"),
     "stack_base": _one_of("student", "teacher"),
-    "stack_prune_fractions": _between(0, 1, hi_open=True, fix="fractions of heads and neurons to remove, e.g. [0.1, 0.2]"),
+    "stack_prune_fractions": _between(
+        0, 1, hi_open=True, fix="fractions of heads and neurons to remove, e.g. [0.1, 0.2]"
+    ),
     "stack_max_val_points": _between(0, 100, fix="validation accuracy points the pruning may cost, e.g. 0.5"),
     "weight_speed": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
     "weight_cost": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
@@ -220,24 +255,44 @@ RULES: dict[str, Rule] = {
 
 def _cross_checks(p: Mapping[str, Any]) -> list[str]:
     errs = []
-    if "val_frac" in p and "test_frac" in p and isinstance(p["val_frac"], float) and isinstance(p["test_frac"], float):
+    if (
+        "val_frac" in p
+        and "test_frac" in p
+        and isinstance(p["val_frac"], float)
+        and isinstance(p["test_frac"], float)
+    ):
         if p["val_frac"] + p["test_frac"] >= 0.9:
             errs.append(
                 f"val_frac + test_frac = {p['val_frac'] + p['test_frac']:.2f} leaves under 10% for training; "
                 "lower one of them"
             )
-    weights = [p[k] for k in ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy") if k in p]
-    if len(weights) == 4 and all(isinstance(w, (int, float)) for w in weights) and not any(w > 0 for w in weights):
-        errs.append("weight_speed, weight_cost, weight_explainability and weight_privacy are all 0: nothing to choose "
-                    "by; give at least one a positive weight")
+    weights = [
+        p[k] for k in ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy") if k in p
+    ]
+    if (
+        len(weights) == 4
+        and all(isinstance(w, (int, float)) for w in weights)
+        and not any(w > 0 for w in weights)
+    ):
+        errs.append(
+            "weight_speed, weight_cost, weight_explainability and weight_privacy are all 0: nothing to "
+            "choose "
+            "by; give at least one a positive weight"
+        )
     return errs
 
 
-# ---------------------------------------------------------------------------------------------- validation
+# ------------------------------------------------------------------------ validation
+
 
 def _type_name(t: type | None) -> str:
-    return "any" if t is None else {"str": "string", "int": "integer", "float": "number", "bool": "true/false",
-                                    "list": "list"}.get(t.__name__, t.__name__)
+    return (
+        "any"
+        if t is None
+        else {"str": "string", "int": "integer", "float": "number", "bool": "true/false", "list": "list"}.get(
+            t.__name__, t.__name__
+        )
+    )
 
 
 def _type_error(name: str, value: Any, decl: Decl) -> str | None:
@@ -264,10 +319,13 @@ def _type_error(name: str, value: Any, decl: Decl) -> str | None:
             hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
         except ValueError:
             pass
-    return f"{name}: expected {_type_name(want)} like {decl.default!r}, got {type(value).__name__} {value!r}{hint}"
+    got = f"{type(value).__name__} {value!r}"
+    return f"{name}: expected {_type_name(want)} like {decl.default!r}, got {got}{hint}"
 
 
-def validate(notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl] | None = None) -> dict[str, Any]:
+def validate(
+    notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl] | None = None
+) -> dict[str, Any]:
     """Check names, types and values against what ``notebook`` declares; return the full resolved set.
 
     Raises one :class:`ParamError` listing every problem, so a user fixes them all at once.
@@ -308,7 +366,8 @@ def close_names(name: str, decls: Iterable[str]) -> str:
     return " or ".join(repr(n) for n in difflib.get_close_matches(name, list(decls), n=2))
 
 
-# ---------------------------------------------------------------------------------------------- profiles
+# ------------------------------------------------------------------------ profiles
+
 
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in paths.PARAMS.glob("*.yaml"))
@@ -318,30 +377,38 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
     """Read ``params/<profile>.yaml`` as ``{"shared": {...}, "<notebook>": {...}}``."""
     path = paths.profile_path(profile)
     if not path.exists():
-        raise ParamError(f"unknown profile {profile!r}: no {path}. Available: {', '.join(available_profiles())}")
+        raise ParamError(
+            f"unknown profile {profile!r}: no {path}. Available: {', '.join(available_profiles())}"
+        )
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise ParamError(f"{path.name} is not valid YAML: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
-        raise ParamError(f"{path.name}: expected sections 'shared:' and '<notebook>:', each a mapping of name: value")
+        raise ParamError(
+            f"{path.name}: expected sections 'shared:' and '<notebook>:', each a mapping of name: value"
+        )
     for section in data:
         if section != "shared" and section not in BY_NAME:
             raise ParamError(
-                f"{path.name}: unknown section {section!r}; use 'shared' or a notebook name: {', '.join(BY_NAME)}"
+                f"{path.name}: unknown section {section!r}; use 'shared' or a notebook name: "
+                f"{', '.join(BY_NAME)}"
             )
     data = {k: dict(v or {}) for k, v in data.items()}
     known = {name for nb in BY_NAME for name in declared(nb)}
     unknown = [k for k in data.get("shared", {}) if k not in known]
     if unknown:
-        raise ParamError(f"{path.name}: 'shared:' sets {', '.join(_with_close(k, known) for k in unknown)}, which no "
-                         "notebook declares (python -m lib.run --list shows the notebooks; each declares its "
-                         "parameters in its first code cell)")
+        raise ParamError(
+            f"{path.name}: 'shared:' sets {', '.join(_with_close(k, known) for k in unknown)}, which no "
+            "notebook declares (python -m lib.runner --list shows the notebooks; each declares its "
+            "parameters in its first code cell)"
+        )
     return data
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last, silently)."""
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last,
+    silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: dict[Any, int] = {}
@@ -349,8 +416,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is set twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
-                    "keep one", key_node.start_mark)
+                    None,
+                    None,
+                    f"key {key!r} is set twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
+                    "keep one",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -361,7 +432,8 @@ def _with_close(name: str, known: Iterable[str]) -> str:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"num_epochs=1"`` -> ``("num_epochs", 1)``; values are read as YAML (so lists work: ``ranks=[1,4]``)."""
+    """``"num_epochs=1"`` -> ``("num_epochs", 1)``; values are read as YAML (so lists work:
+    ``ranks=[1,4]``)."""
     if "=" not in text:
         raise ParamError(f"override {text!r} must look like name=value, e.g. -p num_epochs=1")
     name, raw = text.split("=", 1)
@@ -369,13 +441,19 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, dict):  # "csv:" or "a: b" read as a mapping: no parameter takes one, the text was meant
+    if isinstance(
+        value, dict
+    ):  # "csv:" or "a: b" read as a mapping: no parameter takes one, the text was meant
         value = raw
     return name.strip(), value
 
 
-def resolve(profile: str, notebook: str, overrides: Mapping[str, Any] | None = None,
-            profile_data: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def resolve(
+    profile: str,
+    notebook: str,
+    overrides: Mapping[str, Any] | None = None,
+    profile_data: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Merge profile (shared + section) and overrides for one notebook, then validate."""
     data = load_profile(profile) if profile_data is None else profile_data
     decls = declared(notebook)
@@ -386,7 +464,8 @@ def resolve(profile: str, notebook: str, overrides: Mapping[str, Any] | None = N
     return validate(notebook, values, decls)
 
 
-# ---------------------------------------------------------------------------------------------- in a notebook
+# ------------------------------------------------------------------------ in a notebook
+
 
 class Params(SimpleNamespace):
     """Validated parameters with attribute access; ``dict(p)`` / ``p.as_dict()`` for the record."""
@@ -399,12 +478,12 @@ class Params(SimpleNamespace):
 
 
 def from_namespace(namespace: Mapping[str, Any], notebook: str) -> Params:
-    """Collect a notebook's declared parameters from its namespace (``globals()``) and validate them; then join the
-    runner's run folder or, run by hand, start the notebook's own (:mod:`lib.runs`)."""
+    """Collect a notebook's declared parameters from its namespace (``globals()``) and validate them; then
+    join the runner's run folder or, run by hand, start the notebook's own (:mod:`lib.runner.folders`)."""
     decls = declared(notebook)
     values = {name: namespace[name] for name in decls if name in namespace}
     p = Params(**validate(notebook, values, decls))
-    runs.begin_hand_run(p.profile, notebook)
+    folders.begin_hand_run(p.profile, notebook)
     return p
 
 

@@ -1,8 +1,8 @@
 """Where things live. Nothing else in the project builds a path by hand.
 
-``outputs/<profile>/`` holds the profile's runs, each in its own folder (``runs/<run id>/``, see :mod:`lib.runs`,
-which also names the files inside a run), and ``latest``, a link to the last complete run.
-Set ``MUXL_OUTPUTS`` to put outputs elsewhere (the tests do, so they never touch your results).
+``outputs/<profile>/`` holds the profile's runs, each in its own folder (``runs/<run id>/``, see
+:mod:`lib.runner.folders`, which also names the files inside a run), and ``latest``, a link to the last
+complete run. Set ``MUXL_OUTPUTS`` to put outputs elsewhere (the tests do, so they never touch your results).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 PARAMS = ROOT / "params"
 

@@ -1,0 +1,157 @@
+"""Executing one notebook: papermill into the run folder, its output streamed to the terminal, and the signals
+(Ctrl-C, SIGTERM) that end a run cleanly.
+
+The kernel's connection file and what the kernel *process* prints to stderr stay inside the run folder
+(``.runtime/`` and ``jupyter.log``); a notebook that fails or is interrupted is kept as
+``<name>.failed.ipynb`` / ``<name>.interrupted.ipynb`` next to the completed ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .catalog import Notebook
+
+# The notebooks name the "python3" kernel, which Jupyter resolves to the Python it runs in: here the runner's
+# own (the project's .venv under make), in `make lab` the .venv's JupyterLab. Nothing user-level to re-point.
+KERNEL = "python3"
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so the run ends cleanly (like Ctrl-C)."""
+
+
+def execute(
+    nb: Notebook, values: dict[str, Any], run_dir: Path, timeout: int | None, stream: bool = True
+) -> Path:
+    """Run one notebook with papermill into ``run_dir/notebooks/``; its cells' output streams to the terminal.
+
+    Two things stay inside the run's folder: the kernel's connection file (jupyter_client writes it with
+    ``tempfile``: ``.runtime/``, removed when the run ends) and what the kernel *process* itself prints to
+    stderr (Jupyter's warnings, a ZMQ complaint when Ctrl-C stops it mid-reply): ``jupyter.log``, not the
+    terminal."""
+    import papermill as pm  # heavy (jupyter, nbclient): imported only when a notebook really runs
+
+    out = run_dir / "notebooks" / f"{nb.name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    running = out.with_name(f"{nb.name}.running.ipynb")
+    runtime = run_dir / ".runtime"
+    runtime.mkdir(exist_ok=True)
+    old_tmp, tempfile.tempdir = tempfile.tempdir, str(runtime)
+    with _stderr_to(run_dir / "jupyter.log") as terminal:
+        _gates[:] = [_Gate(sys.stdout), _Gate(terminal)] if stream else []
+        try:
+            pm.execute_notebook(
+                str(paths.notebook_path(nb.name)),
+                str(running),
+                parameters=values,
+                kernel_name=KERNEL,
+                cwd=str(paths.NOTEBOOKS),
+                progress_bar=False,
+                execution_timeout=timeout,
+                report_mode=False,
+                stdout_file=_gates[0] if stream else None,
+                stderr_file=_gates[1] if stream else None,
+            )
+        except BaseException as e:
+            if running.exists():
+                why = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
+                os.replace(running, out.with_name(f"{nb.name}.{why}.ipynb"))
+            raise
+        finally:
+            tempfile.tempdir = old_tmp
+            _gates.clear()
+    os.replace(running, out)
+    return out
+
+
+class _stderr_to:
+    """Point file descriptor 2 at ``log`` (the kernel process inherits it); yield a handle to the real
+    terminal."""
+
+    def __init__(self, log: Path):
+        self.log = log
+
+    def __enter__(self) -> Any:
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        self.file = open(self.log, "ab")
+        try:
+            direct = sys.stderr.fileno() == 2  # a real terminal/pipe (not a test's capture object)
+        except (AttributeError, OSError, ValueError):
+            direct = False
+        self.terminal = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding="utf-8") if direct else None
+        os.dup2(self.file.fileno(), 2)
+        return self.terminal or sys.stderr
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.close()
+        if self.terminal is not None:
+            self.terminal.close()
+
+
+def failure_message(nb: Notebook, run_dir: Path, err: BaseException, timeout: int | None) -> str:
+    from papermill.exceptions import PapermillExecutionError  # heavy: only once a run has failed
+
+    where = run_dir / "notebooks" / f"{nb.name}.failed.ipynb"
+    if isinstance(err, PapermillExecutionError):
+        what = f"cell {err.cell_index} raised {err.ename}: {err.evalue}"
+    elif type(err).__name__ in ("CellTimeoutError", "TimeoutError") or "timed out" in str(err).lower():
+        what = f"a cell ran longer than --execution-timeout={timeout}s ({type(err).__name__})"
+    else:
+        what = f"{type(err).__name__}: {err}"
+    return f"FAILED: {nb.name}: {what}\n  executed notebook (open it to see the traceback): {where}"
+
+
+class _Gate:
+    """A stream the notebooks' output passes through to the terminal; closed the moment the user interrupts,
+    so the dying kernel's last words (a KeyboardInterrupt inside some ``__del__``) do not follow the runner's
+    own message."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.open = stream, True
+
+    def write(self, text: str) -> int:
+        if self.open:
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.open:
+            self.stream.flush()
+
+
+_gates: list[_Gate] = []
+
+
+def on_sigint(signum: int, frame: Any) -> None:
+    for gate in _gates:
+        gate.open = False
+    raise KeyboardInterrupt()
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    for gate in _gates:
+        gate.open = False
+    raise Terminated()
+
+
+def redeliver_interrupts(unraisable: Any) -> None:
+    """A Ctrl-C (or SIGTERM) that lands inside a finalizer (``__del__``) is "ignored" by Python, with a
+    traceback: send the signal again, so it interrupts the run where it can, silently."""
+    if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+        os.kill(
+            os.getpid(),
+            signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM,
+        )
+        return
+    sys.__unraisablehook__(unraisable)

@@ -1,0 +1,291 @@
+"""The metrics record: one JSON file per notebook run, ``<run>/metrics/<notebook>.json`` (a run folder:
+:mod:`lib.runner.folders`).
+
+Other tools and the ``10_report`` notebook read these, so the schema is fixed here and validated on
+every write (and by a test). Top-level keys:
+
+===========  ==========================================================================================
+notebook     notebook name, e.g. ``"00_baseline"``
+profile      the params profile of the run (``"lab"`` when run by hand in Jupyter)
+created      ISO-8601 time (UTC) the record was written
+params       the resolved parameters the notebook ran with
+env          python / torch / transformers versions, torch threads, CPU model and class (``isa``;
+             ``lib.utils.env_info``)
+variants     list, one entry per model measured (see below); exactly one has ``role == "reference"``
+findings     dict of notebook-specific numbers (e.g. ``tfidf_accuracy``, ``lib_vs_trainer_speed_ratio``)
+figures      list of figure paths written by the run (relative to the run folder)
+run          the id of the run folder the record belongs to
+inputs       what the notebook took from earlier runs: ``{"models/teacher": "<run id>", ...}`` (empty: all
+             from this run)
+run_seconds  (added by the runner, :mod:`lib.runner.cli`) wall-clock time of the whole notebook execution
+===========  ==========================================================================================
+
+Each variant has at least: ``name``, ``role`` (``"reference"`` for the model the others are compared
+against, else ``"variant"``), ``accuracy``, ``f1`` (macro), ``size_mb`` (serialized weights, 10^6 bytes),
+``num_params``, ``latency_ms_b1_p50``, ``throughput_b32`` (samples/s) and ``speedup_vs_reference``
+(batch-32 throughput ratio measured side by side in the same run; 1.0 for the reference). Numbers that do
+not apply (a TF-IDF model has no batch-32 torch latency) are ``null``. Notebooks add keys freely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, ParamError
+from ..utils import atomic_write_json, env_info
+from . import folders, preflight, tracking
+from .catalog import NOTEBOOKS, run_hint
+
+TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
+VARIANT_KEYS = (
+    "name",
+    "role",
+    "accuracy",
+    "f1",
+    "size_mb",
+    "num_params",
+    "latency_ms_b1_p50",
+    "throughput_b32",
+    "speedup_vs_reference",
+)
+ENV_KEYS = (
+    "python",
+    "torch",
+    "transformers",
+    "threads",
+    "cpu",
+    "isa",
+)  # isa: every speed figure names its CPU class
+ROLES = ("reference", "variant")
+# A repeat spread above this ((max - min) / median of the batch-32 throughputs) makes a speed figure
+# untrustworthy: the machine was busy or throttling. In the idle 2-core default run of 2026-11-26 every spread
+# was 1-10%.
+MAX_SPREAD = 0.25
+
+
+def variant(
+    name: str,
+    role: str,
+    metrics: Mapping[str, Any],
+    bench: Mapping[str, Any] | None = None,
+    size: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Build one ``variants`` entry from a metrics dict, a row of ``lib.bench.compare`` and ``size_info``."""
+    bench = {} if bench is None else bench
+    size = {} if size is None else size
+    v = {
+        "name": name,
+        "role": role,
+        "accuracy": metrics.get("accuracy"),
+        "f1": metrics.get("f1"),
+        "size_mb": size.get("size_mb"),
+        "num_params": size.get("num_params"),
+        "latency_ms_b1_p50": bench.get("latency_ms_b1_p50"),
+        "latency_ms_b1_p90": bench.get("latency_ms_b1_p90"),
+        "throughput_b32": bench.get("throughput_b32"),
+        "speedup_vs_reference": bench.get("speedup_vs_reference"),
+        "throughput_b32_spread": bench.get("throughput_spread"),  # (max - min) / median of the repeats
+        "load_average": bench.get("load_average"),  # 1-minute load average while it was measured
+    }
+    v.update(extra)
+    return _plain(v)
+
+
+def validate_record(rec: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` listing every way ``rec`` breaks the schema above."""
+    errs = [f"missing top-level key {k!r}" for k in TOP_KEYS if k not in rec]
+    if not errs:
+        if not isinstance(rec["params"], dict):
+            errs.append("params must be a dict")
+        if not isinstance(rec["findings"], dict):
+            errs.append("findings must be a dict")
+        errs += [f"env lacks {k!r}" for k in ENV_KEYS if k not in rec.get("env", {})]
+        try:
+            datetime.fromisoformat(rec["created"])
+        except (TypeError, ValueError):
+            errs.append(f"created is not an ISO time: {rec['created']!r}")
+        variants = rec["variants"]
+        if not isinstance(variants, list) or not variants:
+            errs.append("variants must be a non-empty list")
+            variants = []
+        refs = [v for v in variants if v.get("role") == "reference"]
+        if len(refs) != 1:
+            errs.append(f"exactly one variant must have role 'reference' (found {len(refs)})")
+        names = [v.get("name") for v in variants]
+        if len(set(names)) != len(names):
+            errs.append(f"variant names must be unique: {names}")
+        for v in variants:
+            label = v.get("name", "?")
+            errs += [f"variant {label!r} lacks {k!r}" for k in VARIANT_KEYS if k not in v]
+            if v.get("role") not in ROLES:
+                errs.append(f"variant {label!r}: role must be one of {ROLES}, got {v.get('role')!r}")
+            for k in ("accuracy", "f1"):
+                x = v.get(k)
+                if x is not None and not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
+                    errs.append(f"variant {label!r}: {k} must be a fraction in [0, 1], got {x!r}")
+            for k in ("size_mb", "num_params", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_reference"):
+                x = v.get(k)
+                if x is not None and not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
+                    errs.append(f"variant {label!r}: {k} must be a positive number or null, got {x!r}")
+        for v in refs:
+            s = v.get("speedup_vs_reference")
+            if s is not None and abs(s - 1.0) > 1e-9:
+                errs.append(f"the reference's speedup_vs_reference must be 1.0, got {s}")
+    if errs:
+        raise ValueError(
+            "metrics record does not match the schema (lib/runner/records.py):\n  - " + "\n  - ".join(errs)
+        )
+
+
+def record(
+    notebook: str,
+    params: Mapping[str, Any],
+    variants: Sequence[Mapping[str, Any]],
+    findings: Mapping[str, Any],
+    figures: Sequence[Path | str] = (),
+    env: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    """Validate and atomically write the notebook's metrics record; return its path."""
+    profile = params["profile"]
+    base = folders.current(profile)
+    rec = {
+        "notebook": notebook,
+        "profile": profile,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "params": dict(params),
+        "env": dict(env or env_info()),
+        "variants": [dict(v) for v in variants],
+        "findings": dict(findings),
+        "figures": [
+            str(Path(f).relative_to(base)) if Path(f).is_absolute() and base in Path(f).parents else str(f)
+            for f in figures
+        ],
+        "run": base.name,
+        "inputs": folders.inputs(),
+        **extra,
+    }
+    rec = _plain(rec)
+    validate_record(rec)
+    out = atomic_write_json(folders.metrics_path(profile, notebook), rec)
+    if tracking.enabled():  # opt-in: python -m lib.runner --mlflow, or MUXL_MLFLOW=1
+        seconds = tracking.log_record(rec, base, out)
+        print(f"MLflow: {notebook} logged to {tracking.tracking_uri()} in {seconds:.1f} s")
+    folders.notebook_done(profile, notebook)  # a notebook run by hand: its run is complete now
+    return out
+
+
+def stamp_run(profile: str, notebook: str, seconds: float, started: datetime) -> bool:
+    """Add the runner's wall-clock ``run_seconds`` to the record the notebook just wrote in this run (atomic
+    rewrite).
+
+    Returns False, changing nothing, when there is no record or it predates ``started`` (a notebook that did
+    not write its record this run must not inherit the time)."""
+    path = folders.metrics_path(profile, notebook)
+    if not path.exists():
+        return False
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    if datetime.fromisoformat(rec["created"]) < started.replace(microsecond=0):
+        return False
+    rec["run_seconds"] = float(seconds)
+    validate_record(rec)
+    atomic_write_json(path, rec)
+    return True
+
+
+def load(profile: str, notebook: str, run: str = "") -> dict[str, Any]:
+    """Read ``notebook``'s record: from ``run`` if named, else this run, else the newest complete run of
+    ``profile`` that has one (``FileNotFoundError`` naming the notebook to run)."""
+    rel = f"metrics/{notebook}.json"
+    try:
+        path = folders.source(profile, rel, run) / rel
+    except ArtifactError as e:
+        raise FileNotFoundError(
+            f"no metrics for {notebook} in profile {profile!r} ({e}): run that notebook first"
+        ) from None
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no metrics for {notebook} in run {path.parent.parent.name}: run that notebook first"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_run(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of one run folder: the catalog's notebooks in their order, then any other record by
+    name."""
+    order = {nb.name: i for i, nb in enumerate(NOTEBOOKS)}
+    paths = sorted(
+        (Path(run_dir) / "metrics").glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem)
+    )
+    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+
+
+def own_variants(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The variants a record measured itself: 10_report's record also lists every other notebook's
+    (``source``)."""
+    return [v for v in rec["variants"] if v.get("source", rec["notebook"]) == rec["notebook"]]
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars/arrays and paths -> plain JSON types, NaN -> None."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def fmt(x: Any, spec: str) -> str:
+    """A value as a table shows it: ``–`` for missing, booleans and strings in backticks, a dict as ``{k:
+    v}``."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool):  # before numbers: True would print as 1
+        return f"`{str(x).lower()}`"
+    if isinstance(x, Mapping):  # a finding per method or model, e.g. {"lime": 0.49, "random": 0.04}
+        return "{" + ", ".join(f"{k}: {fmt(v, spec)}" for k, v in x.items()) + "}"
+    return f"`{x}`" if isinstance(x, str) else format(x, spec)
+
+
+# ------------------------------------------------------------------------ comparability
+
+
+def comparable_record(
+    profile: str, notebook: str, params: Mapping[str, Any], keys: Sequence[str] = preflight.SPLIT_KEYS
+) -> dict[str, Any]:
+    """Load ``notebook``'s record for ``profile`` and check it used the same split/model as ``params``.
+
+    Raises a clear error naming every differing parameter (and the fix) instead of silently comparing
+    numbers measured on different data.
+    """
+    try:
+        rec = load(profile, notebook, params.get("input_run", ""))
+    except FileNotFoundError as e:
+        raise ArtifactError(f"{e}. {run_hint(notebook, profile)}") from None
+    diffs = preflight.split_differences(rec["params"], params, notebook, keys)
+    if diffs:
+        raise ParamError(
+            f"{notebook}'s results (profile {profile!r}) come from different data or model settings, so they "
+            "cannot serve as the reference here:\n  - "
+            + "\n  - ".join(diffs)
+            + f"\nSet these parameters to match, or re-run {notebook} with them (python -m lib.runner "
+            f"--profile "
+            f"{profile} --only {notebook} -p name=value ...)."
+        )
+    return rec
