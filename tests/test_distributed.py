@@ -95,7 +95,7 @@ def test_two_processes_reach_the_weights_of_one(tmp_path, tiny, monkeypatch):
     assert np.isfinite(s2["losses"]).all()  # rank 0's own share of each step's loss (its scaled half)
 
 
-@pytest.mark.launch
+@pytest.mark.slow  # three launches (~20 s); the launcher's rendezvous arguments are unit-tested
 def test_two_nodes_on_one_machine_match_two_ranks_in_one_launch(tmp_path, tiny):
     """The multi-machine path for real: two torchrun launches (--nnodes 2, one per node rank, c10d rendezvous
     on 127.0.0.1) finish with the weights of world size 2 in one launch."""
