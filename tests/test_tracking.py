@@ -12,7 +12,7 @@ from tests.test_bench_results import good_record
 def test_params_and_metrics_are_mlflow_shaped():
     rec = good_record()
     rec["findings"] = {"tfidf_accuracy": 0.7, "flag": True, "name": "x", "ratio (x)": 2}
-    m = lib.runner.tracking.metrics_of(rec)
+    m = lib.runner.tracking.metrics_of(rec, lib.runner.records.METRICS)
     assert m["tfidf_accuracy"] == 0.7 and "flag" not in m and "name" not in m and m["ratio _x_"] == 2.0
     assert m["teacher/accuracy"] == 0.8
     assert lib.runner.tracking.flatten_params({"ranks": [1, 4], "lr": 1e-4}) == {

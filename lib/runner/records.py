@@ -44,9 +44,8 @@ from . import folders, preflight, tracking
 from .catalog import NOTEBOOKS, run_hint
 
 TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
-VARIANT_KEYS = (
-    "name",
-    "role",
+# The metrics every variant has (``None`` where they do not apply), in the order tables show them.
+METRICS = (
     "accuracy",
     "f1",
     "size_mb",
@@ -55,6 +54,7 @@ VARIANT_KEYS = (
     "throughput_b32",
     "speedup_vs_reference",
 )
+VARIANT_KEYS = ("name", "role", *METRICS)
 ENV_KEYS = (
     "python",
     "torch",
@@ -177,7 +177,7 @@ def record(
     validate_record(rec)
     out = atomic_write_json(folders.metrics_path(profile, notebook), rec)
     if tracking.enabled():  # opt-in: python -m lib.runner --mlflow, or MUXL_MLFLOW=1
-        seconds = tracking.log_record(rec, base, out)
+        seconds = tracking.log_record(rec, base, out, METRICS)
         print(f"MLflow: {notebook} logged to {tracking.tracking_uri()} in {seconds:.1f} s")
     folders.notebook_done(profile, notebook)  # a notebook run by hand: its run is complete now
     return out

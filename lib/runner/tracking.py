@@ -19,22 +19,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import paths
 
 ENV = "MUXL_MLFLOW"
-VARIANT_METRICS = (
-    "accuracy",
-    "f1",
-    "size_mb",
-    "num_params",
-    "latency_ms_b1_p50",
-    "throughput_b32",
-    "speedup_vs_reference",
-)
 
 
 def enabled() -> bool:
@@ -54,14 +45,14 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000] for k, v in params.items()}
 
 
-def metrics_of(rec: Mapping[str, Any]) -> dict[str, float]:
-    """Every numeric finding, and each variant's headline numbers as ``<variant>/<metric>``."""
+def metrics_of(rec: Mapping[str, Any], metrics: Sequence[str]) -> dict[str, float]:
+    """Every numeric finding, and each variant's ``metrics`` as ``<variant>/<metric>``."""
     out: dict[str, float] = {}
     for k, v in rec.get("findings", {}).items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[_key(k)] = float(v)
     for v in rec.get("variants", []):
-        for m in VARIANT_METRICS:
+        for m in metrics:
             x = v.get(m)
             if isinstance(x, (int, float)) and not isinstance(x, bool):
                 out[_key(f"{v['name']}/{m}")] = float(x)
@@ -73,7 +64,7 @@ def _key(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in name)
 
 
-def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path) -> float:
+def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path, metrics: Sequence[str]) -> float:
     """Log one notebook's record under its run folder's parent MLflow run; return the seconds it took."""
     t0 = time.perf_counter()
     import mlflow  # optional heavy package (SQLAlchemy, alembic...): only when tracking is on
@@ -99,7 +90,7 @@ def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path) -> floa
         experiment_id=experiment_id, run_name=rec["notebook"], tags=tags, parent_run_id=parent
     ) as run:
         mlflow.log_params(flatten_params(rec.get("params", {})))
-        mlflow.log_metrics(metrics_of(rec))
+        mlflow.log_metrics(metrics_of(rec, metrics))
         mlflow.log_artifact(str(record_path), artifact_path="metrics")
         for fig in rec.get("figures", []):
             path = run_dir / fig
