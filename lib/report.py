@@ -1,4 +1,4 @@
-"""The trade-off view for ``10_report``: every record's variants in one table (:func:`variants_table`), which
+"""The trade-off view of a run: every record's variants in one table (:func:`variants_table`), which
 of them are Pareto-optimal, and which one a user's weights pick (:func:`choose`). (The run's one-page
 ``report.html`` is :mod:`lib.runner.page`.)
 
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .runner import folders
-from .runner.catalog import NOTEBOOKS
+from .runner.catalog import NOTEBOOKS, producer_of
 from .runner.records import METRICS, load, load_run
 
 DIRECTIONS = ("max", "min")
@@ -89,15 +89,10 @@ def weighted_choice(
 
 # ------------------------------------------------------------------------ one table of a run
 
-REPORT = "10_report"  # the notebook that reads every other record
-TEACHER = ("00_baseline", "teacher")  # the model every speed-up is relative to
-# The models 06_explain explains, as variants of the run: its `int8` is 03's picked variant
-# (findings.best_int8).
-EXPLAINED = {
-    "teacher": ("00_baseline", "teacher"),
-    "student": ("04_distill", "student-kd"),
-    "int8": ("03_quantize", None),
-}
+TEACHER = "teacher"  # the artifact every speed-up of the report is relative to
+# What a row that measured no accuracy may tell about the artifact it names (e.g. an explanation's
+# faithfulness): it is added to that artifact's row instead of standing as a row of its own.
+ANNOTATIONS = ("faithfulness", "epsilon", "trainable_params")
 # Variant fields that say how a row was made (shown in its provenance note when present).
 DESCRIPTORS = (
     "method",
@@ -136,95 +131,89 @@ def _describe(v: Mapping, rec: Mapping) -> str:
     return f"{rec['notebook']}" + (f": {', '.join(bits)}" if bits else "")
 
 
-def _is_teacher(v: Mapping, teacher: Mapping | None) -> bool:
-    """A notebook's reference row that is the teacher re-measured (same test accuracy and size as 00's
-    teacher)."""
-    return (
-        teacher is not None
-        and v.get("role") == "reference"
-        and v.get("accuracy") == teacher.get("accuracy")
-        and v.get("size_mb") == teacher.get("size_mb")
-    )
+def aggregates(records: Sequence[Mapping]) -> set[str]:
+    """The notebooks whose record gathers other records' variants (its variants name their ``source``)."""
+    return {r["notebook"] for r in records if any("source" in v for v in r["variants"])}
 
 
-def _teacher(by_nb: Mapping[str, Mapping]) -> Mapping | None:
-    """00_baseline's teacher row, if the run has that record."""
-    base = by_nb.get(TEACHER[0])
-    return next((v for v in base["variants"] if v["name"] == TEACHER[1]), None) if base else None
+def canonical(records: Sequence[Mapping]) -> dict[str, tuple[str, str]]:
+    """``artifact -> (notebook, variant)``: the row that measured each artifact where it was made (in the
+    record of the notebook that produces it), else the first row that names it."""
+    out: dict[str, tuple[str, str]] = {}
+    for rec in records:
+        for v in rec["variants"]:
+            a = v.get("artifact")
+            if not a or v.get("accuracy") is None or "source" in v:
+                continue
+            made_here = producer_of(a) == rec["notebook"]
+            if a not in out or (made_here and producer_of(a) != out[a][0]):
+                out[a] = (rec["notebook"], v["name"])
+    return out
 
 
-def missing_notebooks(records: Sequence[Mapping]) -> list[str]:
-    """The notebooks (before this report) that have no record in the run."""
+def missing_notebooks(records: Sequence[Mapping], before: str) -> list[str]:
+    """The notebooks before ``before`` in the catalog that have no record in ``records``."""
     have = {r["notebook"] for r in records}
-    return [nb.name for nb in NOTEBOOKS if nb.name != REPORT and nb.name not in have]
+    names = [nb.name for nb in NOTEBOOKS]
+    return [n for n in names[: names.index(before)] if n not in have]
 
 
 def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
-    """Every variant of every record (but the report's own) in one table, indexed by a unique name, with the
-    columns of :data:`COLUMNS`. The teacher appears once (01–04 re-measure it as their reference: those rows
-    are folded into 00's); 06's explanation rows become the ``faithfulness`` of the model they explain (LIME's
-    comprehensiveness); ``speedup_vs_teacher`` is each notebook's own side-by-side ratio, and is left empty
-    where a notebook's reference is not the teacher (05, 07)."""
-    by_nb = {r["notebook"]: r for r in records}
-    teacher = _teacher(by_nb)
+    """Every variant of every record in one table, indexed by a unique name, with the columns of
+    :data:`COLUMNS`; it reads any record, knowing no notebook by name:
+
+    - a saved artifact measured by several notebooks (the teacher, re-measured as later notebooks' reference)
+      appears once, from the record of the notebook that made it (:func:`canonical`);
+    - a row that measured no accuracy but names an artifact (an explanation of the teacher) adds its
+      :data:`ANNOTATIONS` to that artifact's row;
+    - ``speedup_vs_teacher`` is each notebook's own side-by-side ratio when that notebook's reference is the
+      teacher, and empty otherwise;
+    - records that gather others' variants (:func:`aggregates`) are left out."""
+    skip, canon = aggregates(records), canonical(records)
+    mixed = len({r.get("run") for r in records}) > 1  # records from several runs (made by hand): name each
     rows: dict[str, dict] = {}
-    mixed = (
-        len({r.get("run") for r in records}) > 1
-    )  # records from several runs (notebooks run by hand): name each
-    for rec in records:
-        nb = rec["notebook"]
-        if nb in (REPORT, "06_explain"):
-            continue
-        ref = next((v for v in rec["variants"] if v["role"] == "reference"), None)
-        ref_is_teacher = nb == TEACHER[0] or _is_teacher(ref or {}, teacher)
+    notes: list[tuple[str, Mapping]] = []
+    for rec in (r for r in records if r["notebook"] not in skip):
+        nb, ref = rec["notebook"], next(v for v in rec["variants"] if v["role"] == "reference")
         for v in rec["variants"]:
-            if nb != TEACHER[0] and _is_teacher(v, teacher):
+            a = v.get("artifact")
+            if v.get("accuracy") is None:
+                if a:
+                    notes.append((a, v))
                 continue
+            if a and canon.get(a) != (nb, v["name"]):
+                continue  # measured again elsewhere; shown once, where it was made
             name = v["name"] if v["name"] not in rows else f"{v['name']} ({nb[:2]})"
-            trainable = v.get(
-                "trainable_params", rec["findings"].get("trainable_params") if nb == "07_privacy" else None
-            )
-            if nb == TEACHER[0] and v["name"] == TEACHER[1]:
-                trainable = v.get("num_params")
             rows[name] = {
+                "artifact": a,
                 "source": nb,
                 "variant": v["name"],
-                "accuracy": v.get("accuracy"),
-                "f1": v.get("f1"),
-                "size_mb": v.get("size_mb"),
-                "num_params": v.get("num_params"),
-                "latency_ms_b1_p50": v.get("latency_ms_b1_p50"),
-                "throughput_b32": v.get("throughput_b32"),
-                "speedup_vs_teacher": v.get("speedup_vs_reference") if ref_is_teacher else None,
-                "trainable_params": trainable,
-                "epsilon": v.get("epsilon"),
-                "faithfulness": None,
+                **{m: v.get(m) for m in METRICS[:-1]},
+                "speedup_vs_teacher": v.get("speedup_vs_reference")
+                if ref.get("artifact") == TEACHER
+                else None,
+                **{k: v.get(k) for k in ANNOTATIONS},
                 "provenance": _describe(v, rec) + (f" (run {rec.get('run')})" if mixed else ""),
             }
-    explain = by_nb.get("06_explain")
-    if explain:
-        for row in explain["findings"].get("faithfulness", []):
-            if row["method"] != "lime" or row["model"] not in EXPLAINED:
-                continue
-            nb, name = EXPLAINED[row["model"]]
-            name = name or by_nb.get(nb, {}).get("findings", {}).get("best_int8")
-            key = next((k for k, r in rows.items() if r["source"] == nb and r["variant"] == name), None)
-            if key is not None:
-                rows[key]["faithfulness"] = row["comprehensiveness"]
-    table = pd.DataFrame.from_dict(rows, orient="index")
+    for a, v in notes:
+        key = next((k for k, r in rows.items() if (r["source"], r["variant"]) == canon.get(a)), None)
+        for k in ANNOTATIONS:
+            if key is not None and v.get(k) is not None and rows[key][k] is None:
+                rows[key][k] = v[k]
+    columns = ["variant", *COLUMNS, "artifact"]
     return (
-        table.reindex(columns=["variant", *COLUMNS])
-        if len(table)
-        else pd.DataFrame(columns=["variant", *COLUMNS])
+        pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+        if rows
+        else pd.DataFrame(columns=columns)
     )
 
 
 def run_records(profile: str, run: str = "") -> tuple[Path, list[dict]]:
-    """The run folder to report on and its records: ``run`` if named, else this run (the runner's), else the
-    newest complete run of ``profile`` with a 00_baseline record. Notebooks run by hand (profile ``lab``) each
-    make a run of their own, so there every notebook's newest record is taken (each record names its ``run``).
-    """
-    run_dir = folders.source(profile, f"metrics/{TEACHER[0]}.json", run)
+    """The run folder to report on and its records: ``run`` if named, else this run (the runner's), else
+    the newest complete run of ``profile`` with a record of the notebook that makes the teacher. Notebooks
+    run by hand (profile ``lab``) each make a run of their own, so there every notebook's newest record is
+    taken (each record names its ``run``)."""
+    run_dir = folders.source(profile, f"metrics/{producer_of(TEACHER)}.json", run)
     if run or profile != folders.HAND_PROFILE:
         return run_dir, load_run(run_dir)
     recs = []
@@ -246,8 +235,8 @@ def objectives(table: pd.DataFrame) -> pd.DataFrame:
 
     - ``speed``: batch-32 throughput relative to the teacher, measured side by side in the variant's notebook;
     - ``cost``: size on disk in MB (what a deployment stores and loads);
-    - ``explainability``: LIME's comprehensiveness (06_explain: how much the prediction drops when the words
-      the explanation ranks highest are removed), where measured;
+    - ``explainability``: the ``faithfulness`` an explanation notebook recorded for the model (LIME's
+      comprehensiveness: how much the prediction drops when the words it ranks highest are removed);
     - ``privacy``: ``1 / (1 + ε)`` for a model trained with (ε, δ)-DP, 0 for one without a guarantee.
     Unmeasured values stay missing and score 0 (the worst) once normalised."""
     eps = table["epsilon"].astype(float)
@@ -281,14 +270,12 @@ def choose(
     return best, out
 
 
-# ------------------------------------------------------------------------ helpers of 10_report
+# ------------------------------------------------------------------------ helpers of the report notebook
 
 
 def teacher_remeasured(records: Sequence[Mapping]) -> pd.DataFrame:
-    """The teacher's speed in every notebook that timed it as its reference: how much the same model's numbers
-    move from one process to the next (why each speed-up is a ratio measured inside one notebook)."""
-    by_nb = {r["notebook"]: r for r in records}
-    teacher = _teacher(by_nb)
+    """The teacher's speed in every notebook that timed it: how much the same model's numbers move from one
+    process to the next (why each speed-up is a ratio measured inside one notebook)."""
     rows = {
         r["notebook"]: {
             "as": v["name"],
@@ -297,7 +284,7 @@ def teacher_remeasured(records: Sequence[Mapping]) -> pd.DataFrame:
         }
         for r in records
         for v in r["variants"]
-        if (r["notebook"] == TEACHER[0] and v["name"] == TEACHER[1]) or _is_teacher(v, teacher)
+        if v.get("artifact") == TEACHER and v.get("throughput_b32") is not None and "source" not in v
     }
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -322,6 +309,7 @@ def with_rows(
             "epsilon": None,
             "faithfulness": None,
             "provenance": [provenance.get(n, source) for n in rows.index],
+            "artifact": rows.get("artifact"),
         },
         index=rows.index,
     )
@@ -329,8 +317,9 @@ def with_rows(
 
 
 def record_variants(table: pd.DataFrame) -> list[dict]:
-    """The ``variants`` of 10_report's record: every row of the table, with its source notebook and
-    provenance; the teacher is the reference."""
+    """The ``variants`` of the report notebook's record: every row of the table, with its source notebook and
+    provenance; the teacher (its first row) is the reference."""
+    teachers = [n for n, a in table.get("artifact", pd.Series(dtype=object)).items() if a == TEACHER]
     out = []
     for name, row in table.iterrows():
         r = {
@@ -339,7 +328,8 @@ def record_variants(table: pd.DataFrame) -> list[dict]:
         out.append(
             {
                 "name": str(name),
-                "role": "reference" if (r["source"], r["variant"]) == TEACHER else "variant",
+                "role": "reference" if teachers and name == teachers[0] else "variant",
+                "artifact": r.get("artifact"),
                 "accuracy": r["accuracy"],
                 "f1": r["f1"],
                 "size_mb": r["size_mb"],

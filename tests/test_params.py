@@ -135,10 +135,13 @@ def test_impossible_values_of_later_notebooks(notebook, name, value):
         validate(notebook, {name: value})
 
 
-def test_rules_reject_impossible_fractions():
-    assert "[0, 1)" in lib.runner.params.RULES["sparsities"](1.5)
-    assert lib.runner.params.RULES["sparsities"](0.5) is None
-    assert lib.runner.params.RULES["alpha"](1.5) and lib.runner.params.RULES["temperature"](0)
+def test_rules_reject_impossible_fractions_and_say_why():
+    why = "must be in [0, 1), got 1.5 (fractions of weights to zero, e.g. [0.3, 0.5])"
+    assert lib.runner.params.rule_error("sparsities", 1.5) == why
+    assert lib.runner.params.rule_error("sparsities", 0.5) is None
+    assert lib.runner.params.rule_error("alpha", 1.5) and lib.runner.params.rule_error("temperature", 0)
+    assert lib.runner.params.rule_error("dataset", "imdb").startswith("must be 'rotten_tomatoes'")
+    assert lib.runner.params.rule_error("no_such_parameter", 1) is None  # a name without a rule
 
 
 def test_cross_check_leaves_room_for_training():

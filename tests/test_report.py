@@ -75,22 +75,20 @@ def test_bad_objectives_and_weights_are_refused():
 
 
 def _v(name, role="variant", **kw):
-    base = {
-        "name": name,
-        "role": role,
-        "accuracy": None,
-        "f1": None,
-        "size_mb": None,
-        "num_params": None,
-        "latency_ms_b1_p50": None,
-        "throughput_b32": None,
-        "speedup_vs_reference": None,
-    }
-    return {**base, **kw}
+    """A variant as a notebook passes it: only what it measured (the record's schema fills the rest with
+    None)."""
+    return lib.runner.records.Variant(name=name, role=role, **kw).model_dump()
 
 
 TEACHER = dict(
-    accuracy=0.83, f1=0.82, size_mb=90.0, num_params=22e6, throughput_b32=150.0, speedup_vs_reference=1.0
+    artifact="teacher",
+    accuracy=0.83,
+    f1=0.82,
+    size_mb=90.0,
+    num_params=22e6,
+    trainable_params=22e6,
+    throughput_b32=150.0,
+    speedup_vs_reference=1.0,
 )
 RECORDS = [
     {
@@ -102,11 +100,12 @@ RECORDS = [
     {
         "notebook": "03_quantize",
         "params": {},
-        "findings": {"best_int8": "ort int8"},
+        "findings": {},
         "variants": [
-            _v("fp32", "reference", **{**TEACHER, "throughput_b32": 160.0}),
+            _v("fp32", "reference", **{**TEACHER, "throughput_b32": 160.0}),  # the teacher, measured again
             _v(
                 "ort int8",
+                artifact="quantized",
                 accuracy=0.82,
                 size_mb=23.0,
                 throughput_b32=500.0,
@@ -119,23 +118,21 @@ RECORDS = [
     {
         "notebook": "06_explain",
         "params": {},
-        "findings": {
-            "faithfulness": [
-                {"model": "teacher", "method": "lime", "comprehensiveness": 0.5},
-                {"model": "teacher", "method": "random", "comprehensiveness": 0.04},
-                {"model": "int8", "method": "lime", "comprehensiveness": 0.45},
-            ]
-        },
-        "variants": [],
+        "findings": {},
+        "variants": [  # explanations: no accuracy, each names the artifact it explains
+            _v("teacher-lime", artifact="teacher", faithfulness=0.5),
+            _v("teacher-random", "reference", artifact="teacher"),
+            _v("int8-lime", artifact="quantized", faithfulness=0.45),
+        ],
     },
     {
         "notebook": "07_privacy",
         "params": {},
-        "findings": {"trainable_params": 1000},
+        "findings": {},
         "variants": [
-            _v("non-private", "reference", accuracy=0.76, epsilon=None),
-            _v("dp-eps-8", accuracy=0.75, epsilon=8.0),
-            _v("dp-eps-1", accuracy=0.70, epsilon=1.0),
+            _v("non-private", "reference", accuracy=0.76, trainable_params=1000),
+            _v("dp-eps-8", accuracy=0.75, epsilon=8.0, trainable_params=1000),
+            _v("dp-eps-1", accuracy=0.70, epsilon=1.0, trainable_params=1000),
         ],
     },
 ]
@@ -143,26 +140,40 @@ RECORDS = [
 
 def test_variants_table_folds_the_teacher_and_attaches_what_other_notebooks_measured():
     t = lib.report.variants_table(RECORDS)
-    assert list(t.index) == [
-        "teacher",
-        "tfidf-logreg",
-        "ort int8",
-        "non-private",
-        "dp-eps-8",
-        "dp-eps-1",
-    ]  # no "fp32"
+    assert list(t.index) == ["teacher", "tfidf-logreg", "ort int8", "non-private", "dp-eps-8", "dp-eps-1"]
     assert t.loc["ort int8", "speedup_vs_teacher"] == 3.1 and t.loc["ort int8", "faithfulness"] == 0.45
     assert t.loc["teacher", "faithfulness"] == 0.5 and t.loc["teacher", "trainable_params"] == 22e6
     assert pd.isna(t.loc["dp-eps-8", "speedup_vs_teacher"])  # 07's reference is not the teacher
     assert t.loc["dp-eps-8", "epsilon"] == 8.0 and t.loc["dp-eps-8", "trainable_params"] == 1000
     assert t.loc["ort int8", "provenance"] == "03_quantize: backend onnxruntime, dtype int8"
-    assert lib.report.missing_notebooks(RECORDS) == [
+    assert lib.report.missing_notebooks(RECORDS, before="06_explain") == [
         "01_lora_finetune",
         "02_prune",
         "04_distill",
         "05_distributed",
     ]
     assert list(lib.report.teacher_remeasured(RECORDS)["throughput_b32"]) == [150.0, 160.0]
+
+
+def test_a_record_the_report_has_never_seen_joins_the_table_and_the_choice():
+    """A notebook no code knows by name: its rows are read like any other's, the teacher it re-measured is
+    folded into the teacher's row, and its variant can be the one the weights pick."""
+    new = {
+        "notebook": "99_brand_new",
+        "params": {},
+        "findings": {},
+        "variants": [
+            _v("teacher again", "reference", **{**TEACHER, "throughput_b32": 155.0}),
+            _v("tiny-fast", accuracy=0.825, size_mb=5.0, throughput_b32=2000.0, speedup_vs_reference=12.9),
+            _v("tiny-fast-explained", artifact="teacher", faithfulness=0.9),  # no accuracy: annotates
+        ],
+    }
+    t = lib.report.variants_table([*RECORDS, new])
+    assert "tiny-fast" in t.index and "teacher again" not in t.index and "tiny-fast-explained" not in t.index
+    assert t.loc["tiny-fast", "source"] == "99_brand_new" and t.loc["tiny-fast", "speedup_vs_teacher"] == 12.9
+    assert t.loc["teacher", "faithfulness"] == 0.5  # the first explanation of the teacher wins; none is lost
+    best, _ = lib.report.choose(t, {"speed": 1, "cost": 1, "explainability": 0, "privacy": 0}, 1.0, 0.83)
+    assert best == "tiny-fast"
 
 
 def test_the_choice_respects_the_accuracy_limit_and_privacy_needs_a_guarantee():

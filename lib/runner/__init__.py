@@ -26,6 +26,7 @@ from typing import Any
 
 MODULES = (
     "paths",
+    "provenance",
     "catalog",
     "params",
     "folders",

@@ -19,23 +19,20 @@ the newest complete run of the profile that has them, or from the run named by i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import secrets
 import shutil
 import socket
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError, LabError
-from ..utils import atomic_write_json, cpu_flags, cpu_model, isa, load_average
+from ..utils import atomic_write_json, load_average
 from . import paths, tracking
+from .provenance import git_state, machine, package_versions
 
 ENV_DIR = "MUXL_RUN_DIR"  # the run folder a notebook kernel writes into (set by the runner)
 ENV_BY = "MUXL_RUN_BY"  # "runner" when the runner started it
@@ -45,22 +42,6 @@ HAND_PROFILE = (
 MANIFEST = "manifest.json"
 LATEST = "latest"
 ENDED = ("complete", "failed", "interrupted", "killed")
-# The packages whose versions decide the numbers (recorded in every manifest).
-PACKAGES = (
-    "torch",
-    "transformers",
-    "peft",
-    "onnxruntime",
-    "onnx",
-    "numpy",
-    "scikit-learn",
-    "pandas",
-    "papermill",
-    "lime",
-    "captum",
-    "opacus",
-    "mlflow",
-)
 
 _hand: dict[str, Path] = {}  # profile -> the run this process started by hand (a JupyterLab kernel)
 _inputs: dict[str, str] = {}  # what this process read from earlier runs: "models/teacher" -> run id
@@ -156,64 +137,6 @@ def _alive(pid: Any) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except (OSError, IndexError):
         return True
-
-
-def git_state() -> dict[str, Any]:
-    """Commit, whether tracked files differ from it (outputs/ is ignored, so results never count), which, and
-    a fingerprint of the difference (to tell whether the code changed *during* a run)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=paths.ROOT, capture_output=True, text=True, timeout=20, check=True
-        ).stdout
-
-    try:
-        changed = git(
-            "status", "--porcelain", "--untracked-files=no"
-        ).splitlines()  # "XY path": keep the columns
-        diff = git("diff", "HEAD")
-        return {
-            "commit": git("rev-parse", "HEAD").strip(),
-            "dirty": bool(changed),
-            "changed": [line[3:] for line in changed][:20],
-            "diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if changed else None,
-        }
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "changed": [], "diff_sha1": None}
-
-
-def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def machine() -> dict[str, Any]:
-    """This machine as speed figures need it: CPU model and class (ISA), the flags that matter, cores,
-    memory."""
-    flags = cpu_flags()
-    try:
-        mem = next(
-            int(line.split()[1]) * 1024
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-    except (OSError, StopIteration):
-        mem = None
-    return {
-        "cpu": cpu_model(),
-        "isa": isa(flags),
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": mem,
-        "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "host": socket.gethostname(),
-    }
 
 
 def _now() -> str:

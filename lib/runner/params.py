@@ -13,14 +13,14 @@ from __future__ import annotations
 import ast
 import difflib
 import json
-import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ParamError
 from . import folders, paths
@@ -99,158 +99,121 @@ def declared(notebook: str | Path) -> dict[str, Decl]:
 
 # ------------------------------------------------------------------------ rules
 
-Rule = Callable[[Any], "str | None"]
+W = "a weight is >= 0 (0 ignores the objective)"
+FRACTION = "a fraction of the data, e.g. 0.1"
 
 
-def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, fix: str = "") -> Rule:
-    def check(v: Any) -> str | None:
-        ok_lo = v > lo if lo_open else v >= lo
-        ok_hi = v < hi if hi_open else v <= hi
-        if ok_lo and ok_hi:
-            return None
-        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        return f"must be in {lb}{lo}, {hi}{rb}, got {v!r}" + (f" ({fix})" if fix else "")
+class Rules(BaseModel):
+    """The rule of every parameter, by name: a name means the same in every notebook that declares it; a list
+    parameter's rule holds for each item; ``description`` is the hint shown with a violation. (A parameter's
+    type is its default's, in the notebook: see :func:`validate`.)"""
 
-    return check
-
-
-def _at_least(lo: float, fix: str = "") -> Rule:
-    return lambda v: None if v >= lo else f"must be >= {lo}, got {v!r}" + (f" ({fix})" if fix else "")
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v!r}"
-
-
-def _dataset(v: str) -> str | None:
-    if v == "rotten_tomatoes" or re.fullmatch(r"(csv|hf):.+", v):
-        return None
-    return f"must be 'rotten_tomatoes', 'csv:<path>' or 'hf:<dataset name>', got {v!r}"
-
-
-def _profile(v: str) -> str | None:
-    return None if re.fullmatch(r"[A-Za-z0-9_.-]+", v) else f"must be a plain folder name, got {v!r}"
-
-
-def _one_of(*choices: str) -> Rule:
-    def rule(v: Any) -> str | None:
-        return None if v in choices else f"{v!r} is not one of {', '.join(map(repr, choices))}"
-
-    return rule
-
-
-def _nonempty(v: str) -> str | None:
-    return None if v.strip() else "must not be empty"
-
-
-def _run_id(v: str) -> str | None:
-    return (
-        None
-        if re.fullmatch(r"[A-Za-z0-9_./-]*", v)
-        else f"must be a run id (see python -m lib.runner --runs), got {v!r}"
+    model_config = ConfigDict(validate_assignment=True)
+    profile: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="a plain folder name")
+    device: Literal["auto", "cpu", "cuda"]
+    input_run: str = Field(pattern=r"^[A-Za-z0-9_./-]*$", description="a run id: python -m lib.runner --runs")
+    seed: float = Field(ge=0)
+    dataset: str = Field(
+        pattern=r"^(rotten_tomatoes|csv:.+|hf:.+)$",
+        description="'rotten_tomatoes', 'csv:<path>' or 'hf:<name>'",
     )
+    model: str = Field(pattern=r"\S", description="a non-empty text")
+    pooling: Literal["mean", "cls"]
+    text_column: str = Field(pattern=r"\S", description="a non-empty text")
+    label_column: str = Field(pattern=r"\S", description="a non-empty text")
+    val_frac: float = Field(gt=0, lt=1, description=FRACTION)
+    test_frac: float = Field(gt=0, lt=1, description=FRACTION)
+    max_train_samples: float = Field(ge=0, description="0 means all")
+    max_eval_samples: float = Field(ge=0, description="0 means all")
+    max_length: float = Field(ge=8, le=512, description="BERT models take at most 512 tokens")
+    batch_size: float = Field(ge=1)
+    num_epochs: float = Field(ge=1)
+    learning_rate: float = Field(gt=0, le=1, description="typical fine-tuning rates are 1.0e-5 to 1.0e-3")
+    weight_decay: float = Field(ge=0, le=1)
+    warmup_frac: float = Field(ge=0, lt=1)
+    train_precision: Literal["fp32", "bf16", "auto"]
+    ema_decay: float = Field(ge=0, lt=1, description="0 turns the average off; 0.99 averages ~100 steps")
+    tfidf_max_features: float = Field(ge=1)
+    compare_steps: float = Field(ge=1)
+    compare_rounds: float = Field(ge=1)
+    bench_repeats: float = Field(ge=1)
+    bench_probe_size: float = Field(ge=1)
+    full_learning_rate: float = Field(gt=0, le=1)
+    lora_ranks: float = Field(ge=1, description="a LoRA rank is a positive integer")
+    lora_alpha_scale: float = Field(gt=0)
+    lora_dropout: float = Field(ge=0, lt=1)
+    lora_target_modules: str = Field(pattern=r"\S", description="a non-empty text")
+    speed_steps: float = Field(ge=1)
+    sparsities: float = Field(ge=0, lt=1, description="fractions of weights to zero, e.g. [0.3, 0.5]")
+    structured_fractions: float = Field(gt=0, lt=1, description="fractions of units to remove, e.g. [0.25]")
+    importance_methods: Literal["gradient", "magnitude"]
+    recovery_steps: float = Field(ge=1)
+    recovery_epochs: float = Field(ge=1)
+    max_points_lost: float = Field(ge=0, le=100, description="accuracy points, e.g. 1.0")
+    min_agreement: float = Field(ge=0, le=1, description="a share of labels, e.g. 0.98")
+    student_layers: float = Field(ge=1, le=24, description="fewer encoder layers than the teacher's, e.g. 3")
+    student_narrow: float = Field(ge=0, lt=1, description="a share of heads and FFN neurons (0: full width)")
+    temperature: float = Field(gt=0)
+    alpha: float = Field(ge=0, le=1, description="0 = labels only, 1 = teacher only")
+    sweep_temperatures: float = Field(gt=0)
+    sweep_alphas: float = Field(ge=0, le=1, description="values in [0, 1]")
+    sweep_epochs: float = Field(ge=1)
+    world_size: float = Field(ge=2, le=64, description="ranks here; comparing with one process needs 2")
+    threads_per_rank: float = Field(ge=0, description="0 shares this machine's cores evenly between ranks")
+    train_steps: float = Field(ge=1)
+    comm_hooks: Literal["fp16", "powersgd"]
+    powersgd_rank: float = Field(ge=1, le=64, description="PowerSGD's matrix rank: 1 to 8 is usual")
+    equivalence_steps: float = Field(ge=1)
+    equivalence_batch_size: float = Field(ge=1)
+    equivalence_dtype: Literal["float32", "float64"]
+    num_explain: float = Field(ge=4, description="the four example roles (confident/uncertain, right/wrong)")
+    lime_num_samples: float = Field(ge=20, description="LIME fits a linear model on these: fewer is noise")
+    lime_stability_sentences: float = Field(ge=0, description="0 skips the check")
+    ig_steps: float = Field(ge=2, description="Integrated Gradients needs a path of several steps")
+    top_share: float = Field(gt=0, le=1, description="a share of a text's words, e.g. 0.2")
+    global_min_count: float = Field(ge=1)
+    trainable_layers: float = Field(ge=0, le=48, description="top encoder layers trained; 0: the head alone")
+    target_epsilons: float = Field(gt=0, description="ε = 0 allows no learning; typical budgets are 1 to 10")
+    delta: float = Field(ge=0, lt=1, description="0 means 1/n_train; more than 1/n_train is refused")
+    max_grad_norm: float = Field(gt=0, description="each example's gradient is clipped to this norm")
+    accountant: Literal["prv", "rdp"]
+    head_hidden: float = Field(ge=0, description="hidden units of the trained head; 0: a linear head")
+    overfit_epochs: float = Field(ge=1)
+    audit_size: float = Field(ge=0, description="0: as many members and non-members as the test split has")
+    stack_base: Literal["student", "teacher"]
+    stack_prune_fractions: float = Field(ge=0, lt=1, description="fractions of units to remove, e.g. [0.1]")
+    stack_max_val_points: float = Field(ge=0, le=100, description="validation points the pruning may cost")
+    weight_speed: float = Field(ge=0, description=W)
+    weight_cost: float = Field(ge=0, description=W)
+    weight_explainability: float = Field(ge=0, description=W)
+    weight_privacy: float = Field(ge=0, description=W)
 
 
-# Value rules by parameter name; a name means the same thing in every notebook that declares it.
-RULES: dict[str, Rule] = {
-    "profile": _profile,
-    "device": _one_of("auto", "cpu", "cuda"),
-    "input_run": _run_id,
-    "seed": _at_least(0),
-    "dataset": _dataset,
-    "model": _nonempty,
-    "pooling": _one_of("mean", "cls"),
-    "text_column": _nonempty,
-    "label_column": _nonempty,
-    "val_frac": _between(0, 1, lo_open=True, hi_open=True, fix="a fraction of the data, e.g. 0.1"),
-    "test_frac": _between(0, 1, lo_open=True, hi_open=True, fix="a fraction of the data, e.g. 0.2"),
-    "max_train_samples": _at_least(0, "0 means all"),
-    "max_eval_samples": _at_least(0, "0 means all"),
-    "max_length": _between(8, 512, fix="BERT models take at most 512 tokens"),
-    "batch_size": _at_least(1),
-    "num_epochs": _at_least(1),
-    "learning_rate": _between(0, 1, lo_open=True, fix="typical fine-tuning rates are 1.0e-5 to 1.0e-3"),
-    "weight_decay": _between(0, 1),
-    "warmup_frac": _between(0, 1, hi_open=True),
-    "train_precision": _one_of("fp32", "bf16", "auto"),
-    "ema_decay": _between(0, 1, hi_open=True, fix="0 turns the weight average off; 0.99 averages ~100 steps"),
-    "tfidf_max_features": _at_least(1),
-    "compare_steps": _at_least(1),
-    "compare_rounds": _at_least(1),
-    "bench_repeats": _at_least(1),
-    "bench_probe_size": _at_least(1),
-    "full_learning_rate": _between(0, 1, lo_open=True),
-    "lora_ranks": _at_least(1, "a LoRA rank is a positive integer"),
-    "lora_alpha_scale": _positive,
-    "lora_dropout": _between(0, 1, hi_open=True),
-    "lora_target_modules": _nonempty,
-    "speed_steps": _at_least(1),
-    "sparsities": _between(0, 1, hi_open=True, fix="fractions of weights to zero, e.g. [0.3, 0.5]"),
-    "structured_fractions": _between(
-        0, 1, lo_open=True, hi_open=True, fix="fractions of heads and neurons to remove, e.g. [0.25, 0.5]"
-    ),
-    "importance_methods": _one_of("gradient", "magnitude"),
-    "recovery_steps": _at_least(1),
-    "recovery_epochs": _at_least(1),
-    "max_points_lost": _between(0, 100, fix="accuracy points, e.g. 1.0"),
-    "min_agreement": _between(0, 1, fix="a share of labels, e.g. 0.98"),
-    "student_layers": _between(1, 24, fix="fewer encoder layers than the teacher's, e.g. 3"),
-    "student_narrow": _between(
-        0, 1, hi_open=True, fix="a share of heads and FFN neurons, e.g. 0.25 (0 = full width)"
-    ),
-    "temperature": _positive,
-    "alpha": _between(0, 1, fix="0 = labels only, 1 = teacher only"),
-    "sweep_temperatures": _positive,
-    "sweep_alphas": _between(0, 1, fix="values in [0, 1]"),
-    "sweep_epochs": _at_least(1),
-    "world_size": _between(
-        2, 64, fix="ranks on this machine; the comparison with one process needs at least 2"
-    ),
-    "threads_per_rank": _at_least(0, "0 shares this machine's cores evenly between the ranks"),
-    "train_steps": _at_least(1),
-    "comm_hooks": _one_of("fp16", "powersgd"),
-    "powersgd_rank": _between(1, 64, fix="PowerSGD's matrix rank: 1 to 8 is usual"),
-    "equivalence_steps": _at_least(1),
-    "equivalence_batch_size": _at_least(1),
-    "equivalence_dtype": _one_of("float32", "float64"),
-    "num_explain": _at_least(
-        4, "the four example roles (confident/uncertain, correct/wrong) need four texts"
-    ),
-    "lime_num_samples": _at_least(
-        20, "LIME fits a linear model on these samples: far fewer than the words is noise"
-    ),
-    "lime_stability_sentences": _at_least(0, "0 skips the check"),
-    "ig_steps": _at_least(
-        2, "Integrated Gradients needs a path of several steps (its completeness gap says if enough)"
-    ),
-    "top_share": _between(0, 1, lo_open=True, fix="a share of a text's words, e.g. 0.2"),
-    "global_min_count": _at_least(1),
-    "trainable_layers": _between(0, 48, fix="top encoder layers trained with the head; 0 = the head alone"),
-    "target_epsilons": lambda v: (
-        None
-        if v > 0
-        else (f"must be > 0, got {v!r} (ε = 0 would allow no learning at all; typical budgets are 1 to 10)")
-    ),
-    "delta": _between(
-        0, 1, hi_open=True, fix="0 means 1/n_train; a value must not exceed 1/n_train (checked with the data)"
-    ),
-    "max_grad_norm": lambda v: (
-        None if v > 0 else f"must be > 0, got {v!r} (each example's gradient is clipped to this norm)"
-    ),
-    "accountant": _one_of("prv", "rdp"),
-    "head_hidden": _at_least(0, "hidden units of the trained head; 0 = a linear head"),
-    "overfit_epochs": _at_least(1),
-    "audit_size": _at_least(0, "0 means as many members and non-members as the test split has"),
-    "stack_base": _one_of("student", "teacher"),
-    "stack_prune_fractions": _between(
-        0, 1, hi_open=True, fix="fractions of heads and neurons to remove, e.g. [0.1, 0.2]"
-    ),
-    "stack_max_val_points": _between(0, 100, fix="validation accuracy points the pruning may cost, e.g. 0.5"),
-    "weight_speed": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
-    "weight_cost": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
-    "weight_explainability": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
-    "weight_privacy": _at_least(0, "a weight is >= 0 (0 ignores the objective)"),
-}
+_CHECK = Rules.model_construct()
+
+
+def rule_error(name: str, value: Any) -> str | None:
+    """What is wrong with one value of parameter ``name`` by its rule (:class:`Rules`), or ``None``."""
+    if name not in Rules.model_fields:
+        return None
+    try:
+        setattr(_CHECK, name, value)
+        return None
+    except ValidationError as e:
+        kind = e.errors()[0]["type"]
+    field = Rules.model_fields[name]
+    hint = f" ({field.description})" if field.description else ""
+    if kind == "literal_error":
+        return f"{value!r} is not one of {', '.join(map(repr, get_args(field.annotation)))}"
+    if kind == "string_pattern_mismatch":
+        return f"must be {field.description}, got {value!r}"
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    lo, hi = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    if lo is not None and hi is not None:
+        where = f"in {'(' if 'gt' in bounds else '['}{lo:g}, {hi:g}{')' if 'lt' in bounds else ']'}"
+    else:
+        where = f"{'>' if 'gt' in bounds else '>='} {lo:g}"
+    return f"must be {where}, got {value!r}{hint}"
 
 
 def _cross_checks(p: Mapping[str, Any]) -> list[str]:
@@ -348,14 +311,11 @@ def validate(
         if err:
             errs.append(err)
             continue
-        rule = RULES.get(name)
-        if rule is not None and value is not None:
-            items = value if isinstance(value, list) else [value]
-            for item in items:
-                msg = rule(item)
-                if msg:
-                    errs.append(f"{name}: {msg}")
-                    break
+        for item in (value if isinstance(value, list) else [value]) if value is not None else []:
+            msg = rule_error(name, item)
+            if msg:
+                errs.append(f"{name}: {msg}")
+                break
     errs += _cross_checks(resolved)
     if errs:
         raise ParamError(f"invalid parameters for {notebook}:\n  - " + "\n  - ".join(errs))

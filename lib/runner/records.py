@@ -20,11 +20,14 @@ inputs       what the notebook took from earlier runs: ``{"models/teacher": "<ru
 run_seconds  (added by the runner, :mod:`lib.runner.cli`) wall-clock time of the whole notebook execution
 ===========  ==========================================================================================
 
-Each variant has at least: ``name``, ``role`` (``"reference"`` for the model the others are compared
-against, else ``"variant"``), ``accuracy``, ``f1`` (macro), ``size_mb`` (serialized weights, 10^6 bytes),
-``num_params``, ``latency_ms_b1_p50``, ``throughput_b32`` (samples/s) and ``speedup_vs_reference``
-(batch-32 throughput ratio measured side by side in the same run; 1.0 for the reference). Numbers that do
-not apply (a TF-IDF model has no batch-32 torch latency) are ``null``. Notebooks add keys freely.
+Each variant (:class:`Variant`) has a ``name``, a ``role`` (``"reference"`` for the one model the others are
+compared against, else ``"variant"``), the ``artifact`` it measured if it is a saved one (``"teacher"``...),
+and the metrics ``accuracy``, ``f1`` (macro), ``size_mb`` (serialized weights, 10^6 bytes), ``num_params``,
+``latency_ms_b1_p50``, ``throughput_b32`` (samples/s) and ``speedup_vs_reference`` (batch-32 throughput ratio
+measured side by side in the same run; 1.0 for the reference). A metric not measured, or that does not apply
+(a TF-IDF model has no batch-32 torch latency), is ``null``: a notebook leaves it out and the written record
+says ``null``. Notebooks add keys of their own freely. The schema is declared once, with pydantic
+(:class:`Record`), and checked on every write.
 """
 
 from __future__ import annotations
@@ -34,16 +37,16 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ArtifactError, ParamError
 from ..utils import atomic_write_json, env_info
 from . import folders, preflight, tracking
 from .catalog import NOTEBOOKS, run_hint
 
-TOP_KEYS = ("notebook", "profile", "created", "params", "env", "variants", "findings")
 # The metrics every variant has (``None`` where they do not apply), in the order tables show them.
 METRICS = (
     "accuracy",
@@ -54,20 +57,92 @@ METRICS = (
     "throughput_b32",
     "speedup_vs_reference",
 )
-VARIANT_KEYS = ("name", "role", *METRICS)
-ENV_KEYS = (
-    "python",
-    "torch",
-    "transformers",
-    "threads",
-    "cpu",
-    "isa",
-)  # isa: every speed figure names its CPU class
-ROLES = ("reference", "variant")
 # A repeat spread above this ((max - min) / median of the batch-32 throughputs) makes a speed figure
 # untrustworthy: the machine was busy or throttling. In the idle 2-core default run of 2026-11-26 every spread
 # was 1-10%.
 MAX_SPREAD = 0.25
+
+
+def _finite(x: float) -> float:
+    if isinstance(x, float) and not math.isfinite(x):
+        raise ValueError("must be a finite number")
+    return x
+
+
+def _iso(text: str) -> str:
+    datetime.fromisoformat(text)  # raises ValueError: "Invalid isoformat string"
+    return text
+
+
+Fraction = Annotated[int | float, Field(ge=0, le=1)]  # accuracy, F1: a share, never a percentage
+Positive = Annotated[int | float, Field(gt=0), AfterValidator(_finite)]
+
+
+class Env(BaseModel):
+    """Where a record's numbers were measured: every speed figure names its CPU class (``isa``)."""
+
+    model_config = ConfigDict(extra="allow")
+    python: str
+    torch: str
+    transformers: str
+    threads: int
+    cpu: str
+    isa: str
+
+
+class Variant(BaseModel):
+    """One model a notebook measured. Every metric is optional (``None``: not measured here, or does not
+    apply); notebooks add keys of their own freely. ``artifact`` names the saved artifact the row measured
+    (``"teacher"``, ``"student"``...): the same model measured by several notebooks is recognised by it."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    role: Literal["reference", "variant"] = "variant"
+    artifact: str | None = None
+    accuracy: Fraction | None = None
+    f1: Fraction | None = None
+    size_mb: Positive | None = None
+    num_params: Positive | None = None
+    latency_ms_b1_p50: Positive | None = None
+    throughput_b32: Positive | None = None
+    speedup_vs_reference: Positive | None = None
+
+
+class Record(BaseModel):
+    """One notebook's metrics record (the keys are described in this module's docstring)."""
+
+    model_config = ConfigDict(extra="allow")
+    notebook: str
+    profile: str
+    created: Annotated[str, AfterValidator(_iso)]
+    params: dict[str, Any]
+    env: Env
+    variants: list[Variant] = Field(min_length=1)
+    findings: dict[str, Any]
+    figures: list[str] = []
+    run: str | None = None
+    inputs: dict[str, str] = {}
+    run_seconds: float | None = None
+    headline: list[str] = []
+    warnings: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> Record:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique: {names}")
+        refs = [v for v in self.variants if v.role == "reference"]
+        if len(refs) != 1:
+            raise ValueError(f"exactly one variant must have role 'reference' (found {len(refs)})")
+        s = refs[0].speedup_vs_reference
+        if s is not None and abs(s - 1.0) > 1e-9:
+            raise ValueError(f"the reference's speedup_vs_reference must be 1.0, got {s}")
+        return self
+
+    @property
+    def reference(self) -> Variant:
+        """The variant the others are compared with."""
+        return next(v for v in self.variants if v.role == "reference")
 
 
 def variant(
@@ -99,50 +174,17 @@ def variant(
     return _plain(v)
 
 
-def validate_record(rec: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` listing every way ``rec`` breaks the schema above."""
-    errs = [f"missing top-level key {k!r}" for k in TOP_KEYS if k not in rec]
-    if not errs:
-        if not isinstance(rec["params"], dict):
-            errs.append("params must be a dict")
-        if not isinstance(rec["findings"], dict):
-            errs.append("findings must be a dict")
-        errs += [f"env lacks {k!r}" for k in ENV_KEYS if k not in rec.get("env", {})]
-        try:
-            datetime.fromisoformat(rec["created"])
-        except (TypeError, ValueError):
-            errs.append(f"created is not an ISO time: {rec['created']!r}")
-        variants = rec["variants"]
-        if not isinstance(variants, list) or not variants:
-            errs.append("variants must be a non-empty list")
-            variants = []
-        refs = [v for v in variants if v.get("role") == "reference"]
-        if len(refs) != 1:
-            errs.append(f"exactly one variant must have role 'reference' (found {len(refs)})")
-        names = [v.get("name") for v in variants]
-        if len(set(names)) != len(names):
-            errs.append(f"variant names must be unique: {names}")
-        for v in variants:
-            label = v.get("name", "?")
-            errs += [f"variant {label!r} lacks {k!r}" for k in VARIANT_KEYS if k not in v]
-            if v.get("role") not in ROLES:
-                errs.append(f"variant {label!r}: role must be one of {ROLES}, got {v.get('role')!r}")
-            for k in ("accuracy", "f1"):
-                x = v.get(k)
-                if x is not None and not (isinstance(x, (int, float)) and 0.0 <= x <= 1.0):
-                    errs.append(f"variant {label!r}: {k} must be a fraction in [0, 1], got {x!r}")
-            for k in ("size_mb", "num_params", "latency_ms_b1_p50", "throughput_b32", "speedup_vs_reference"):
-                x = v.get(k)
-                if x is not None and not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
-                    errs.append(f"variant {label!r}: {k} must be a positive number or null, got {x!r}")
-        for v in refs:
-            s = v.get("speedup_vs_reference")
-            if s is not None and abs(s - 1.0) > 1e-9:
-                errs.append(f"the reference's speedup_vs_reference must be 1.0, got {s}")
-    if errs:
+def validate_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """``rec`` with every declared key present (missing metrics as ``None``), as plain JSON types; a
+    ``ValueError`` naming every field that breaks the schema (:class:`Record`) otherwise."""
+    try:
+        return Record.model_validate(rec).model_dump(mode="json")
+    except ValidationError as e:
+        problems = [f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in e.errors()]
         raise ValueError(
-            "metrics record does not match the schema (lib/runner/records.py):\n  - " + "\n  - ".join(errs)
-        )
+            "metrics record does not match the schema (lib/runner/records.py):\n  - "
+            + "\n  - ".join(problems)
+        ) from None
 
 
 def record(
@@ -173,8 +215,7 @@ def record(
         "inputs": folders.inputs(),
         **extra,
     }
-    rec = _plain(rec)
-    validate_record(rec)
+    rec = validate_record(_plain(rec))
     out = atomic_write_json(folders.metrics_path(profile, notebook), rec)
     if tracking.enabled():  # opt-in: python -m lib.runner --mlflow, or MUXL_MLFLOW=1
         seconds = tracking.log_record(rec, base, out, METRICS)
@@ -196,8 +237,7 @@ def stamp_run(profile: str, notebook: str, seconds: float, started: datetime) ->
     if datetime.fromisoformat(rec["created"]) < started.replace(microsecond=0):
         return False
     rec["run_seconds"] = float(seconds)
-    validate_record(rec)
-    atomic_write_json(path, rec)
+    atomic_write_json(path, validate_record(rec))
     return True
 
 
