@@ -218,29 +218,16 @@ def rule_error(name: str, value: Any) -> str | None:
 
 def _cross_checks(p: Mapping[str, Any]) -> list[str]:
     errs = []
-    if (
-        "val_frac" in p
-        and "test_frac" in p
-        and isinstance(p["val_frac"], float)
-        and isinstance(p["test_frac"], float)
-    ):
-        if p["val_frac"] + p["test_frac"] >= 0.9:
-            errs.append(
-                f"val_frac + test_frac = {p['val_frac'] + p['test_frac']:.2f} leaves under 10% for training; "
-                "lower one of them"
-            )
-    weights = [
-        p[k] for k in ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy") if k in p
-    ]
-    if (
-        len(weights) == 4
-        and all(isinstance(w, (int, float)) for w in weights)
-        and not any(w > 0 for w in weights)
-    ):
+    fracs = [p.get("val_frac"), p.get("test_frac")]
+    if all(isinstance(f, float) for f in fracs) and sum(fracs) >= 0.9:
+        errs.append(
+            f"val_frac + test_frac = {sum(fracs):.2f} leaves under 10% for training; lower one of them"
+        )
+    weights = [p.get(f"weight_{k}") for k in ("speed", "cost", "explainability", "privacy")]
+    if all(isinstance(w, (int, float)) for w in weights) and not any(w > 0 for w in weights):
         errs.append(
             "weight_speed, weight_cost, weight_explainability and weight_privacy are all 0: nothing to "
-            "choose "
-            "by; give at least one a positive weight"
+            "choose by; give at least one a positive weight"
         )
     return errs
 
@@ -248,14 +235,11 @@ def _cross_checks(p: Mapping[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------ validation
 
 
+TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "true/false", "list": "list"}
+
+
 def _type_name(t: type | None) -> str:
-    return (
-        "any"
-        if t is None
-        else {"str": "string", "int": "integer", "float": "number", "bool": "true/false", "list": "list"}.get(
-            t.__name__, t.__name__
-        )
-    )
+    return "any" if t is None else TYPE_NAMES.get(t.__name__, t.__name__)
 
 
 def _type_error(name: str, value: Any, decl: Decl) -> str | None:
