@@ -45,3 +45,19 @@ def outputs(tmp_path, monkeypatch):
     """A fresh outputs folder for one test."""
     monkeypatch.setenv("MUXL_OUTPUTS", str(tmp_path / "outputs"))
     return tmp_path / "outputs"
+
+
+def loaders_for(tokenizer, n=96, batch_size=16, seed=0):
+    """Train/validation/test loaders over three toy corpora."""
+    ds = toy_dataset(n, seed)
+    splits = lib.data.Splits(ds, toy_dataset(32, seed + 1), toy_dataset(32, seed + 2))
+    return lib.data.make_loaders(splits, tokenizer, 16, batch_size, seed)
+
+
+def train_save_reload(model, tokenizer, loaders, path, epochs=1):
+    """Train ``model`` briefly, save it as an artifact at ``path`` and load it back: ``(reloaded, the largest
+    |logit difference| between the two on the test loader)``."""
+    config = lib.train.TrainConfig(num_epochs=epochs, learning_rate=1e-3, progress=False)
+    lib.train.fit(model, loaders.train, loaders.val, config)
+    again, _, _ = lib.artifacts.load(lib.artifacts.save(path, model, tokenizer, {"epochs": epochs}))
+    return again, lib.evaluate.compare_predictions(model, again, loaders.test)["max_abs_logit_diff"]

@@ -8,13 +8,7 @@ import torch
 
 import lib
 from lib.errors import ArtifactError, OfflineError
-from tests.conftest import toy_dataset
-
-
-def loaders_for(tokenizer, n=96, batch_size=16, seed=0):
-    ds = toy_dataset(n, seed)
-    splits = lib.data.Splits(ds, toy_dataset(32, seed + 1), toy_dataset(32, seed + 2))
-    return lib.data.make_loaders(splits, tokenizer, 16, batch_size, seed)
+from tests.conftest import loaders_for
 
 
 def test_tiny_model_shapes(tiny):

@@ -9,6 +9,7 @@ import torch
 
 import lib
 from lib.techniques.prune import Plan
+from tests.conftest import loaders_for, train_save_reload
 
 
 def batch(tokenizer):
@@ -63,31 +64,21 @@ def test_removing_nonzero_units_changes_outputs(tiny):
 
 
 def test_pruned_model_trains_saves_and_reloads_with_its_shapes(tiny, tmp_path):
-    from tests.test_models_train import loaders_for
-
     make, tok = tiny
     model = make()
     loaders = loaders_for(tok)
     imp = lib.prune.unit_importance(model, loaders.val, "gradient")
     pruned = lib.prune.pruned_copy(model, imp, 0.5)
-    lib.train.fit(
-        pruned,
-        loaders.train,
-        loaders.val,
-        lib.train.TrainConfig(num_epochs=1, learning_rate=1e-3, progress=False),
+    again, diff = train_save_reload(pruned, tok, loaders, tmp_path / "p")
+    assert (
+        lib.models.layout(again) == lib.models.layout(pruned) == pruned.config.pruned_layout and diff == 0.0
     )
-    path = lib.artifacts.save(tmp_path / "p", pruned, tok, {"fraction": 0.5})
-    again, _, meta = lib.artifacts.load(path)
-    assert lib.models.layout(again) == lib.models.layout(pruned) == pruned.config.pruned_layout
-    assert lib.evaluate.compare_predictions(pruned, again, loaders.test)["max_abs_logit_diff"] == 0.0
     removed = lib.prune.removed_fraction(pruned, model)
     assert 0.45 < removed["encoder_removed"] < 0.55 and removed["params_removed"] < removed["encoder_removed"]
 
 
 @pytest.mark.parametrize("method", lib.prune.METHODS)
 def test_importance_scores_and_plan(tiny, method):
-    from tests.test_models_train import loaders_for
-
     make, tok = tiny
     model = make()
     imp = lib.prune.unit_importance(model, loaders_for(tok).val, method)
@@ -109,8 +100,6 @@ def test_gradient_importance_scores_a_unit_that_does_nothing_zero(tiny):
     """A head whose output-projection columns are zero (and a neuron whose output column is zero) cannot
     change the loss: its gradient score must be 0, the lowest, so it is the first to go. Magnitude still sees
     its other weights."""
-    from tests.test_models_train import loaders_for
-
     make, tok = tiny
     model = make()
     zero_units(model, Plan(heads={1: [2]}, neurons={0: [7]}))
@@ -124,8 +113,6 @@ def test_gradient_importance_scores_a_unit_that_does_nothing_zero(tiny):
 
 
 def test_unit_importance_dispatches_by_method(tiny):
-    from tests.test_models_train import loaders_for
-
     make, tok = tiny
     model = make()
     val = loaders_for(tok).val
@@ -156,8 +143,6 @@ def test_unknown_importance_method(tiny):
 
 
 def test_magnitude_pruning_sparsity_masks_survive_training_and_storage(tiny):
-    from tests.test_models_train import loaders_for
-
     make, tok = tiny
     model = make()
     dense = lib.prune.storage_mb(model)
@@ -181,8 +166,6 @@ def test_magnitude_pruning_sparsity_masks_survive_training_and_storage(tiny):
 
 def test_an_already_pruned_model_is_scored_and_pruned_again(tiny):
     """A student or a pruned model has layers of different widths: importance and the plan work per layer."""
-    from tests.test_models_train import loaders_for
-
     make, tok = tiny
     model = lib.prune.remove_units(make(), Plan(heads={0: [0, 1]}, neurons={1: list(range(20))}))
     for method in lib.prune.METHODS:
