@@ -122,7 +122,7 @@ def test_top_layers_on_cached_features_are_the_full_model(tiny_data, pooling, k,
     assert all(p.requires_grad == (id(p) in {id(q) for q in top.parameters()}) for p in model.parameters())
     before = lib.evaluate.predict_logits(model, text_loader)[0]
     cfg = lib.train.TrainConfig(num_epochs=1, learning_rate=1e-2, max_grad_norm=0.0, progress=False, seed=0)
-    top, hist = privacy.train(
+    top, hist = privacy.fit_top_layers(
         model, k, feats["train"], None, cfg, 32, privacy.Private(4.0, 1e-3, 1, 1.0, seed=0)
     )
     assert top.model is model and hist.samples > 0
@@ -160,7 +160,7 @@ def test_a_tiny_private_run_spends_about_its_target_epsilon(tiny_data):
         cfg = lib.train.TrainConfig(
             num_epochs=2, learning_rate=1e-3, max_grad_norm=0.0, progress=False, seed=0
         )
-        privacy.train(
+        privacy.fit_top_layers(
             lib.models.fresh_classifier("tiny-bert", 2, pooling="mean", seed=0),
             1,
             feats,

@@ -344,7 +344,7 @@ def _empty_batches_like(loader: DataLoader) -> None:
         empty.first_batch = (empty.wrapped_collator_fn or default_collate)([loader.dataset[0]])
 
 
-def train(
+def fit_top_layers(
     model: nn.Module,
     k: int,
     train_set: Features,
