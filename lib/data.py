@@ -29,7 +29,7 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .errors import DataError, OfflineError
-from .runner.preflight import read_csv_text
+from .runner.contract import read_csv_text
 
 BUILTIN = "rotten_tomatoes"
 

@@ -175,7 +175,7 @@ def test_comparable_record_names_every_difference(outputs):
     assert lib.runner.records.comparable_record("smoke", "00_baseline", same)["notebook"] == "00_baseline"
     with pytest.raises(lib.errors.ParamError) as e:
         lib.runner.records.comparable_record("smoke", "00_baseline", {**same, "seed": 2, "test_frac": 0.3})
-    assert "seed: 00_baseline used 1, this notebook has 2" in str(e.value) and "test_frac: " in str(e.value)
+    assert "seed: 00_baseline used 1, here 2" in str(e.value) and "test_frac: " in str(e.value)
     with pytest.raises(lib.errors.ArtifactError, match="--only 00_baseline"):
         lib.runner.records.comparable_record("quick", "00_baseline", same)
 

@@ -111,9 +111,9 @@ def test_smoke_run_finishes_every_notebook(smoke):
 def test_smoke_records_are_valid_timed_and_have_their_figures(smoke, name):
     rec = smoke.rec[name]
     lib.runner.records.validate_record(rec)
-    assert rec["profile"] == "smoke" and rec["params"] == lib.runner.params.resolve(
-        "smoke", name
-    )  # what it ran with
+    ran_with = lib.runner.params.resolve("smoke", name)
+    ran_with.update(ran_with.pop("data_contract"))  # the contract's fields, flat, beside the notebook's own
+    assert rec["profile"] == "smoke" and rec["params"] == ran_with
     assert rec["run_seconds"] > 0  # stamped by the runner
     assert rec["env"]["isa"] == lib.utils.isa()  # every speed figure names the CPU class
     for fig in rec["figures"]:

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import struct
+import subprocess
 import time
 
 import pytest
@@ -157,17 +158,16 @@ def _csv(tmp_path, text="text,label\ngood film,pos\nbad film,neg\n"):
 
 
 def _smoke_split():
-    smoke = lib.runner.params.resolve("smoke", "00_baseline")
-    return {k: smoke[k] for k in lib.runner.preflight.SPLIT_KEYS if k in smoke}
+    return lib.runner.params.resolve("smoke", "00_baseline")["data_contract"]
 
 
 def _save_teacher(tiny, params):
-    """A complete run of 00_baseline (tiny model) whose record has ``params``."""
+    """A complete run of 00_baseline (tiny model) whose teacher and record have ``params``."""
     from tests.test_bench_results import good_record
 
     make, tok = tiny
     d = folders.start("smoke", by="runner", notebooks=["00_baseline"])
-    lib.artifacts.save(folders.artifact_dir("smoke", "teacher"), make(), tok, {})
+    lib.artifacts.save(folders.artifact_dir("smoke", "teacher"), make(), tok, {"params": params})
     rec = good_record()
     lib.runner.records.record(
         "00_baseline", {"profile": "smoke", **params}, rec["variants"], {}, env=rec["env"]
@@ -239,7 +239,7 @@ def test_check_catches_data_settings_that_differ_from_the_teachers(capsys, outpu
     code, out = cli(
         capsys, "--profile", "smoke", "--only", "01_lora_finetune", "--check", "-p", "max_length=32"
     )
-    assert code == 2 and "max_length: 00_baseline used 64, this notebook has 32" in out
+    assert code == 2 and "max_length: the teacher of run " in out and "used 64, here 32" in out
 
 
 def test_device_cuda_without_a_gpu_fails_fast(capsys, outputs):
@@ -258,13 +258,13 @@ def test_device_cuda_without_a_gpu_fails_fast(capsys, outputs):
     [
         (
             ["-p", "dataset=csv:"],
-            "dataset: must be 'rotten_tomatoes', 'csv:<path>'",
+            "dataset: must be 'rotten_tomatoes' (built in, offline), 'csv:<path>'",
         ),  # was: got dict {'csv': None}
         (["-p", "num_epocs=1"], "did you mean 'num_epochs'"),
         (["--only", ","], "--only names no notebook"),
         (["--only", ""], "--only names no notebook"),
         (["--execution-timeout", "-5"], "--execution-timeout must be a positive number"),
-        (["-p", "device=gpu"], "device: 'gpu' is not one of"),
+        (["-p", "device=gpu"], "device: should be 'auto', 'cpu' or 'cuda', got 'gpu'"),
     ],
 )
 def test_runner_refuses(capsys, outputs, argv, fragment):
@@ -276,7 +276,7 @@ def test_runner_refuses(capsys, outputs, argv, fragment):
 @pytest.mark.parametrize(
     "yaml_text, fragment",
     [
-        ("shared:\n  sed: 1\n", "'shared:' sets 'sed' (did you mean 'seed'?)"),
+        ("shared:\n  sed: 1\n", "unknown parameter 'shared.sed'; did you mean 'seed'?"),
         ("shared:\n  seed: 1\n  seed: 2\n", "key 'seed' is set twice (lines 2 and 3)"),
         ("00_baseline:\n  num_epochs: 1\n00_baseline:\n  num_epochs: 2\n", "key '00_baseline' is set twice"),
     ],
@@ -422,7 +422,9 @@ def test_git_state_names_changed_files_whole():
     state = folders.git_state()
     if state["commit"] is None:
         pytest.skip("not a git checkout")
-    assert all((lib.runner.paths.ROOT / path).exists() or " -> " in path for path in state["changed"])
+    root = lib.runner.paths.ROOT
+    in_head = lambda p: subprocess.run(["git", "cat-file", "-e", f"HEAD:{p}"], cwd=root).returncode == 0
+    assert all((lib.runner.paths.ROOT / p).exists() or " -> " in p or in_head(p) for p in state["changed"])
 
 
 def test_a_run_is_found_by_id_from_any_profile(outputs):

@@ -1,5 +1,5 @@
-"""Executing one notebook: papermill into the run folder, its output streamed to the terminal, and the signals
-(Ctrl-C, SIGTERM) that end a run cleanly.
+"""Executing one notebook: papermill into the run folder, its output streamed to the terminal, and the
+signals (Ctrl-C, SIGTERM) that end a run cleanly.
 
 The kernel's connection file and what the kernel *process* prints to stderr stay inside the run folder
 (``.runtime/`` and ``jupyter.log``); a notebook that fails or is interrupted is kept as
@@ -8,18 +8,20 @@ The kernel's connection file and what the kernel *process* prints to stderr stay
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from . import paths
 from .catalog import Notebook
 
-# The notebooks name the "python3" kernel, which Jupyter resolves to the Python it runs in: here the runner's
-# own (the project's .venv under make), in `make lab` the .venv's JupyterLab. Nothing user-level to re-point.
+# The notebooks name the "python3" kernel, which Jupyter resolves to the Python it runs in: the runner's own
+# (the project's .venv under make); in `make lab`, the .venv's JupyterLab. Nothing user-level to re-point.
 KERNEL = "python3"
 
 
@@ -30,35 +32,25 @@ class Terminated(BaseException):
 def execute(
     nb: Notebook, values: dict[str, Any], run_dir: Path, timeout: int | None, stream: bool = True
 ) -> Path:
-    """Run one notebook with papermill into ``run_dir/notebooks/``; its cells' output streams to the terminal.
-
-    Two things stay inside the run's folder: the kernel's connection file (jupyter_client writes it with
-    ``tempfile``: ``.runtime/``, removed when the run ends) and what the kernel *process* itself prints to
-    stderr (Jupyter's warnings, a ZMQ complaint when Ctrl-C stops it mid-reply): ``jupyter.log``, not the
-    terminal."""
+    """Run one notebook with papermill into ``run_dir/notebooks/``, its cells' output streamed to the
+    terminal. jupyter_client writes the kernel's connection file with ``tempfile``: into ``.runtime/``
+    (removed when the run ends); what the kernel process prints to stderr (Jupyter's warnings, a ZMQ complaint
+    when Ctrl-C stops it mid-reply) goes to ``jupyter.log``, not the terminal."""
     import papermill as pm  # heavy (jupyter, nbclient): imported only when a notebook really runs
 
     out = run_dir / "notebooks" / f"{nb.name}.ipynb"
-    out.parent.mkdir(parents=True, exist_ok=True)
     running = out.with_name(f"{nb.name}.running.ipynb")
-    runtime = run_dir / ".runtime"
-    runtime.mkdir(exist_ok=True)
-    old_tmp, tempfile.tempdir = tempfile.tempdir, str(runtime)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / ".runtime").mkdir(exist_ok=True)
+    old_tmp, tempfile.tempdir = tempfile.tempdir, str(run_dir / ".runtime")
     with _stderr_to(run_dir / "jupyter.log") as terminal:
-        _gates[:] = [_Gate(sys.stdout), _Gate(terminal)] if stream else []
+        _gates[:] = [_Gate(sys.stdout), _Gate(terminal)] if stream else [None, None]
         try:
             pm.execute_notebook(
-                str(paths.notebook_path(nb.name)),
-                str(running),
-                parameters=values,
-                kernel_name=KERNEL,
-                cwd=str(paths.NOTEBOOKS),
-                progress_bar=False,
-                execution_timeout=timeout,
-                report_mode=False,
-                stdout_file=_gates[0] if stream else None,
-                stderr_file=_gates[1] if stream else None,
-            )
+                str(paths.notebook_path(nb.name)), str(running), parameters=values, kernel_name=KERNEL,
+                cwd=str(paths.NOTEBOOKS), progress_bar=False, execution_timeout=timeout, report_mode=False,
+                stdout_file=_gates[0], stderr_file=_gates[1],
+            )  # fmt: skip
         except BaseException as e:
             if running.exists():
                 why = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
@@ -71,44 +63,38 @@ def execute(
     return out
 
 
-class _stderr_to:
-    """Point file descriptor 2 at ``log`` (the kernel process inherits it); yield a handle to the real
-    terminal."""
-
-    def __init__(self, log: Path):
-        self.log = log
-
-    def __enter__(self) -> Any:
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        self.file = open(self.log, "ab")
+@contextlib.contextmanager
+def _stderr_to(log: Path) -> Iterator[Any]:
+    """Point file descriptor 2 at ``log`` (the kernel process inherits it); yield the real terminal."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        direct = sys.stderr.fileno() == 2  # a real terminal/pipe (not a test's capture object)
+    except (AttributeError, OSError, ValueError):
+        direct = False
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8") if direct else None
+    with open(log, "ab") as file:
+        os.dup2(file.fileno(), 2)
         try:
-            direct = sys.stderr.fileno() == 2  # a real terminal/pipe (not a test's capture object)
-        except (AttributeError, OSError, ValueError):
-            direct = False
-        self.terminal = os.fdopen(os.dup(self.saved), "w", buffering=1, encoding="utf-8") if direct else None
-        os.dup2(self.file.fileno(), 2)
-        return self.terminal or sys.stderr
-
-    def __exit__(self, *exc: Any) -> None:
-        sys.stderr.flush()
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
-        self.file.close()
-        if self.terminal is not None:
-            self.terminal.close()
+            yield terminal or sys.stderr
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if terminal is not None:
+                terminal.close()
 
 
 def failure_message(nb: Notebook, run_dir: Path, err: BaseException, timeout: int | None) -> str:
     from papermill.exceptions import PapermillExecutionError  # heavy: only once a run has failed
 
-    where = run_dir / "notebooks" / f"{nb.name}.failed.ipynb"
     if isinstance(err, PapermillExecutionError):
         what = f"cell {err.cell_index} raised {err.ename}: {err.evalue}"
     elif type(err).__name__ in ("CellTimeoutError", "TimeoutError") or "timed out" in str(err).lower():
         what = f"a cell ran longer than --execution-timeout={timeout}s ({type(err).__name__})"
     else:
         what = f"{type(err).__name__}: {err}"
+    where = run_dir / "notebooks" / f"{nb.name}.failed.ipynb"
     return f"FAILED: {nb.name}: {what}\n  executed notebook (open it to see the traceback): {where}"
 
 
@@ -130,18 +116,22 @@ class _Gate:
             self.stream.flush()
 
 
-_gates: list[_Gate] = []
+_gates: list[_Gate | None] = []
+
+
+def _close_gates() -> None:
+    for gate in _gates:
+        if gate is not None:
+            gate.open = False
 
 
 def on_sigint(signum: int, frame: Any) -> None:
-    for gate in _gates:
-        gate.open = False
+    _close_gates()
     raise KeyboardInterrupt()
 
 
 def on_sigterm(signum: int, frame: Any) -> None:
-    for gate in _gates:
-        gate.open = False
+    _close_gates()
     raise Terminated()
 
 
@@ -149,9 +139,7 @@ def redeliver_interrupts(unraisable: Any) -> None:
     """A Ctrl-C (or SIGTERM) that lands inside a finalizer (``__del__``) is "ignored" by Python, with a
     traceback: send the signal again, so it interrupts the run where it can, silently."""
     if isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
-        os.kill(
-            os.getpid(),
-            signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM,
-        )
+        stop = signal.SIGINT if isinstance(unraisable.exc_value, KeyboardInterrupt) else signal.SIGTERM
+        os.kill(os.getpid(), stop)
         return
     sys.__unraisablehook__(unraisable)

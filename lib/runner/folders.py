@@ -1,20 +1,17 @@
 """Run folders: every run keeps its own folder, a manifest saying what made it, and never changes once it
 ends.
 
-``outputs/<profile>/runs/<run id>/`` holds one run's ``notebooks/`` (executed copies), ``metrics/`` (one JSON
+``outputs/<profile>/runs/<run id>/`` holds one run's ``notebooks/`` (executed copies), ``metrics/`` (one
 record per notebook), ``figures/``, ``models/`` (the artifacts later notebooks start from), ``work/``
-(scratch) and ``manifest.json``: profile, the ``-p`` overrides (as a diff against the profile), git commit and
-whether the tree was dirty, package versions, machine and CPU class, and per notebook its status and wall
-time. ``outputs/<profile>/latest`` points to the last *complete* run of the profile.
+(scratch) and ``manifest.json``: profile, data contract, the ``-p`` overrides (as a diff against the
+profile), git commit and whether the tree was dirty, package versions, machine and CPU class, and per notebook
+its status and wall time. ``outputs/<profile>/latest`` points to the last *complete* run of the profile.
 
-A run id is the start time plus a short random suffix (``20261126-053007-412-a3f1``: date, time, milliseconds,
-random): ids sort by time and never clash. The runner (``python -m lib.runner``) starts a run and tells the
-notebook kernels which one through ``$MUXL_RUN_DIR``; a notebook run by hand in JupyterLab starts its own run
-(profile ``lab``) when its parameters are checked, and that run is complete once the notebook writes its
-record.
-
-A later notebook takes an earlier one's artifacts and record from the **same run** when it has them, else from
-the newest complete run of the profile that has them, or from the run named by its ``input_run`` parameter.
+A run id is the start time plus a random suffix (``20261126-053007-412-a3f1``): ids sort by time and never
+clash. The runner starts a run and tells the notebook kernels which one through ``$MUXL_RUN_DIR``; a notebook
+run by hand starts its own run (profile ``lab``) when its parameters are checked, complete once the notebook
+writes its record. A later notebook reads an earlier one's artifacts and record from the **same run** when it
+has them, else from the run named by its ``input_run`` parameter, else the profile's newest complete run.
 """
 
 from __future__ import annotations
@@ -34,60 +31,45 @@ from ..utils import atomic_write_json, load_average
 from . import paths, tracking
 from .provenance import git_state, machine, package_versions
 
-ENV_DIR = "MUXL_RUN_DIR"  # the run folder a notebook kernel writes into (set by the runner)
-ENV_BY = "MUXL_RUN_BY"  # "runner" when the runner started it
-HAND_PROFILE = (
-    "lab"  # the profile of a notebook run by hand (no params/lab.yaml: the notebook's own defaults)
-)
-MANIFEST = "manifest.json"
-LATEST = "latest"
+ENV_DIR, ENV_BY = "MUXL_RUN_DIR", "MUXL_RUN_BY"  # the runner's run folder, and "runner", for its kernels
+HAND_PROFILE = "lab"  # the profile of a notebook run by hand (no params/lab.yaml: the notebook's defaults)
+MANIFEST, LATEST = "manifest.json", "latest"
 ENDED = ("complete", "failed", "interrupted", "killed")
 
 _hand: dict[str, Path] = {}  # profile -> the run this process started by hand (a JupyterLab kernel)
 _inputs: dict[str, str] = {}  # what this process read from earlier runs: "models/teacher" -> run id
 
 
-# ------------------------------------------------------------------------ where runs live
-
-
 def runs_dir(profile: str) -> Path:
     return paths.profile_dir(profile) / "runs"
 
 
-def new_id() -> str:
-    now = datetime.now()
-    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
-
-
 def all_runs(profile: str | None = None) -> list[Path]:
     """Every run folder (of one profile, or of all), oldest first."""
-    root = paths.outputs_root()
-    pattern = f"{profile}/runs/*/{MANIFEST}" if profile else f"*/runs/*/{MANIFEST}"
-    return sorted((p.parent for p in root.glob(pattern)), key=lambda d: d.name)
+    found = paths.outputs_root().glob(f"{profile or '*'}/runs/*/{MANIFEST}")
+    return sorted((p.parent for p in found), key=lambda d: d.name)
 
 
 def find_run(run: str, profile: str | None = None) -> Path:
-    """A run folder by id or unique id prefix (of any profile: ids are unique), ``latest`` (of ``profile``) or
+    """A run folder by id or unique id prefix (ids are unique across profiles), ``latest`` (of ``profile``) or
     a path."""
     if run == LATEST:
         if profile is None:
             raise LabError("'latest' needs a profile (--profile NAME)")
-        target = latest(profile)
-        if target is None:
+        if latest(profile) is None:
             raise ArtifactError(
                 f"profile {profile!r} has no complete run yet: python -m lib.runner --profile {profile}"
             )
-        return target
-    if Path(run).is_dir() and (Path(run) / MANIFEST).exists():
+        return latest(profile)
+    if (Path(run) / MANIFEST).exists():
         return Path(run).resolve()
-    every = all_runs()  # ids are unique across profiles
+    every = all_runs()
     matches = [d for d in every if d.name == run] or [d for d in every if d.name.startswith(run)]
     if len(matches) != 1:
-        known = ", ".join(d.name for d in all_runs(profile)[-5:]) or "none"
-        what = "no run" if not matches else f"{len(matches)} runs"
+        newest = ", ".join(d.name for d in all_runs(profile)[-5:]) or "none"
         raise ArtifactError(
-            f"{what} with id {run!r} under {paths.outputs_root()} (newest: {known}; "
-            "see python -m lib.runner --runs)"
+            f"{f'{len(matches)} runs' if matches else 'no run'} with id {run!r} under "
+            f"{paths.outputs_root()} (newest: {newest}; see python -m lib.runner --runs)"
         )
     return matches[0]
 
@@ -99,21 +81,13 @@ def latest(profile: str) -> Path | None:
 
 def _set_latest(run_dir: Path) -> None:
     """Point ``outputs/<profile>/latest`` at ``run_dir`` atomically (a relative link: the folder can move)."""
-    link = run_dir.parent.parent / LATEST
-    tmp = link.with_name(f".{LATEST}.{secrets.token_hex(3)}")
+    tmp = run_dir.parent.parent / f".{LATEST}.{secrets.token_hex(3)}"
     tmp.symlink_to(Path("runs") / run_dir.name)
-    os.replace(tmp, link)
-
-
-# ------------------------------------------------------------------------ the manifest
+    os.replace(tmp, run_dir.parent.parent / LATEST)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
-
-
-def _write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> None:
-    atomic_write_json(Path(run_dir) / MANIFEST, dict(manifest))
 
 
 def status(manifest: Mapping[str, Any]) -> str:
@@ -143,7 +117,11 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-# ------------------------------------------------------------------------ lifecycle
+def _complete(run_dir: Path) -> bool:
+    try:
+        return read_manifest(run_dir).get("status") == "complete"
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def start(
@@ -155,37 +133,20 @@ def start(
     override_diff: Mapping[str, Any] | None = None,
     argv: Sequence[str] = (),
 ) -> Path:
-    """Create a new run folder with its manifest (status ``running``) and make it this process's current
-    run."""
+    """Create a new run folder and manifest (status ``running``) and make it this process's current run."""
     sweep_killed(profile)
-    run_dir = runs_dir(profile) / new_id()
+    now = datetime.now()
+    run_dir = runs_dir(profile) / f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
     run_dir.mkdir(parents=True)
-    _write_manifest(
-        run_dir,
-        {
-            "id": run_dir.name,
-            "profile": profile,
-            "by": by,
-            "argv": list(argv),
-            "status": "running",
-            "started": _now(),
-            "ended": None,
-            "minutes": None,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "notebooks": {name: {"status": "pending"} for name in notebooks},
-            "overrides": dict(overrides or {}),
-            "override_diff": dict(override_diff or {}),
-            "git": git_state(),
-            "packages": package_versions(),
-            "machine": machine(),
-            "load_average_start": load_average(),
-            "inputs": {},
-            "mlflow": tracking.enabled(),
-        },
-    )
-    os.environ[ENV_DIR] = str(run_dir)
-    os.environ[ENV_BY] = by
+    atomic_write_json(run_dir / MANIFEST, {
+        "id": run_dir.name, "profile": profile, "by": by, "argv": list(argv), "status": "running",
+        "started": _now(), "ended": None, "minutes": None, "pid": os.getpid(), "host": socket.gethostname(),
+        "notebooks": {name: {"status": "pending"} for name in notebooks}, "overrides": dict(overrides or {}),
+        "override_diff": dict(override_diff or {}), "git": git_state(), "packages": package_versions(),
+        "machine": machine(), "load_average_start": load_average(), "inputs": {},
+        "mlflow": tracking.enabled(),
+    })  # fmt: skip
+    os.environ[ENV_DIR], os.environ[ENV_BY] = str(run_dir), by
     if by == "hand":
         _hand[profile] = run_dir
     return run_dir
@@ -196,40 +157,34 @@ def update(run_dir: Path, **changes: Any) -> dict[str, Any]:
     manifest = read_manifest(run_dir)
     if manifest["status"] in ENDED:
         raise LabError(
-            f"run {run_dir.name} has ended ({manifest['status']}): it is never modified. "
-            "Start a new run (re-run the notebook from the top, or python -m lib.runner)."
+            f"run {run_dir.name} has ended ({manifest['status']}): it is never modified. Start a new "
+            "run (re-run the notebook from the top, or python -m lib.runner)."
         )
     manifest.update(changes)
-    _write_manifest(run_dir, manifest)
+    atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest
 
 
 def notebook_status(run_dir: Path, notebook: str, **fields: Any) -> None:
-    manifest = read_manifest(run_dir)
-    entry = {**manifest["notebooks"].get(notebook, {}), **fields}
-    update(run_dir, notebooks={**manifest["notebooks"], notebook: entry})
+    notebooks = read_manifest(run_dir)["notebooks"]
+    update(run_dir, notebooks={**notebooks, notebook: {**notebooks.get(notebook, {}), **fields}})
 
 
 def finish(run_dir: Path, final: str) -> dict[str, Any]:
-    """End a run: its final status, end time, minutes and git state; ``latest`` moves only to a complete
-    run."""
+    """End a run: its final status, end time, minutes and git state; ``latest`` moves only to a
+    complete run."""
     assert final in ENDED, final
     manifest = read_manifest(run_dir)
     if manifest["status"] in ENDED:
         return manifest
-    end_git = git_state()
-    git = dict(manifest["git"])
-    if (end_git.get("commit"), end_git.get("diff_sha1")) != (git.get("commit"), git.get("diff_sha1")):
+    end, git = git_state(), dict(manifest["git"])
+    if (end.get("commit"), end.get("diff_sha1")) != (git.get("commit"), git.get("diff_sha1")):
         git.update(dirty=True, changed_during_run=True)  # the code changed while it ran: no clean provenance
-    started = datetime.fromisoformat(manifest["started"])
+    minutes = (datetime.now(UTC) - datetime.fromisoformat(manifest["started"])).total_seconds() / 60
     manifest.update(
-        status=final,
-        ended=_now(),
-        git=git,
-        load_average_end=load_average(),
-        minutes=round((datetime.now(UTC) - started).total_seconds() / 60, 2),
+        status=final, ended=_now(), git=git, load_average_end=load_average(), minutes=round(minutes, 2)
     )
-    _write_manifest(run_dir, manifest)
+    atomic_write_json(run_dir / MANIFEST, manifest)
     shutil.rmtree(run_dir / ".runtime", ignore_errors=True)  # kernel connection files of this run
     if final == "complete":
         _set_latest(run_dir)
@@ -240,8 +195,7 @@ def finish(run_dir: Path, final: str) -> dict[str, Any]:
 
 
 def sweep_killed(profile: str) -> list[Path]:
-    """Mark runs whose process died without ending them (SIGKILL) as ``killed``, and drop their kernel
-    files."""
+    """Mark runs whose process died without ending them (SIGKILL) ``killed``, and drop their kernel files."""
     found = []
     for d in all_runs(profile):
         try:
@@ -249,19 +203,14 @@ def sweep_killed(profile: str) -> list[Path]:
         except (OSError, json.JSONDecodeError):
             continue
         if manifest.get("status") == "running" and status(manifest) == "killed":
-            manifest.update(status="killed", ended=_now())
-            _write_manifest(d, manifest)
+            atomic_write_json(d / MANIFEST, {**manifest, "status": "killed", "ended": _now()})
             shutil.rmtree(d / ".runtime", ignore_errors=True)
             found.append(d)
     return found
 
 
-# ------------------------------------------------------------------------ the current run
-
-
 def begin_hand_run(profile: str, notebook: str) -> Path:
-    """Called when a notebook checks its parameters: join the runner's run, or start a run of its own (by
-    hand)."""
+    """When a notebook checks its parameters: join the runner's run, or start a run of its own (by hand)."""
     joined = _runner_run(profile)
     if joined is not None:
         return joined
@@ -271,9 +220,8 @@ def begin_hand_run(profile: str, notebook: str) -> Path:
 
 def _runner_run(profile: str) -> Path | None:
     env = os.environ.get(ENV_DIR)
-    if env and os.environ.get(ENV_BY) == "runner" and Path(env).parent == runs_dir(profile):
-        return Path(env)
-    return None
+    ours = env and os.environ.get(ENV_BY) == "runner" and Path(env).parent == runs_dir(profile)
+    return Path(env) if ours else None
 
 
 def _here(profile: str) -> Path | None:
@@ -284,34 +232,35 @@ def _here(profile: str) -> Path | None:
 
 
 def current(profile: str) -> Path:
-    """The folder this process writes ``profile``'s results into: the runner's run, the notebook's own run (by
-    hand), or, for library use outside a notebook, a run started now."""
+    """The folder this process writes ``profile``'s results into: the runner's run, the notebook's own run
+    (by hand), or, for library use outside a notebook, a run started now."""
     run_dir = _here(profile)
-    if run_dir is not None and (run_dir / MANIFEST).exists():
-        manifest = read_manifest(run_dir)
-        if manifest["status"] in ENDED:
-            raise LabError(
-                f"run {run_dir.name} has ended ({manifest['status']}) and is never modified: re-run the "
-                "notebook from the top (its parameters cell starts a new run)."
-            )
-        return run_dir
-    return start(profile, by="hand", notebooks=[])
+    if run_dir is None or not (run_dir / MANIFEST).exists():
+        return start(profile, by="hand", notebooks=[])
+    manifest = read_manifest(run_dir)
+    if manifest["status"] in ENDED:
+        raise LabError(
+            f"run {run_dir.name} has ended ({manifest['status']}) and is never modified: re-run the "
+            "notebook from the top (its parameters cell starts a new run)."
+        )
+    return run_dir
 
 
 def source(profile: str, relpath: str, run: str = "") -> Path:
     """The run folder to read ``relpath`` (e.g. ``models/teacher``) from: the run named by ``run``, else the
     current run if it has it, else the newest complete run of ``profile`` that has it."""
+    here = _here(profile)
     if run:
         found = find_run(run, profile)
+    elif here is not None and (here / relpath).exists():
+        return here
     else:
-        here = _here(profile)
-        if here is not None and (here / relpath).exists():
-            return here
-        candidates = [d for d in reversed(all_runs(profile)) if (d / relpath).exists() and _complete(d)]
-        if not candidates:
+        found = next(
+            (d for d in reversed(all_runs(profile)) if (d / relpath).exists() and _complete(d)), None
+        )
+        if found is None:
             raise ArtifactError(f"no complete run of profile {profile!r} has {relpath}")
-        found = candidates[0]
-    if found != _here(profile):
+    if found != here:
         _inputs[relpath] = found.name
     return found
 
@@ -319,13 +268,6 @@ def source(profile: str, relpath: str, run: str = "") -> Path:
 def inputs() -> dict[str, str]:
     """What this process took from earlier runs (``relpath -> run id``), for the record's provenance."""
     return dict(_inputs)
-
-
-def _complete(run_dir: Path) -> bool:
-    try:
-        return read_manifest(run_dir).get("status") == "complete"
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def notebook_done(profile: str, notebook: str) -> None:
@@ -340,17 +282,12 @@ def notebook_done(profile: str, notebook: str) -> None:
         finish(run_dir, "complete")  # _hand keeps it: a later write in this kernel is refused, not misplaced
 
 
-# ------------------------------------------------------------------------ inside the current run
-
-
 def metrics_path(profile: str, notebook: str) -> Path:
     return current(profile) / "metrics" / f"{notebook}.json"
 
 
 def figures_dir(profile: str) -> Path:
-    path = current(profile) / "figures"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _made(current(profile) / "figures")
 
 
 def artifact_dir(profile: str, name: str) -> Path:
@@ -360,38 +297,35 @@ def artifact_dir(profile: str, name: str) -> Path:
 
 def work_dir(profile: str, notebook: str) -> Path:
     """Scratch files of one notebook in this run (e.g. the ONNX files of every quantized variant)."""
-    path = current(profile) / "work" / notebook
+    return _made(current(profile) / "work" / notebook)
+
+
+def _made(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-# ------------------------------------------------------------------------ housekeeping
-
-
 def delete(run_dirs: Iterable[Path]) -> list[str]:
-    """Remove runs (never one still running); ``latest`` moves back to the newest complete run left, if
-    any."""
+    """Remove runs (never one still running); ``latest`` moves back to the newest complete run
+    left, if any."""
     gone = []
     for d in run_dirs:
         manifest = read_manifest(d)
         if status(manifest) == "running":
             raise LabError(f"run {d.name} is still running (pid {manifest.get('pid')}): stop it first")
-        profile = manifest["profile"]
-        was_latest = latest(profile) == d.resolve()
+        was_latest = latest(manifest["profile"]) == d.resolve()
         shutil.rmtree(d)
         gone.append(d.name)
         if was_latest:
-            link = paths.profile_dir(profile) / LATEST
-            rest = [r for r in all_runs(profile) if _complete(r)]
-            if rest:
-                _set_latest(rest[-1])
-            else:
-                link.unlink(missing_ok=True)
+            rest = [r for r in all_runs(manifest["profile"]) if _complete(r)]
+            _set_latest(rest[-1]) if rest else (paths.profile_dir(manifest["profile"]) / LATEST).unlink(
+                missing_ok=True
+            )
     return gone
 
 
 def minutes_history(profile: str, notebook: str, limit: int = 5) -> list[float]:
-    """Wall minutes of ``notebook`` in the newest complete runner runs of ``profile`` (for an ETA)."""
+    """Wall minutes of ``notebook`` in the newest complete runs of ``profile`` (for an ETA)."""
     out = []
     for d in reversed(all_runs(profile)):
         try:

@@ -4,48 +4,55 @@ two runs, deleting runs (``python -m lib.runner --runs / --compare / --delete``)
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from . import folders, paths
-from .catalog import NOTEBOOKS
 from .records import fmt, load_run, own_variants
+
+COLUMNS = {"accuracy": ("acc", ".4f"), "f1": ("F1", ".4f"), "size_mb": ("MB", ".1f"),
+           "latency_ms_b1_p50": ("ms b1", ".2f"), "throughput_b32": ("smp/s b32", ".1f"),
+           "speedup_vs_reference": ("speedup", ".2f")}  # fmt: skip
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> str:
+    return pd.DataFrame(rows).to_string(index=False) if rows else "(nothing)"
+
+
+def _numbers(rec: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """A record's headline findings that are numbers."""
+    found = [(k, rec["findings"].get(k)) for k in rec.get("headline", [])]
+    return [(k, v) for k, v in found if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def headline(run_dir: Path) -> str:
-    """A short table of every variant measured in one run."""
+    """A short table of every variant measured in one run, then each notebook's headline findings."""
+    recs = load_run(run_dir)
     rows = [
-        f"{'notebook':<14} {'variant':<22} {'acc':>6} {'F1':>6} {'MB':>7} {'ms b1':>7} {'smp/s b32':>10} "
-        f"{'speedup':>8}"
+        {
+            "notebook": r["notebook"],
+            "variant": v["name"],
+            **{h: fmt(v[k], spec) for k, (h, spec) in COLUMNS.items()},
+        }
+        for r in recs
+        for v in own_variants(r)
     ]
-    for rec in load_run(run_dir):
-        for v in own_variants(rec):
-            rows.append(
-                f"{rec['notebook']:<14} {v['name']:<22} {fmt(v['accuracy'], '.4f'):>6} "
-                f"{fmt(v['f1'], '.4f'):>6} {fmt(v['size_mb'], '.1f'):>7} "
-                f"{fmt(v['latency_ms_b1_p50'], '.2f'):>7} {fmt(v['throughput_b32'], '.1f'):>10} "
-                f"{fmt(v['speedup_vs_reference'], '.2f'):>8}"
-            )
-        for k in rec.get("headline", []):  # the few findings a notebook names as its headline
-            val = rec["findings"].get(k)
-            if isinstance(val, (int, float)) and not isinstance(val, bool):
-                rows.append(f"{'':<14} {k} = {val:.4g}")
-    return "\n".join(rows)
+    found = [f"{r['notebook']}: {k} = {v:.4g}" for r in recs for k, v in _numbers(r)]
+    return "\n".join([_table(rows), *found])
 
 
-# ------------------------------------------------------------------------ the run history
-
-
-def _headline_numbers(run_dir: Path) -> str:
-    """The first headline finding of each notebook, compactly: ``00 tfidf_accuracy=0.7417 · 03 ...``."""
+def _summary(run_dir: Path) -> str:
+    """The first headline number of each notebook, compactly: ``00 acc=0.8325 · 03 ...``."""
     parts = []
     for rec in load_run(run_dir):
-        ref = next((v for v in rec["variants"] if v["role"] == "reference"), None)
-        keys = [k for k in rec.get("headline", []) if isinstance(rec["findings"].get(k), (int, float))]
-        if rec["notebook"] == NOTEBOOKS[0].name and ref and ref.get("accuracy") is not None:
-            parts.append(f"{rec['notebook'][:2]} acc={ref['accuracy']:.4f}")
-        elif keys:
-            parts.append(f"{rec['notebook'][:2]} {keys[0]}={rec['findings'][keys[0]]:.4g}")
+        ref = next(v for v in rec["variants"] if v["role"] == "reference")
+        if rec["notebook"].startswith("00") and ref.get("accuracy") is not None:
+            parts.append(f"00 acc={ref['accuracy']:.4f}")
+        elif _numbers(rec):
+            parts.append(f"{rec['notebook'][:2]} {_numbers(rec)[0][0]}={_numbers(rec)[0][1]:.4g}")
     return " · ".join(parts)
 
 
@@ -53,80 +60,78 @@ def runs_table(profile: str | None) -> str:
     dirs = folders.all_runs(profile)
     if not dirs:
         return f"no runs under {paths.outputs_root()}" + (f" for profile {profile!r}" if profile else "")
-    rows = [
-        f"{'run':<24} {'profile':<8} {'by':<6} {'status':<11} {'min':>6} {'done':>5}  {'commit':<8} "
-        f"{'overrides':<24} headline"
-    ]
     latest = {p.name: folders.latest(p.name) for p in paths.outputs_root().iterdir() if p.is_dir()}
+    rows = []
     for d in dirs:
         try:
             m = folders.read_manifest(d)
         except (OSError, json.JSONDecodeError):
-            rows.append(f"{d.name:<24} (unreadable manifest)")
+            rows.append({"run": d.name, "status": "(unreadable manifest)"})
             continue
-        nbs = m.get("notebooks", {})
-        done = f"{sum(e.get('status') == 'complete' for e in nbs.values())}/{len(nbs)}"
-        git = m.get("git", {})
-        commit = (git.get("commit") or "?")[:7] + ("*" if git.get("dirty") else "")
-        over = ",".join(f"{k}={v}" for k, v in m.get("overrides", {}).items()) or "-"
-        mark = " <- latest" if latest.get(m["profile"]) == d.resolve() else ""
-        rows.append(
-            f"{d.name:<24} {m['profile']:<8} {m.get('by', '?'):<6} {folders.status(m):<11} "
-            f"{fmt(m.get('minutes'), '.1f'):>6} {done:>5}  {commit:<8} {over[:24]:<24} "
-            f"{_headline_numbers(d)}{mark}"
-        )
-    rows.append("(* = the code was not a clean commit; outputs: " + str(paths.outputs_root()) + ")")
-    return "\n".join(rows)
+        nbs, git = m.get("notebooks", {}), m.get("git", {})
+        rows.append({
+            "run": d.name, "profile": m["profile"], "by": m.get("by", "?"), "status": folders.status(m),
+            "min": fmt(m.get("minutes"), ".1f"),
+            "done": f"{sum(e.get('status') == 'complete' for e in nbs.values())}/{len(nbs)}",
+            "commit": (git.get("commit") or "?")[:7] + ("*" if git.get("dirty") else ""),
+            "overrides": ",".join(f"{k}={v}" for k, v in m.get("overrides", {}).items())[:24] or "-",
+            "headline": _summary(d) + (" <- latest" if latest.get(m["profile"]) == d.resolve() else ""),
+        })  # fmt: skip
+    return _table(rows) + f"\n(* = the code was not a clean commit; outputs: {paths.outputs_root()})"
 
 
 def compare_runs(a: Path, b: Path) -> str:
     """What changed from run ``a`` to run ``b``: parameters per notebook, then every shared number."""
-    ra = {r["notebook"]: r for r in load_run(a)}
-    rb = {r["notebook"]: r for r in load_run(b)}
+    ra, rb = ({r["notebook"]: r for r in load_run(x)} for x in (a, b))
+    both = [n for n in ra if n in rb]
     lines = [f"{a.name} -> {b.name}", "", "parameters:"]
-    changed = False
-    for nb in [n for n in ra if n in rb]:
+    for nb in both:
         pa, pb = ra[nb]["params"], rb[nb]["params"]
-        for k in sorted(set(pa) | set(pb)):
-            if k != "profile" and pa.get(k) != pb.get(k):
-                lines.append(f"  {nb} {k}: {pa.get(k)!r} -> {pb.get(k)!r}")
-                changed = True
-    if not changed:
+        lines += [
+            f"  {nb} {k}: {pa.get(k)!r} -> {pb.get(k)!r}"
+            for k in sorted(set(pa) | set(pb))
+            if k != "profile" and pa.get(k) != pb.get(k)
+        ]
+    if len(lines) == 3:
         lines.append("  (same parameters in every notebook both runs have)")
-    only = sorted(set(ra) ^ set(rb))
-    if only:
-        lines.append(f"  notebooks in one run only: {', '.join(only)}")
-    ea, eb = folders.read_manifest(a).get("machine", {}), folders.read_manifest(b).get("machine", {})
-    if ea.get("isa") != eb.get("isa") or ea.get("cpu") != eb.get("cpu"):
+    if set(ra) ^ set(rb):
+        lines.append(f"  notebooks in one run only: {', '.join(sorted(set(ra) ^ set(rb)))}")
+    ea, eb = (folders.read_manifest(x).get("machine", {}) for x in (a, b))
+    if (ea.get("isa"), ea.get("cpu")) != (eb.get("isa"), eb.get("cpu")):
         lines.append(
-            f"  machine: {ea.get('cpu')} [{ea.get('isa')}] -> {eb.get('cpu')} [{eb.get('isa')}] "
-            "(speed figures do not compare across CPU classes)"
+            f"  machine: {ea.get('cpu')} [{ea.get('isa')}] -> {eb.get('cpu')} [{eb.get('isa')}] (speed "
+            "figures do not compare across CPU classes)"
         )
-    lines += ["", f"{'notebook':<14} {'variant / finding':<34} {'A':>10} {'B':>10} {'B-A':>10}"]
-    for nb in [n for n in ra if n in rb]:
-        va = {v["name"]: v for v in ra[nb]["variants"]}
-        vb = {v["name"]: v for v in rb[nb]["variants"]}
-        for name in [n for n in va if n in vb]:
-            for key in ("accuracy", "speedup_vs_reference"):
-                x, y = va[name].get(key), vb[name].get(key)
-                if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-                    lines.append(
-                        f"{nb:<14} {(name + ' ' + key)[:34]:<34} {x:>10.4g} {y:>10.4g} {y - x:>+10.4g}"
-                    )
-        for key in ra[nb].get("headline", []):
-            x, y = ra[nb]["findings"].get(key), rb[nb]["findings"].get(key)
-            if isinstance(x, (int, float)) and isinstance(y, (int, float)):
-                lines.append(f"{nb:<14} {key[:34]:<34} {x:>10.4g} {y:>10.4g} {y - x:>+10.4g}")
-    return "\n".join(lines)
+    rows = []
+    for nb in both:
+        va, vb = ({v["name"]: v for v in r[nb]["variants"]} for r in (ra, rb))
+        pairs = [
+            (f"{n} {k}", va[n].get(k), vb[n].get(k))
+            for n in va
+            if n in vb
+            for k in ("accuracy", "speedup_vs_reference")
+        ]
+        pairs += [
+            (k, ra[nb]["findings"].get(k), rb[nb]["findings"].get(k)) for k in ra[nb].get("headline", [])
+        ]
+        rows += [
+            {
+                "notebook": nb,
+                "variant / finding": what[:34],
+                "A": f"{x:.4g}",
+                "B": f"{y:.4g}",
+                "B-A": f"{y - x:+.4g}",
+            }
+            for what, x, y in pairs
+            if all(isinstance(z, (int, float)) for z in (x, y))
+        ]
+    return "\n".join([*lines, "", _table(rows)])
 
 
 def delete_runs(ids: Sequence[str], profile: str | None) -> str:
     if list(ids) == ["incomplete"]:
-        targets = [
-            d
-            for d in folders.all_runs(profile)
-            if folders.status(folders.read_manifest(d)) in ("failed", "interrupted", "killed")
-        ]
+        ended = ("failed", "interrupted", "killed")
+        targets = [d for d in folders.all_runs(profile) if folders.status(folders.read_manifest(d)) in ended]
     else:
         targets = [folders.find_run(i, profile) for i in ids]
     gone = folders.delete(targets)

@@ -1,11 +1,11 @@
-"""Parameters: what each notebook declares, what profiles set, and every rule a value must satisfy.
+"""Parameters: what each notebook declares, what profiles set, and the rule every value must satisfy.
 
-A notebook declares its parameters in one cell tagged ``parameters``: plain ``name = literal  # why``
-lines. That cell is the single source of truth for names, types (the default's type) and help text.
-A profile (``params/<name>.yaml``) has a ``shared:`` section (applied to every notebook that declares
-the key) and one section per notebook. The runner merges profile + ``-p`` overrides and validates them
-here *before* running anything; a notebook run by hand validates its own values through
-:func:`from_namespace`, with the same rules.
+A notebook declares its parameters in one cell tagged ``parameters``: plain ``name = literal  # why`` lines,
+the single source of names, types (the default's type) and help. The data, split and base model are not
+declared there but once, in the data contract (:mod:`lib.runner.contract`). A profile
+(``params/<name>.yaml``) has a ``shared:`` section (the contract) and one section per notebook. The runner
+merges profile + ``-p`` overrides and validates them here before running anything; a notebook run by hand
+validates its own values through :func:`from_namespace`, with the same rules.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..errors import ParamError
-from . import folders, paths
-from .catalog import BY_NAME
+from . import contract, folders, paths
+from .catalog import BY_NAME, METADATA, require_artifact
 
 
 @dataclass(frozen=True)
@@ -35,60 +35,51 @@ class Decl:
     default: Any
     help: str
 
-    @property
-    def type(self) -> type | None:
-        return None if self.default is None else type(self.default)
-
-
-# ------------------------------------------------------------------------ parsing
-
 
 def parameters_cell(notebook: str | Path) -> str:
     """Source of the cell tagged ``parameters`` in a notebook (by name or path)."""
     path = Path(notebook) if str(notebook).endswith(".ipynb") else paths.notebook_path(str(notebook))
     if not path.exists():
-        raise ParamError(f"notebook {path.name!r} not found in {path.parent}. {_known_notebooks_hint()}")
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        raise ParamError(f"notebook {path.name!r} not found in {path.parent}. Known: {', '.join(BY_NAME)}")
+    cells = [
+        c
+        for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+        if "parameters" in c["metadata"].get("tags", [])
+    ]
     if len(cells) != 1:
         raise ParamError(f"{path.name} must have exactly one cell tagged 'parameters' (found {len(cells)}).")
-    src = cells[0]["source"]
-    return "".join(src) if isinstance(src, list) else src
+    return "".join(cells[0]["source"])
 
 
 def parse_declarations(source: str) -> dict[str, Decl]:
-    """Parse ``name = literal  # comment`` lines. Anything else in a parameters cell is an error."""
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    decls: dict[str, Decl] = {}
-    for node in tree.body:
+    """Parse ``name = literal  # comment`` lines; anything else in a parameters cell is an error, because
+    papermill would silently misread it."""
+    lines, decls = source.splitlines(), {}
+    for node in ast.parse(source).body:
         if not (
             isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
         ):
             raise ParamError(
                 f"parameters cell line {node.lineno}: only plain 'name = literal  # comment' lines are "
                 f"allowed "
-                "(papermill does not see annotated or computed parameters; put derived values in the next "
-                "cell)."
+                "(papermill does not see annotated or computed parameters; derive values in the next cell)."
             )
-        name = node.targets[0].id
+        name, line = node.targets[0].id, lines[node.lineno - 1]
         try:
             default = ast.literal_eval(node.value)
         except ValueError:
             raise ParamError(
                 f"parameter {name!r}: the default must be a literal, not an expression."
             ) from None
-        line = lines[node.lineno - 1]
         if node.lineno != node.end_lineno or line.count("=") != 1:
             raise ParamError(
                 f"parameters cell line {node.lineno} ({line.strip()!r}): keep each parameter on one line "
-                f"with a "
-                "single '=' (papermill cannot parse a second '=', e.g. in the comment, and ignores such "
-                "lines)."
+                f"with "
+                "a single '=' (papermill cannot parse a second '=', e.g. in the comment, and ignores the "
+                "line)."
             )
-        rest = lines[node.end_lineno - 1][node.end_col_offset :]
-        comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
-        decls[name] = Decl(name, default, comment)
+        rest = line[node.end_col_offset :]
+        decls[name] = Decl(name, default, rest.split("#", 1)[1].strip() if "#" in rest else "")
     return decls
 
 
@@ -97,35 +88,16 @@ def declared(notebook: str | Path) -> dict[str, Decl]:
     return parse_declarations(parameters_cell(notebook))
 
 
-# ------------------------------------------------------------------------ rules
-
 W = "a weight is >= 0 (0 ignores the objective)"
-FRACTION = "a fraction of the data, e.g. 0.1"
 
 
 class Rules(BaseModel):
-    """The rule of every parameter, by name: a name means the same in every notebook that declares it; a list
-    parameter's rule holds for each item; ``description`` is the hint shown with a violation. (A parameter's
-    type is its default's, in the notebook: see :func:`validate`.)"""
+    """The rule of each parameter, by name (the type is the notebook default's; a list parameter's rule holds
+    for each item; ``description`` is the hint shown with a violation). A name means the same everywhere."""
 
-    model_config = ConfigDict(validate_assignment=True)
     profile: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="a plain folder name")
     device: Literal["auto", "cpu", "cuda"]
     input_run: str = Field(pattern=r"^[A-Za-z0-9_./-]*$", description="a run id: python -m lib.runner --runs")
-    seed: float = Field(ge=0)
-    dataset: str = Field(
-        pattern=r"^(rotten_tomatoes|csv:.+|hf:.+)$",
-        description="'rotten_tomatoes', 'csv:<path>' or 'hf:<name>'",
-    )
-    model: str = Field(pattern=r"\S", description="a non-empty text")
-    pooling: Literal["mean", "cls"]
-    text_column: str = Field(pattern=r"\S", description="a non-empty text")
-    label_column: str = Field(pattern=r"\S", description="a non-empty text")
-    val_frac: float = Field(gt=0, lt=1, description=FRACTION)
-    test_frac: float = Field(gt=0, lt=1, description=FRACTION)
-    max_train_samples: float = Field(ge=0, description="0 means all")
-    max_eval_samples: float = Field(ge=0, description="0 means all")
-    max_length: float = Field(ge=8, le=512, description="BERT models take at most 512 tokens")
     batch_size: float = Field(ge=1)
     num_epochs: float = Field(ge=1)
     learning_rate: float = Field(gt=0, le=1, description="typical fine-tuning rates are 1.0e-5 to 1.0e-3")
@@ -158,6 +130,7 @@ class Rules(BaseModel):
     sweep_temperatures: float = Field(gt=0)
     sweep_alphas: float = Field(ge=0, le=1, description="values in [0, 1]")
     sweep_epochs: float = Field(ge=1)
+    eval_samples: float = Field(ge=0, description="0: the whole test split")
     world_size: float = Field(ge=2, le=64, description="ranks here; comparing with one process needs 2")
     threads_per_rank: float = Field(ge=0, description="0 shares this machine's cores evenly between ranks")
     train_steps: float = Field(ge=1)
@@ -189,136 +162,119 @@ class Rules(BaseModel):
     weight_privacy: float = Field(ge=0, description=W)
 
 
-_CHECK = Rules.model_construct()
+def _field(decl: Decl) -> tuple[Any, Any]:
+    """One notebook parameter as a strict pydantic field: the default's type (int is fine for float), the
+    name's rule from :class:`Rules` on the value or on each item of a list."""
+    rule = Rules.model_fields.get(decl.name)
+    meta, literal = (rule.metadata, get_origin(rule.annotation) is Literal) if rule else ([], False)
+    value = decl.default[0] if isinstance(decl.default, list) and decl.default else decl.default
+    kind = rule.annotation if literal else (Any if value is None else type(value))
+    kind = Annotated[kind, *meta] if meta else kind
+    if isinstance(decl.default, list):
+        kind = Annotated[list[kind], Field(min_length=1 if decl.default else 0)]
+    return kind, Field(decl.default, description=rule.description if rule else None)
 
 
-def rule_error(name: str, value: Any) -> str | None:
-    """What is wrong with one value of parameter ``name`` by its rule (:class:`Rules`), or ``None``."""
-    if name not in Rules.model_fields:
-        return None
+def problems(e: ValidationError, fields: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """A pydantic error as one line per problem: the parameter, what is wrong, the value and the hint."""
+    out = []
+    for err in e.errors():
+        name, got = (str(err["loc"][0]) if err["loc"] else ""), err.get("input")
+        where = prefix + ".".join(map(str, err["loc"]))
+        info = fields.get(name)
+        hint = f" ({info.description})" if getattr(info, "description", None) else ""
+        if err["type"] == "extra_forbidden":
+            close = close_names(name, fields)
+            home = (
+                " (a data-contract key: set it under shared: or in data_contract)"
+                if name in contract.FIELDS
+                else ""
+            )
+            out.append(
+                f"unknown parameter {prefix + name!r}{home}" + (f"; did you mean {close}?" if close else "")
+            )
+        elif err["type"] == "string_pattern_mismatch":
+            out.append(f"{where}: must be {info.description}, got {got!r}")
+        else:
+            msg = err["msg"].replace("Value error, ", "").replace("Input should be", "should be")
+            if isinstance(got, str) and err["type"] == "float_type" and _is_number(got):
+                hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
+            out.append(
+                f"{where + ': ' if where else ''}{msg}" + (f", got {got!r}" if err["loc"] else "") + hint
+            )
+    return out
+
+
+def _is_number(text: str) -> bool:
     try:
-        setattr(_CHECK, name, value)
-        return None
-    except ValidationError as e:
-        kind = e.errors()[0]["type"]
-    field = Rules.model_fields[name]
-    hint = f" ({field.description})" if field.description else ""
-    if kind == "literal_error":
-        return f"{value!r} is not one of {', '.join(map(repr, get_args(field.annotation)))}"
-    if kind == "string_pattern_mismatch":
-        return f"must be {field.description}, got {value!r}"
-    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
-    lo, hi = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
-    if lo is not None and hi is not None:
-        where = f"in {'(' if 'gt' in bounds else '['}{lo:g}, {hi:g}{')' if 'lt' in bounds else ']'}"
-    else:
-        where = f"{'>' if 'gt' in bounds else '>='} {lo:g}"
-    return f"must be {where}, got {value!r}{hint}"
-
-
-def _cross_checks(p: Mapping[str, Any]) -> list[str]:
-    errs = []
-    fracs = [p.get("val_frac"), p.get("test_frac")]
-    if all(isinstance(f, float) for f in fracs) and sum(fracs) >= 0.9:
-        errs.append(
-            f"val_frac + test_frac = {sum(fracs):.2f} leaves under 10% for training; lower one of them"
-        )
-    weights = [p.get(f"weight_{k}") for k in ("speed", "cost", "explainability", "privacy")]
-    if all(isinstance(w, (int, float)) for w in weights) and not any(w > 0 for w in weights):
-        errs.append(
-            "weight_speed, weight_cost, weight_explainability and weight_privacy are all 0: nothing to "
-            "choose by; give at least one a positive weight"
-        )
-    return errs
-
-
-# ------------------------------------------------------------------------ validation
-
-
-TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "true/false", "list": "list"}
-
-
-def _type_name(t: type | None) -> str:
-    return "any" if t is None else TYPE_NAMES.get(t.__name__, t.__name__)
-
-
-def _type_error(name: str, value: Any, decl: Decl) -> str | None:
-    want = decl.type
-    if want is None:
-        return None
-    if want is float and isinstance(value, int) and not isinstance(value, bool):
-        return None
-    if want is int and isinstance(value, bool):
-        return f"{name}: expected an integer, got {value!r} (true/false)"
-    if isinstance(value, want):
-        if want is list and decl.default and not value:
-            return f"{name}: must not be an empty list (default {decl.default!r})"
-        if want is list and decl.default:
-            inner = type(decl.default[0])
-            bad = [v for v in value if not (isinstance(v, inner) or (inner is float and isinstance(v, int)))]
-            if bad:
-                return f"{name}: expected a list of {_type_name(inner)}, got items {bad!r}"
-        return None
-    hint = ""
-    if want is float and isinstance(value, str):
-        try:
-            float(value)
-            hint = " (YAML reads 1e-3 as a string: write 1.0e-3)"
-        except ValueError:
-            pass
-    got = f"{type(value).__name__} {value!r}"
-    return f"{name}: expected {_type_name(want)} like {decl.default!r}, got {got}{hint}"
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def validate(
     notebook: str, values: Mapping[str, Any], decls: Mapping[str, Decl] | None = None
 ) -> dict[str, Any]:
-    """Check names, types and values against what ``notebook`` declares; return the full resolved set.
-
-    Raises one :class:`ParamError` listing every problem, so a user fixes them all at once.
-    """
+    """Check names, types and values (defaults too) against what ``notebook`` declares; return the full set.
+    Raises one :class:`ParamError` listing every problem, so a user fixes them all at once."""
     decls = declared(notebook) if decls is None else decls
+    model = create_model(
+        notebook.replace("_", ""),
+        __config__=ConfigDict(strict=True, extra="forbid", validate_default=True),
+        **{n: _field(d) for n, d in decls.items()},
+    )
     errs: list[str] = []
-    for name in values:
-        if name not in decls:
-            close = close_names(name, decls)
-            errs.append(
-                f"unknown parameter {name!r} for {notebook}"
-                + (f" (did you mean {close}?)" if close else "")
-                + f"; it declares: {', '.join(sorted(decls))}"
-            )
-    resolved = {n: d.default for n, d in decls.items()}
-    resolved.update({k: v for k, v in values.items() if k in decls})
-    for name, value in resolved.items():
-        # defaults are checked too: a bad default in a notebook is a bug worth reporting
-        err = _type_error(name, value, decls[name])
-        if err:
-            errs.append(err)
-            continue
-        for item in (value if isinstance(value, list) else [value]) if value is not None else []:
-            msg = rule_error(name, item)
-            if msg:
-                errs.append(f"{name}: {msg}")
-                break
-    errs += _cross_checks(resolved)
+    try:
+        resolved = model.model_validate(dict(values)).model_dump()
+    except ValidationError as e:
+        errs, resolved = problems(e, model.model_fields), {}
+        if any(s.startswith("unknown parameter") for s in errs):
+            errs.append(f"{notebook} declares: {', '.join(sorted(decls))}")
+    try:
+        dc = values.get("data_contract")
+        contract.DataContract(**(dc if isinstance(dc, dict) else {}))
+    except ValidationError as e:
+        errs += problems(e, contract.DataContract.model_fields, "data_contract.")
+    weights = [resolved.get(f"weight_{k}") for k in ("speed", "cost", "explainability", "privacy")]
+    if all(isinstance(w, (int, float)) for w in weights) and not any(w > 0 for w in weights):
+        errs.append(
+            "weight_speed, weight_cost, weight_explainability and weight_privacy are all 0: nothing to "
+            "choose by; give at least one a positive weight"
+        )
     if errs:
         raise ParamError(f"invalid parameters for {notebook}:\n  - " + "\n  - ".join(errs))
     return resolved
 
 
-def close_names(name: str, decls: Iterable[str]) -> str:
-    return " or ".join(repr(n) for n in difflib.get_close_matches(name, list(decls), n=2))
-
-
-# ------------------------------------------------------------------------ profiles
+def close_names(name: str, known: Iterable[str]) -> str:
+    return " or ".join(repr(n) for n in difflib.get_close_matches(name, list(known), n=2))
 
 
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in paths.PARAMS.glob("*.yaml"))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is set twice (lines {seen[key]} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_profile(profile: str) -> dict[str, dict[str, Any]]:
-    """Read ``params/<profile>.yaml`` as ``{"shared": {...}, "<notebook>": {...}}``."""
+    """``params/<profile>.yaml`` as ``{"shared": {the data contract}, "<notebook>": {...}}``."""
     path = paths.profile_path(profile)
     if not path.exists():
         raise ParamError(
@@ -332,52 +288,24 @@ def load_profile(profile: str) -> dict[str, dict[str, Any]]:
         raise ParamError(
             f"{path.name}: expected sections 'shared:' and '<notebook>:', each a mapping of name: value"
         )
-    for section in data:
-        if section != "shared" and section not in BY_NAME:
-            raise ParamError(
-                f"{path.name}: unknown section {section!r}; use 'shared' or a notebook name: "
-                f"{', '.join(BY_NAME)}"
-            )
-    data = {k: dict(v or {}) for k, v in data.items()}
-    known = {name for nb in BY_NAME for name in declared(nb)}
-    unknown = [k for k in data.get("shared", {}) if k not in known]
+    unknown = [s for s in data if s != "shared" and s not in BY_NAME]
     if unknown:
         raise ParamError(
-            f"{path.name}: 'shared:' sets {', '.join(_with_close(k, known) for k in unknown)}, which no "
-            "notebook declares (python -m lib.runner --list shows the notebooks; each declares its "
-            "parameters in its first code cell)"
+            f"{path.name}: unknown section(s) {unknown}; use 'shared' or a notebook: {', '.join(BY_NAME)}"
         )
+    data = {k: dict(v or {}) for k, v in data.items()}
+    try:
+        contract.DataContract(**data.get("shared", {}))
+    except ValidationError as e:
+        msg = "\n  - ".join(problems(e, contract.DataContract.model_fields, "shared."))
+        raise ParamError(
+            f"{path.name}: 'shared:' is the data contract (lib/runner/contract.py):\n  - {msg}"
+        ) from None
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (YAML keeps the last,
-    silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key {key!r} is set twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
-                    "keep one",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-def _with_close(name: str, known: Iterable[str]) -> str:
-    close = close_names(name, known)
-    return f"{name!r}" + (f" (did you mean {close}?)" if close else "")
-
-
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"num_epochs=1"`` -> ``("num_epochs", 1)``; values are read as YAML (so lists work:
-    ``ranks=[1,4]``)."""
+    """``"num_epochs=1"`` -> ``("num_epochs", 1)``; values are read as YAML (``ranks=[1,4]`` is a list)."""
     if "=" not in text:
         raise ParamError(f"override {text!r} must look like name=value, e.g. -p num_epochs=1")
     name, raw = text.split("=", 1)
@@ -385,11 +313,24 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
-    if isinstance(
+    return name.strip(), raw if isinstance(
         value, dict
-    ):  # "csv:" or "a: b" read as a mapping: no parameter takes one, the text was meant
-        value = raw
-    return name.strip(), value
+    ) else value  # "csv:x" reads as a mapping: text was meant
+
+
+def run_contract(
+    profile_data: Mapping[str, Mapping[str, Any]], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A run's data contract, every field: the profile's ``shared:`` changed by the overrides of its keys."""
+    values = {
+        **profile_data.get("shared", {}),
+        **{k: v for k, v in overrides.items() if k in contract.FIELDS},
+    }
+    try:
+        return contract.DataContract(**values).model_dump()
+    except ValidationError as e:
+        problem = "\n  - ".join(problems(e, contract.DataContract.model_fields))
+        raise ParamError(f"invalid data contract (lib/runner/contract.py):\n  - {problem}") from None
 
 
 def resolve(
@@ -397,39 +338,43 @@ def resolve(
     notebook: str,
     overrides: Mapping[str, Any] | None = None,
     profile_data: Mapping[str, Mapping[str, Any]] | None = None,
+    the_contract: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge profile (shared + section) and overrides for one notebook, then validate."""
+    """One notebook's values: its profile section and overrides, validated, and as ``data_contract`` the
+    run's (``the_contract``, else :func:`run_contract`)."""
     data = load_profile(profile) if profile_data is None else profile_data
-    decls = declared(notebook)
-    values: dict[str, Any] = {k: v for k, v in data.get("shared", {}).items() if k in decls}
-    values.update(data.get(notebook, {}))  # unknown keys here are errors (validate reports them)
-    values.update({k: v for k, v in (overrides or {}).items() if k in decls})
-    values["profile"] = profile
-    return validate(notebook, values, decls)
-
-
-# ------------------------------------------------------------------------ in a notebook
+    decls, over = declared(notebook), dict(overrides or {})
+    values = {**data.get(notebook, {}), **{k: v for k, v in over.items() if k in decls}, "profile": profile}
+    out = validate(notebook, values, decls)
+    out["data_contract"] = dict(the_contract) if the_contract is not None else run_contract(data, over)
+    return out
 
 
 class Params(SimpleNamespace):
-    """Validated parameters with attribute access; ``dict(p)`` / ``p.as_dict()`` for the record."""
+    """Validated parameters with attribute access; ``p.as_dict()`` for the record."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
 
-    def __iter__(self):
-        return iter(vars(self).items())
-
 
 def from_namespace(namespace: Mapping[str, Any], notebook: str) -> Params:
-    """Collect a notebook's declared parameters from its namespace (``globals()``) and validate them; then
-    join the runner's run folder or, run by hand, start the notebook's own (:mod:`lib.runner.folders`)."""
+    """A notebook's declared parameters from its namespace (``globals()``), validated, with the data
+    contract's fields (the teacher's, for a notebook that loads it; else the defaults; ``data_contract``
+    changes them); then the notebook joins the runner's run folder or, by hand, starts its own."""
     decls = declared(notebook)
-    values = {name: namespace[name] for name in decls if name in namespace}
-    p = Params(**validate(notebook, values, decls))
+    values = validate(notebook, {n: namespace[n] for n in decls if n in namespace}, decls)
+    given, base = dict(values.pop("data_contract", None) or {}), {}
+    if "teacher" in BY_NAME[notebook].needs:
+        teacher = require_artifact(values["profile"], "teacher", values.get("input_run", ""))
+        base = contract.of(json.loads((teacher / METADATA).read_text(encoding="utf-8")).get("params", {}))
+        diffs = contract.differences(base, {**base, **given}, "the teacher")
+        if diffs:
+            raise ParamError(
+                f"{notebook} measures against the teacher ({teacher}), made under another data contract:\n  "
+                f"- "
+                + "\n  - ".join(diffs)
+                + "\nDrop these from data_contract, or run 00_baseline with them first."
+            )
+    p = Params(**values, **contract.DataContract(**{**base, **given}).model_dump())
     folders.begin_hand_run(p.profile, notebook)
     return p
-
-
-def _known_notebooks_hint() -> str:
-    return f"Known notebooks: {', '.join(BY_NAME)}"

@@ -1,6 +1,6 @@
-"""Provenance: what made a run's numbers — the commit (and whether the code was a clean commit), the
-versions of the packages that decide the numbers, and the machine (CPU model and class). Every run's
-manifest records them."""
+"""Provenance: what made a run's numbers — the commit (and whether the code was a clean commit), the versions
+of the packages that decide the numbers, and the machine (CPU model and class). Every run's manifest records
+them."""
 
 from __future__ import annotations
 
@@ -17,22 +17,8 @@ from typing import Any
 from ..utils import cpu_flags, cpu_model, isa
 from . import paths
 
-# The packages whose versions decide the numbers (recorded in every manifest).
-PACKAGES = (
-    "torch",
-    "transformers",
-    "peft",
-    "onnxruntime",
-    "onnx",
-    "numpy",
-    "scikit-learn",
-    "pandas",
-    "papermill",
-    "lime",
-    "captum",
-    "opacus",
-    "mlflow",
-)
+PACKAGES = ("torch", "transformers", "peft", "onnxruntime", "onnx", "numpy", "scikit-learn", "pandas",
+            "papermill", "lime", "captum", "opacus", "mlflow")  # fmt: skip
 
 
 def git_state() -> dict[str, Any]:
@@ -45,33 +31,29 @@ def git_state() -> dict[str, Any]:
         ).stdout
 
     try:
-        changed = git(
-            "status", "--porcelain", "--untracked-files=no"
-        ).splitlines()  # "XY path": keep the columns
-        diff = git("diff", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no").splitlines()  # "XY path"
         return {
             "commit": git("rev-parse", "HEAD").strip(),
             "dirty": bool(changed),
             "changed": [line[3:] for line in changed][:20],
-            "diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if changed else None,
+            "diff_sha1": hashlib.sha1(git("diff", "HEAD").encode()).hexdigest() if changed else None,
         }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "changed": [], "diff_sha1": None}
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    out = {}
-    for name in names:
+    def version(name: str) -> str | None:
         try:
-            out[name] = metadata.version(name)
+            return metadata.version(name)
         except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+            return None
+
+    return {name: version(name) for name in names}
 
 
 def machine() -> dict[str, Any]:
-    """This machine as speed figures need it: CPU model and class (ISA), the flags that matter, cores,
-    memory."""
+    """This machine as speed figures need it: CPU model and class, the flags that matter, cores, memory."""
     flags = cpu_flags()
     try:
         mem = next(

@@ -1,33 +1,15 @@
-"""The metrics record: one JSON file per notebook run, ``<run>/metrics/<notebook>.json`` (a run folder:
-:mod:`lib.runner.folders`).
+"""The metrics record: one JSON file per notebook run, ``<run>/metrics/<notebook>.json``, declared once with
+pydantic (:class:`Record`, :class:`Variant`) and checked on every write. The ``10_report`` notebook, the
+README block, the report page and MLflow all read it.
 
-Other tools and the ``10_report`` notebook read these, so the schema is fixed here and validated on
-every write (and by a test). Top-level keys:
-
-===========  ==========================================================================================
-notebook     notebook name, e.g. ``"00_baseline"``
-profile      the params profile of the run (``"lab"`` when run by hand in Jupyter)
-created      ISO-8601 time (UTC) the record was written
-params       the resolved parameters the notebook ran with
-env          python / torch / transformers versions, torch threads, CPU model and class (``isa``;
-             ``lib.utils.env_info``)
-variants     list, one entry per model measured (see below); exactly one has ``role == "reference"``
-findings     dict of notebook-specific numbers (e.g. ``tfidf_accuracy``, ``lib_vs_trainer_speed_ratio``)
-figures      list of figure paths written by the run (relative to the run folder)
-run          the id of the run folder the record belongs to
-inputs       what the notebook took from earlier runs: ``{"models/teacher": "<run id>", ...}`` (empty: all
-             from this run)
-run_seconds  (added by the runner, :mod:`lib.runner.cli`) wall-clock time of the whole notebook execution
-===========  ==========================================================================================
-
-Each variant (:class:`Variant`) has a ``name``, a ``role`` (``"reference"`` for the one model the others are
-compared against, else ``"variant"``), the ``artifact`` it measured if it is a saved one (``"teacher"``...),
-and the metrics ``accuracy``, ``f1`` (macro), ``size_mb`` (serialized weights, 10^6 bytes), ``num_params``,
-``latency_ms_b1_p50``, ``throughput_b32`` (samples/s) and ``speedup_vs_reference`` (batch-32 throughput ratio
-measured side by side in the same run; 1.0 for the reference). A metric not measured, or that does not apply
-(a TF-IDF model has no batch-32 torch latency), is ``null``: a notebook leaves it out and the written record
-says ``null``. Notebooks add keys of their own freely. The schema is declared once, with pydantic
-(:class:`Record`), and checked on every write.
+A record names its ``notebook``, ``profile``, ``run`` (folder id) and ``created`` time; holds the resolved
+``params``, the ``env`` its numbers were measured in (versions, threads, CPU model and class), ``findings``
+(the notebook's own numbers; ``headline`` names the few to show), ``figures`` (paths in the run), ``inputs``
+(what it took from earlier runs: ``{"models/teacher": "<run id>"}``), ``warnings`` and, added by the runner,
+``run_seconds``. Its ``variants`` are the models it measured, exactly one the ``reference`` the others are
+compared with; each may name the saved ``artifact`` it measured (``"teacher"``, ``"student"``...), and a
+metric not measured or not applicable is ``null``. ``speedup_vs_reference`` is a batch-32 throughput ratio
+measured side by side in one process (1.0 for the reference).
 """
 
 from __future__ import annotations
@@ -44,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from ..errors import ArtifactError, ParamError
 from ..utils import atomic_write_json, env_info
-from . import folders, preflight, tracking
+from . import contract, folders, tracking
 from .catalog import NOTEBOOKS, run_hint
 
 # The metrics every variant has (``None`` where they do not apply), in the order tables show them.
@@ -61,6 +43,7 @@ METRICS = (
 # untrustworthy: the machine was busy or throttling. In the idle 2-core default run of 2026-11-26 every spread
 # was 1-10%.
 MAX_SPREAD = 0.25
+BENCH = ("latency_ms_b1_p50", "latency_ms_b1_p90", "throughput_b32", "speedup_vs_reference")  # from lib.bench
 
 
 def _finite(x: float) -> float:
@@ -153,25 +136,16 @@ def variant(
     size: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Build one ``variants`` entry from a metrics dict, a row of ``lib.bench.compare`` and ``size_info``."""
-    bench = {} if bench is None else bench
-    size = {} if size is None else size
-    v = {
-        "name": name,
-        "role": role,
-        "accuracy": metrics.get("accuracy"),
-        "f1": metrics.get("f1"),
-        "size_mb": size.get("size_mb"),
-        "num_params": size.get("num_params"),
-        "latency_ms_b1_p50": bench.get("latency_ms_b1_p50"),
-        "latency_ms_b1_p90": bench.get("latency_ms_b1_p90"),
-        "throughput_b32": bench.get("throughput_b32"),
-        "speedup_vs_reference": bench.get("speedup_vs_reference"),
+    """One ``variants`` entry from a metrics dict, a row of ``lib.bench.compare`` and ``size_info``."""
+    bench, size = ({} if x is None else x for x in (bench, size))
+    return _plain({
+        "name": name, "role": role, "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
+        "size_mb": size.get("size_mb"), "num_params": size.get("num_params"),
+        **{k: bench.get(k) for k in BENCH},
         "throughput_b32_spread": bench.get("throughput_spread"),  # (max - min) / median of the repeats
         "load_average": bench.get("load_average"),  # 1-minute load average while it was measured
-    }
-    v.update(extra)
-    return _plain(v)
+        **extra,
+    })  # fmt: skip
 
 
 def validate_record(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,23 +173,12 @@ def record(
     """Validate and atomically write the notebook's metrics record; return its path."""
     profile = params["profile"]
     base = folders.current(profile)
-    rec = {
-        "notebook": notebook,
-        "profile": profile,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "params": dict(params),
-        "env": dict(env or env_info()),
-        "variants": [dict(v) for v in variants],
-        "findings": dict(findings),
-        "figures": [
-            str(Path(f).relative_to(base)) if Path(f).is_absolute() and base in Path(f).parents else str(f)
-            for f in figures
-        ],
-        "run": base.name,
-        "inputs": folders.inputs(),
-        **extra,
-    }
-    rec = validate_record(_plain(rec))
+    figs = [str(Path(f).relative_to(base) if base in Path(f).parents else f) for f in figures]
+    rec = validate_record(_plain({
+        "notebook": notebook, "profile": profile, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "params": dict(params), "env": dict(env or env_info()), "variants": [dict(v) for v in variants],
+        "findings": dict(findings), "figures": figs, "run": base.name, "inputs": folders.inputs(), **extra,
+    }))  # fmt: skip
     out = atomic_write_json(folders.metrics_path(profile, notebook), rec)
     if tracking.enabled():  # opt-in: python -m lib.runner --mlflow, or MUXL_MLFLOW=1
         seconds = tracking.log_record(rec, base, out, METRICS)
@@ -226,9 +189,7 @@ def record(
 
 def stamp_run(profile: str, notebook: str, seconds: float, started: datetime) -> bool:
     """Add the runner's wall-clock ``run_seconds`` to the record the notebook just wrote in this run (atomic
-    rewrite).
-
-    Returns False, changing nothing, when there is no record or it predates ``started`` (a notebook that did
+    rewrite). False, changing nothing, when there is no record or it predates ``started`` (a notebook that did
     not write its record this run must not inherit the time)."""
     path = folders.metrics_path(profile, notebook)
     if not path.exists():
@@ -236,13 +197,12 @@ def stamp_run(profile: str, notebook: str, seconds: float, started: datetime) ->
     rec = json.loads(path.read_text(encoding="utf-8"))
     if datetime.fromisoformat(rec["created"]) < started.replace(microsecond=0):
         return False
-    rec["run_seconds"] = float(seconds)
-    atomic_write_json(path, validate_record(rec))
+    atomic_write_json(path, validate_record({**rec, "run_seconds": float(seconds)}))
     return True
 
 
 def load(profile: str, notebook: str, run: str = "") -> dict[str, Any]:
-    """Read ``notebook``'s record: from ``run`` if named, else this run, else the newest complete run of
+    """``notebook``'s record: from ``run`` if named, else this run, else the newest complete run of
     ``profile`` that has one (``FileNotFoundError`` naming the notebook to run)."""
     rel = f"metrics/{notebook}.json"
     try:
@@ -259,18 +219,16 @@ def load(profile: str, notebook: str, run: str = "") -> dict[str, Any]:
 
 
 def load_run(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of one run folder: the catalog's notebooks in their order, then any other record by
-    name."""
+    """Every record of one run folder: the catalog's notebooks in their order, then any other by name."""
     order = {nb.name: i for i, nb in enumerate(NOTEBOOKS)}
-    paths = sorted(
+    found = sorted(
         (Path(run_dir) / "metrics").glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem)
     )
-    return [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    return [json.loads(p.read_text(encoding="utf-8")) for p in found]
 
 
 def own_variants(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The variants a record measured itself: 10_report's record also lists every other notebook's
-    (``source``)."""
+    """The variants a record measured itself (an aggregating record also lists others', with ``source``)."""
     return [v for v in rec["variants"] if v.get("source", rec["notebook"]) == rec["notebook"]]
 
 
@@ -278,22 +236,18 @@ def _plain(obj: Any) -> Any:
     """numpy scalars/arrays and paths -> plain JSON types, NaN -> None."""
     if isinstance(obj, Mapping):
         return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, np.ndarray)):
         return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+        return float(obj) if math.isfinite(float(obj)) else None
+    return str(obj) if isinstance(obj, Path) else obj
 
 
 def fmt(x: Any, spec: str) -> str:
-    """A value as a table shows it: ``–`` for missing, booleans and strings in backticks, a dict as ``{k:
-    v}``."""
+    """A value as a table shows it: ``–`` for missing, booleans and strings in backticks, a dict as
+    ``{k: v}``."""
     if x is None:
         return "–"
     if isinstance(x, bool):  # before numbers: True would print as 1
@@ -303,29 +257,20 @@ def fmt(x: Any, spec: str) -> str:
     return f"`{x}`" if isinstance(x, str) else format(x, spec)
 
 
-# ------------------------------------------------------------------------ comparability
-
-
-def comparable_record(
-    profile: str, notebook: str, params: Mapping[str, Any], keys: Sequence[str] = preflight.SPLIT_KEYS
-) -> dict[str, Any]:
-    """Load ``notebook``'s record for ``profile`` and check it used the same split/model as ``params``.
-
-    Raises a clear error naming every differing parameter (and the fix) instead of silently comparing
-    numbers measured on different data.
-    """
+def comparable_record(profile: str, notebook: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``notebook``'s record (:func:`load`, from ``params["input_run"]`` or this run...), refused with every
+    difference named if it was measured under another data contract than ``params``."""
     try:
         rec = load(profile, notebook, params.get("input_run", ""))
     except FileNotFoundError as e:
         raise ArtifactError(f"{e}. {run_hint(notebook, profile)}") from None
-    diffs = preflight.split_differences(rec["params"], params, notebook, keys)
+    diffs = contract.differences(contract.of(rec["params"]), contract.of(params), notebook)
     if diffs:
         raise ParamError(
-            f"{notebook}'s results (profile {profile!r}) come from different data or model settings, so they "
-            "cannot serve as the reference here:\n  - "
+            f"{notebook}'s results (profile {profile!r}, run {rec.get('run')}) were measured under another "
+            f"data "
+            "contract, so they cannot serve as the reference here:\n  - "
             + "\n  - ".join(diffs)
-            + f"\nSet these parameters to match, or re-run {notebook} with them (python -m lib.runner "
-            f"--profile "
-            f"{profile} --only {notebook} -p name=value ...)."
+            + f"\n{run_hint(notebook, profile)}"
         )
     return rec
