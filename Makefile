@@ -92,4 +92,4 @@ lock: install
 # Regenerate the README's results block from the latest complete run of $(PROFILE) (run `make run` first); it
 # refuses a run with -p overrides, an unclean commit, a missing notebook, or one made by hand (and says which).
 readme: install
-	$(BIN)/python -m lib.runner.readme --readme --profile $(PROFILE) $(if $(RUN),--run $(RUN))
+	$(BIN)/python -m lib.runner --profile $(PROFILE) --readme $(or $(RUN),latest)

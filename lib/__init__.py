@@ -1,21 +1,9 @@
-"""Model UX Lab's shared helper package: every notebook does its work through these modules.
-
-Three tiers, one folder each, imported lazily (``import lib`` is instant; ``python -m lib.runner --list``
-never imports torch). Each tier imports only the tiers before it (and ``lib.errors`` / ``lib.utils``, which
-every tier may use); ``tests/test_layers.py`` enforces it:
-
-1. **Runner** (``lib/runner/``): runs the collection and keeps its results (see :mod:`lib.runner`).
-2. **Core** (``lib/*.py``): what a notebook computes with — ``utils`` (seeding, devices, the machine's facts,
-   atomic writes), ``errors``, ``data``, ``heads``, ``models``, ``predict``, ``artifacts``, ``train``,
-   ``evaluate``, ``bench``, ``baselines``, ``experiment`` (variants -> scores, timings -> table -> record),
-   ``report`` (every variant in one table, Pareto fronts, the weighted choice), ``launch`` (workers under
-   torchrun), ``plots``.
-3. **Techniques** (``lib/techniques/``): one module per technique, only its mechanism, importing only core
-   (and the runner): ``lib.lora``, ``lib.prune``, ``lib.quantize``, ``lib.distill``, ``lib.distributed``,
-   ``lib.explain`` and ``lib.privacy``. A function marked ``# @save`` is defined, identically, in the notebook
-   that teaches it (a test keeps the two the same).
-
-Notebooks sit on top and reach the runner as ``lib.runner.params``, ``.records``, ``.folders``, ``.catalog``.
+"""Model UX Lab's helper package: every notebook does its work through it, in three tiers, each importing
+only the tiers before it (and ``lib.errors`` / ``lib.utils``; ``tests/test_layers.py`` enforces it): the
+**runner** (``lib/runner/``) runs the collection and keeps its results; the **core** (:data:`CORE`) is what
+a notebook computes with; the **techniques** (:data:`TECHNIQUES`, ``lib/techniques/``) hold one mechanism
+each, a ``# @save`` function identical to the one its notebook defines. Modules load lazily: ``import lib``
+is instant, ``python -m lib.runner --list`` never imports torch.
 """
 
 from __future__ import annotations

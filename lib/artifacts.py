@@ -33,10 +33,10 @@ from .errors import ArtifactError
 from .heads import MeanPoolingBertForSequenceClassification
 from .models import build_to_layout, load_model
 from .predict import OnnxPredictor
-from .runner.catalog import METADATA, artifact_hint, artifact_kind, check_artifact, require_artifact
+from .runner.catalog import METADATA, artifact_kind, check_artifact, require_artifact
 from .utils import atomic_dir
 
-__all__ = ["save", "load", "check_artifact", "require_artifact", "artifact_hint", "artifact_kind", "file_mb"]
+__all__ = ["save", "load", "check_artifact", "require_artifact", "artifact_kind", "file_mb"]
 ONNX_FILE = "model.onnx"
 
 

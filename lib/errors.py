@@ -1,8 +1,5 @@
-"""Errors that tell the user what is wrong and how to fix it.
-
-Each is raised *before* any heavy work starts where possible. They subclass ValueError (or
-FileNotFoundError) so generic callers still catch them, and their message is meant to be read by a person.
-"""
+"""Errors that tell the user what is wrong and how to fix it, raised before any heavy work where possible;
+they subclass ValueError (or FileNotFoundError, OSError) so generic callers still catch them."""
 
 from __future__ import annotations
 
@@ -27,13 +24,14 @@ class OfflineError(LabError, OSError):
     """Something had to come from a hub, and the hub cannot be reached (or offline mode is on)."""
 
 
-def show_in_notebook(
-    shell: object, etype: type, value: BaseException, tb: object, tb_offset: int | None = None
-) -> list:
-    """IPython's handler for a :class:`LabError` raised in a cell: the message, without a traceback through
-    ``lib`` (the message names the problem and the fix; the frames would only bury it). The cell still fails:
-    the error is shown through IPython's own channel (``_showtraceback``), so Jupyter and papermill see a
-    normal error output."""
+def show_in_notebook(shell: object, etype: type, value: BaseException, tb: object, tb_offset=None) -> list:
+    """IPython's handler for a :class:`LabError` raised in a cell: its message, without the frames that would
+    bury it; the cell still fails through IPython's own channel, so Jupyter and papermill see an error."""
     stb = [f"\x1b[0;31m{etype.__name__}\x1b[0m: {value}"]
     shell._showtraceback(etype, value, stb)  # type: ignore[attr-defined]
     return stb
+
+
+def listing(problems: list[str] | tuple[str, ...], indent: str = "  ") -> str:
+    """Problems as the lines of an error message: ``"\n  - first\n  - second"``."""
+    return "".join(f"\n{indent}- {p}" for p in problems)

@@ -28,7 +28,7 @@ import torch
 
 from .bench import Probe, compare, size_info
 from .evaluate import agreement, classification_metrics, predict_logits
-from .runner.records import variant
+from .runner.records import plain
 from .utils import progress as progress_bar
 
 ROLES = ("reference", "variant")
@@ -137,8 +137,7 @@ class Comparison:
         return t[[c for c in columns if c in t]] if columns else t
 
     def records(self) -> list[dict[str, Any]]:
-        """The ``variants`` of the metrics record (:func:`lib.runner.records.variant`): every column of every
-        row."""
+        """The ``variants`` of the metrics record (:func:`variant`): every column of every row."""
         out = []
         for name, row in self.table().iterrows():
             r = {k: v for k, v in row.to_dict().items() if not _missing(v)}
@@ -183,3 +182,19 @@ def pair_effects(
                 row[f"{c}_ratio"] = table.loc[b, c] / table.loc[a, c]
         rows.append(row)
     return pd.DataFrame(rows).set_index("change") if rows else pd.DataFrame()
+
+
+def variant(
+    name: str, role: str, metrics: Mapping[str, Any], bench: Any = None, size: Any = None, **extra: Any
+) -> dict:
+    """One ``variants`` entry from a metrics dict, a row of ``lib.bench.compare`` and ``size_info``."""
+    bench, size = ({} if x is None else x for x in (bench, size))
+    timed = ("latency_ms_b1_p50", "latency_ms_b1_p90", "throughput_b32", "speedup_vs_reference")
+    return plain({
+        "name": name, "role": role, "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
+        "size_mb": size.get("size_mb"), "num_params": size.get("num_params"),
+        **{t: bench.get(t) for t in timed},
+        "throughput_b32_spread": bench.get("throughput_spread"),  # (max - min) / median of the repeats
+        "load_average": bench.get("load_average"),  # 1-minute load average while it was measured
+        **extra,
+    })  # fmt: skip

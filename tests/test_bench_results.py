@@ -77,7 +77,7 @@ def test_peak_memory_sees_an_allocation():
 
 
 def good_record():
-    v = lib.runner.records.variant(
+    v = lib.experiment.variant(
         "teacher",
         "reference",
         {"accuracy": 0.8, "f1": 0.79},
@@ -90,7 +90,7 @@ def good_record():
         "created": "2026-11-23T10:00:00+00:00",
         "params": {"seed": 1},
         "env": {"python": "3.11", "torch": "2", "transformers": "5", "threads": 2, "isa": "AVX2", "cpu": "x"},
-        "variants": [v, lib.runner.records.variant("tfidf", "variant", {"accuracy": 0.7, "f1": 0.7})],
+        "variants": [v, lib.experiment.variant("tfidf", "variant", {"accuracy": 0.7, "f1": 0.7})],
         "findings": {},
     }
 
@@ -126,6 +126,7 @@ def test_a_variant_lists_only_what_it_measured():
             lambda r: r["variants"][0].update(throughput_b32=-1),
             "throughput_b32: Input should be greater than 0",
         ),
+        (lambda r: r["variants"][0].update(throughput_b32=float("inf")), "throughput_b32"),
         (lambda r: r.update(created="yesterday"), "created: Value error, Invalid isoformat string"),
         (lambda r: r["env"].pop("torch"), "env.torch: Field required"),
         (lambda r: r["variants"][1].update(name="teacher"), "unique"),
@@ -206,7 +207,7 @@ def _finished_run(profile, rec, notebooks=("00_baseline",), clean=True, monkeypa
     return run_dir
 
 
-def test_readme_block_is_generated_from_a_clean_run(outputs, tmp_path, monkeypatch):
+def test_readme_block_is_generated_from_a_clean_run(outputs, tmp_path, monkeypatch, capsys):
     rec = good_record()
     run_dir = _finished_run("default", rec, monkeypatch=monkeypatch)
     readme = tmp_path / "README.md"
@@ -218,6 +219,8 @@ def test_readme_block_is_generated_from_a_clean_run(outputs, tmp_path, monkeypat
     assert f"CPU class **{rec['env']['isa']}**" in text  # a speed figure names the CPU class it belongs to
     assert f"run `{run_dir.name}` (commit `abc1234def`)" in text
     assert not lib.runner.readme.update_readme(readme, run_dir)  # idempotent
+    assert lib.runner.cli.main(["--profile", "default", "--results", "latest"]) == 0  # printed, not published
+    assert lib.runner.readme.markdown_results(run_dir) in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -253,7 +256,7 @@ def test_readme_refuses_a_run_that_is_not_a_clean_default_run(outputs, tmp_path,
     with pytest.raises(lib.errors.LabError, match=re.escape(why)):
         lib.runner.readme.update_readme(readme, run_dir)
     assert "old" in readme.read_text()
-    assert lib.runner.readme.main(["--readme", "--run", run_dir.name]) == 2  # `make readme` says no, too
+    assert lib.runner.cli.main(["--readme", run_dir.name]) == 2  # `make readme` says no, too
 
 
 def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs, monkeypatch):

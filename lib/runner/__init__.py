@@ -1,13 +1,10 @@
-"""The runner tier: what runs the collection and keeps its results. The core builds on it (to know where a run
-writes, what a record holds); it imports nothing from the core or the techniques, only :mod:`lib.errors` and
-:mod:`lib.utils`. Its modules, in import order:
-
-``paths`` where things live · ``provenance`` commit, packages, machine · ``catalog`` the notebooks, the
-artifacts each needs and makes · ``contract`` the data contract a run shares, the CSV check · ``folders`` run
-folders, their manifests, ``latest`` · ``params`` declarations, rules, profiles; ``from_namespace`` in a
-notebook · ``records`` the metrics record · ``tracking`` opt-in MLflow · ``execute`` one notebook through
-papermill, Ctrl-C and SIGTERM · ``history`` runs table, compare, delete · ``readme`` the README block ·
-``page`` the run's ``report.html`` · ``cli`` ``python -m lib.runner``.
+"""The runner tier: what runs the collection and keeps its results; it imports nothing from the core or the
+techniques (only :mod:`lib.errors`, :mod:`lib.utils`). Its modules, in import order: ``paths`` ·
+``provenance`` (commit, packages, machine) · ``catalog`` (the notebooks, the artifacts each needs and makes)
+· ``contract`` (the data contract) · ``folders`` (run folders, manifests, ``latest``) · ``params``
+(declarations, rules, profiles; ``from_namespace``) · ``records`` (the metrics record) · ``tracking`` (opt-in
+MLflow) · ``execute`` (one notebook through papermill; Ctrl-C, SIGTERM) · ``history`` (runs, compare,
+delete) · ``readme`` (the results block) · ``page`` (``report.html``) · ``cli`` (``python -m lib.runner``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,19 @@
-"""The notebooks in order, the artifacts each needs and makes, and what a complete artifact folder holds.
-
-The runner orders a run by it and refuses a notebook whose prerequisite artifact is missing or broken (naming
-the notebook that makes it) before anything runs. Add a notebook here when you add it to ``notebooks/``; its
-title is its first heading. Only the standard library: the checks are instant (saving and loading artifacts
-is :mod:`lib.artifacts`).
+"""The notebooks in order, the artifacts each needs and makes, and what a complete artifact folder holds: the
+runner orders a run by it and refuses a missing or broken prerequisite (naming the notebook that makes it)
+in milliseconds, before anything runs. Add a notebook here when you add it to ``notebooks/``; its title is
+its first heading. Saving and loading artifacts is :mod:`lib.artifacts`.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors
+
 from ..errors import ArtifactError
-from . import folders, paths
+from . import contract, folders, paths
 
 
 @dataclass(frozen=True)
@@ -60,21 +59,20 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def made_under(path: Path) -> dict:
+    """The data contract an artifact was made under (the params in its metadata; ``{}`` if it names none)."""
+    return contract.of(json.loads((path / METADATA).read_text(encoding="utf-8")).get("params", {}))
+
+
 def artifact_kind(path: Path) -> str:
     """``"adapter"``, ``"onnx"`` or ``"model"``, from the files in the folder."""
-    return (
-        "adapter"
-        if (path / "adapter_config.json").exists()
-        else "onnx"
-        if (path / "model.onnx").exists()
-        else "model"
-    )
+    kinds = {"adapter": path / "adapter_config.json", "onnx": path / "model.onnx"}
+    return next((kind for kind, marker in kinds.items() if marker.exists()), "model")
 
 
 def check_artifact(path: Path) -> str | None:
-    """``None`` if ``path`` is a complete artifact, else what is wrong with it. Reads the JSON files and every
-    ``.safetensors`` header: a truncated or corrupt weights file fails here in milliseconds, not 15 s into a
-    notebook."""
+    """``None`` if ``path`` is a complete artifact (its files there, JSON and safetensors readable), else what
+    is wrong with it: a truncated weights file fails here, not 15 s into a notebook."""
     if not path.is_dir():
         return f"is missing ({path})"
     files = KINDS[artifact_kind(path)]
@@ -87,30 +85,11 @@ def check_artifact(path: Path) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"is corrupt ({e}) in {path}"
     for weights in sorted(path.glob("*.safetensors")):
-        problem = safetensors_problem(weights)
-        if problem:
-            return f"is corrupt: {weights.name} {problem} ({path})"
-    return None
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """What is wrong with a ``.safetensors`` file's header and length, or ``None`` (the format: an 8-byte
-    little-endian header length, a JSON header naming each tensor's byte range, then the data)."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            return f"is {size} bytes long: too short to be a safetensors file"
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            return f"announces a {n}-byte header but the file is {size} bytes: truncated or not safetensors"
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return "has an unreadable header: corrupt"
-    ends = [v["data_offsets"][1] for k, v in header.items() if isinstance(v, dict) and "data_offsets" in v]
-    if ends and 8 + n + max(ends) > size:
-        return f"is truncated: its tensors need {8 + n + max(ends)} bytes, the file has {size}"
+        try:  # reads the header; refuses a file that does not hold every tensor it announces
+            with safetensors.safe_open(weights, "numpy"):
+                pass
+        except (safetensors.SafetensorError, OSError) as e:
+            return f"is corrupt: {weights.name} is truncated or not safetensors ({e}) in {path}"
     return None
 
 
@@ -118,32 +97,22 @@ def run_hint(notebook: str | None, profile: str) -> str:
     """How to get what ``notebook`` makes: run it by hand (profile ``lab``) or with the runner."""
     if notebook is None:
         return ""
-    if profile == folders.HAND_PROFILE:
-        return (
-            f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end (Run > Run All Cells), "
-            f"then "
-            "re-run this notebook; or name a run that has it in the input_run parameter."
-        )
-    return f"Run {notebook} first: python -m lib.runner --profile {profile} --only {notebook}"
-
-
-def artifact_hint(name: str, profile: str) -> str:
-    """How to make artifact ``name``: run the notebook that produces it (by hand, or with the runner)."""
-    return run_hint(producer_of(name), profile)
+    if profile != folders.HAND_PROFILE:
+        return f"Run {notebook} first: python -m lib.runner --profile {profile} --only {notebook}"
+    return (
+        f"Open notebooks/{notebook}.ipynb in JupyterLab and run it to the end (Run > Run All Cells), then "
+        "re-run this notebook; or name a run that has it in the input_run parameter."
+    )
 
 
 def require_artifact(profile: str, name: str, run: str = "") -> Path:
     """The folder of artifact ``name`` (from ``run`` if named, else this run, else the newest complete run of
     ``profile`` that has it: :func:`.folders.source`); a clear error naming the fix if missing or broken."""
+    fix, what = run_hint(producer_of(name), profile), f"the '{name}' artifact for profile '{profile}'"
     try:
         path = folders.source(profile, f"models/{name}", run) / "models" / name
     except ArtifactError as e:
-        raise ArtifactError(
-            f"the '{name}' artifact for profile '{profile}' is missing ({e}). {artifact_hint(name, profile)}"
-        ) from None
-    problem = check_artifact(path)
-    if problem:
-        raise ArtifactError(
-            f"the '{name}' artifact for profile '{profile}' {problem}. {artifact_hint(name, profile)}"
-        )
+        raise ArtifactError(f"{what} is missing ({e}). {fix}") from None
+    if problem := check_artifact(path):
+        raise ArtifactError(f"{what} {problem}. {fix}")
     return path

@@ -1,11 +1,9 @@
-"""The data contract: the data, split and base model that every notebook of a run shares, declared once.
-
-Two notebooks' numbers compare, and an artifact is reusable, only under the same contract. A profile sets
-it in ``shared:`` (``-p key=value`` changes it for one run) and the runner hands it to every notebook as
-``data``. A notebook that loads the teacher takes the teacher's contract (its ``metadata.json``); run by
-hand, any other starts from the defaults below. ``data = {...}`` in a parameters cell changes it there,
-and must agree with the teacher's. Checking a ``csv:`` file needs only the standard library, so the runner
-refuses a bad one in seconds, before any notebook starts.
+"""The data contract: the data, split and base model every notebook of a run shares, declared once. Numbers
+compare, and an artifact is reusable, only under one contract. A profile's ``shared:`` sets it (``-p k=v``
+changes it for a run) and the runner hands it to every notebook as ``data_contract``; a notebook on the
+teacher takes the teacher's (from its ``metadata.json``), any other run by hand the defaults below; a
+``data_contract = {...}`` in a parameters cell changes it there (only as the teacher had it, on the teacher).
+The ``csv:`` check needs only the standard library: the runner refuses a bad file in seconds.
 """
 
 from __future__ import annotations
@@ -16,48 +14,34 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from ..errors import DataError
 
+DATASETS = "'rotten_tomatoes' (built in, offline), 'csv:<path>' or 'hf:<dataset name>'"
+MODELS = "'minilm-l6' (packaged), 'tiny-bert' (random, for tests), a folder or a hub id"
 
-class DataContract(BaseModel):
+
+class DataContract(BaseModel, extra="forbid", strict=True, frozen=True):
     """Each field's ``description`` says what it does and why its default is what it is."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    dataset: str = Field(
-        "rotten_tomatoes",
-        pattern=r"^(rotten_tomatoes|csv:.+|hf:.+)$",
-        description="'rotten_tomatoes' (built in, offline), 'csv:<path>' or 'hf:<dataset name>'",
-    )
+    dataset: str = Field("rotten_tomatoes", pattern=r"^(rotten_tomatoes|csv:.+|hf:.+)$", description=DATASETS)
     text_column: str = Field("text", min_length=1, description="the text column, for csv:/hf: data")
     label_column: str = Field("label", min_length=1, description="the label column (classes come from it)")
-    group_column: str = Field(
-        "", description="csv:/hf: rows that share it stay in one split ('': each alone)"
-    )
+    group_column: str = Field("", description="rows that share it stay in one split ('': each alone)")
     val_frac: float = Field(0.1, gt=0, lt=1, description="share of groups (movies) held out: picks epochs")
     test_frac: float = Field(0.2, gt=0, lt=1, description="share of groups held out for the final test")
     seed: int = Field(42, ge=0, description="the split's seed; also every initialisation and batch order")
     max_train_samples: int = Field(1000, ge=0, description="cap on training rows, ~1 min by hand (0: all)")
     max_eval_samples: int = Field(300, ge=0, description="cap on validation and on test rows (0: all)")
-    model: str = Field(
-        "minilm-l6",
-        min_length=1,
-        description="'minilm-l6' (packaged), 'tiny-bert' (tests), a folder or hub id",
-    )
-    pooling: Literal["mean", "cls"] = Field(
-        "mean", description="'mean' of the tokens (how MiniLM was trained)"
-    )
-    max_length: int = Field(
-        64, ge=8, le=512, description="tokens per text: 64 cuts almost no snippet (see 00)"
-    )
+    model: str = Field("minilm-l6", min_length=1, description=MODELS)
+    pooling: Literal["mean", "cls"] = Field("mean", description="'mean' of the tokens: as MiniLM was trained")
+    max_length: int = Field(64, ge=8, le=512, description="tokens per text: 64 cuts almost no snippet (00)")
 
     @model_validator(mode="after")
     def _room_to_train(self) -> DataContract:
-        if self.val_frac + self.test_frac >= 0.9:
-            raise ValueError(
-                f"val_frac + test_frac = {self.val_frac + self.test_frac:.2f} leaves under 10% for training"
-            )
+        if (held_out := self.val_frac + self.test_frac) >= 0.9:
+            raise ValueError(f"val_frac + test_frac = {held_out:.2f} leaves under 10% for training")
         return self
 
 
@@ -71,11 +55,8 @@ def of(params: Mapping[str, Any]) -> dict[str, Any]:
 
 def differences(theirs: Mapping[str, Any], ours: Mapping[str, Any], who: str) -> list[str]:
     """Every contract field where ``who``'s parameters differ from ours."""
-    return [
-        f"{k}: {who} used {theirs.get(k)!r}, here {ours.get(k)!r}"
-        for k in FIELDS
-        if theirs.get(k) != ours.get(k)
-    ]
+    a, b = theirs, ours
+    return [f"{k}: {who} used {a.get(k)!r}, here {b.get(k)!r}" for k in FIELDS if a.get(k) != b.get(k)]
 
 
 def read_csv_text(path_text: str) -> tuple[Path, str]:
@@ -115,20 +96,11 @@ def data_problem(c: Mapping[str, Any]) -> str | None:
     text_col, label_col = c.get("text_column", "text"), c.get("label_column", "label")
     try:
         reader = csv.DictReader(io.StringIO(text))
-        missing = [
-            x for x in (text_col, label_col, c.get("group_column")) if x and x not in reader.fieldnames
-        ]
-        if missing:
-            return (
-                f"{path} lacks column(s) {missing}; it has {reader.fieldnames}. Set text_column / "
-                f"label_column "
-                "/ group_column to the right names."
-            )
-        labels = {
-            r[label_col]
-            for r in reader
-            if (r.get(text_col) or "").strip() and (r.get(label_col) or "").strip()
-        }
+        columns = (text_col, label_col, c.get("group_column"))
+        if missing := [x for x in columns if x and x not in reader.fieldnames]:
+            return f"{path} lacks column(s) {missing}; it has {reader.fieldnames}: name the right columns"
+        rows = [(r.get(text_col) or "").strip() and (r.get(label_col) or "").strip() for r in reader]
+        labels = {label for label in rows if label}
     except csv.Error as e:
         return f"{path} is not a readable CSV: {e}"
     if not labels:

@@ -1,10 +1,6 @@
 """Executing one notebook: papermill into the run folder, its output streamed to the terminal, and the
-signals (Ctrl-C, SIGTERM) that end a run cleanly.
-
-The kernel's connection file and what the kernel *process* prints to stderr stay inside the run folder
-(``.runtime/`` and ``jupyter.log``); a notebook that fails or is interrupted is kept as
-``<name>.failed.ipynb`` / ``<name>.interrupted.ipynb`` next to the completed ones.
-"""
+signals (Ctrl-C, SIGTERM) that end a run cleanly. A notebook that fails or is interrupted is kept as
+``<name>.failed.ipynb`` / ``<name>.interrupted.ipynb`` beside the completed ones."""
 
 from __future__ import annotations
 
@@ -46,11 +42,9 @@ def execute(
     with _stderr_to(run_dir / "jupyter.log") as terminal:
         _gates[:] = [_Gate(sys.stdout), _Gate(terminal)] if stream else [None, None]
         try:
-            pm.execute_notebook(
-                str(paths.notebook_path(nb.name)), str(running), parameters=values, kernel_name=KERNEL,
-                cwd=str(paths.NOTEBOOKS), progress_bar=False, execution_timeout=timeout, report_mode=False,
-                stdout_file=_gates[0], stderr_file=_gates[1],
-            )  # fmt: skip
+            options = {"kernel_name": KERNEL, "cwd": str(paths.NOTEBOOKS), "execution_timeout": timeout,
+                       "stdout_file": _gates[0], "stderr_file": _gates[1], "progress_bar": False}  # fmt: skip
+            pm.execute_notebook(str(paths.notebook_path(nb.name)), str(running), values, **options)
         except BaseException as e:
             if running.exists():
                 why = "interrupted" if isinstance(e, (KeyboardInterrupt, Terminated)) else "failed"
@@ -119,20 +113,11 @@ class _Gate:
 _gates: list[_Gate | None] = []
 
 
-def _close_gates() -> None:
-    for gate in _gates:
-        if gate is not None:
-            gate.open = False
-
-
-def on_sigint(signum: int, frame: Any) -> None:
-    _close_gates()
-    raise KeyboardInterrupt()
-
-
-def on_sigterm(signum: int, frame: Any) -> None:
-    _close_gates()
-    raise Terminated()
+def on_signal(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM during a run: silence the notebooks' output, then unwind the run cleanly."""
+    for gate in filter(None, _gates):
+        gate.open = False
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def redeliver_interrupts(unraisable: Any) -> None:

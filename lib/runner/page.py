@@ -1,13 +1,11 @@
-"""The run's one-page ``report.html`` (written at the end of every run; ``python -m lib.runner --html RUN``
-writes it again): the run's facts, the choice, every variant grouped by the notebook that made it, the
-report's figures, and every executed notebook rendered to HTML. The page is a jinja2 template
-(``templates/report.html.j2``); this module gathers what it shows from the run's records and knows no notebook
-by name: the *aggregating* record is the one whose variants name their ``source`` notebook.
+"""The run's ``report.html`` (written at the end of a run; ``--html RUN`` again): the run's facts, the choice,
+every variant grouped by the notebook that made it, the figures, each executed notebook as HTML. It fills
+``templates/report.html.j2`` (jinja2) and names no notebook: the aggregating record is the one whose
+variants name their ``source``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +22,15 @@ COLUMNS = (  # (record key, header with its unit, format), in order; a column no
     ("accuracy", "accuracy", ".4f"), ("f1", "macro-F1", ".4f"), ("size_mb", "size (MB)", ".1f"),
     ("num_params", "parameters", ",d"), ("latency_ms_b1_p50", "latency, batch 1, p50 (ms)", ".2f"),
     ("throughput_b32", "throughput, batch 32 (samples/s)", ".1f"),
-    ("speedup_vs_teacher", "speed-up over the teacher "
-                           "(×)", ".2f"), ("trainable_params", "trainable parameters", ",d"),
-    ("epsilon", "privacy ε", ".2f"), ("faithfulness", "faithfulness (LIME comprehensiveness)", ".3f"),
-    ("provenance", "how it was made", ""),
+    ("speedup_vs_teacher", "speed-up over the teacher (×)", ".2f"),
+    ("trainable_params", "trainable parameters", ",d"), ("epsilon", "privacy ε", ".2f"),
+    ("faithfulness", "faithfulness (LIME comprehensiveness)", ".3f"), ("provenance", "how it was made", ""),
 )  # fmt: skip
 
 
 def cell(value: Any, spec: str) -> str:
     """One table cell: ``–`` for a missing value, integers with thousands separators."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:  # records hold no NaN: they are written through records.plain
         return "–"
     if spec == ",d":
         return f"{int(value):,}"
@@ -49,11 +46,8 @@ def groups(records: Sequence[Mapping[str, Any]], chosen: Mapping[str, str]) -> l
     """The headers, then the rows grouped by source notebook in notebook order, each with its cells and the
     settings that chose it."""
     summary = aggregate(records)
-    rows = (
-        [dict(v) for v in summary["variants"]]
-        if summary
-        else [{**v, "source": r["notebook"]} for r in records for v in own_variants(r)]
-    )
+    own = [{**v, "source": r["notebook"]} for r in records for v in own_variants(r)]
+    rows = [dict(v) for v in summary["variants"]] if summary else own
     keys = [c for c in COLUMNS if any(row.get(c[0]) is not None for row in rows)]
     order = [nb.name for nb in NOTEBOOKS]
     out: dict[str, dict[str, Any]] = {}
@@ -80,29 +74,16 @@ def write_html(run_dir: Path | str) -> Path:
         if executed.exists():
             atomic_write_text(html, nbconvert.HTMLExporter().from_filename(str(executed))[0])
         seconds = manifest.get("notebooks", {}).get(nb.name, {}).get("seconds")
-        notebooks.append(
-            {
-                "name": nb.name,
-                "title": nb.title,
-                "minutes": seconds / 60 if seconds else None,
-                "href": html.relative_to(run_dir).as_posix() if executed.exists() else None,
-            }
-        )
-    have = {r["notebook"] for r in records} | {
-        summary.get("notebook", "")
-    }  # the aggregator reports not on itself
+        link = html.relative_to(run_dir).as_posix() if executed.exists() else None
+        notebooks.append(dict(name=nb.name, title=nb.title, minutes=seconds and seconds / 60, href=link))
+    have = {r["notebook"] for r in records} | {summary.get("notebook", "")}  # the aggregator is not missing
     header, *table = groups(records, chosen)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-    page = env.get_template("report.html.j2").render(
-        manifest=manifest,
-        env=records[0]["env"] if records else {},
-        chosen=chosen,
-        headers=header["headers"],
-        groups=table,
-        figures=summary.get("figures", []),
-        notebooks=notebooks,
-        missing=[nb.name for nb in NOTEBOOKS if nb.name not in have],
-    )
+    loader = jinja2.FileSystemLoader(TEMPLATES)
+    template = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    context = {
+        "manifest": manifest, "env": records[0]["env"] if records else {}, "chosen": chosen, "groups": table,
+        "headers": header["headers"], "figures": summary.get("figures", []), "notebooks": notebooks,
+        "missing": [nb.name for nb in NOTEBOOKS if nb.name not in have],
+    }  # fmt: skip
+    page = template.get_template("report.html.j2").render(**context)
     return atomic_write_text(run_dir / "report.html", page)

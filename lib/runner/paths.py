@@ -1,8 +1,5 @@
-"""Where things live. Nothing else in the project builds a path by hand.
-
-``outputs/<profile>/`` holds the profile's runs, each in its own folder (``runs/<run id>/``, see
-:mod:`lib.runner.folders`, which also names the files inside a run), and ``latest``, a link to the last
-complete run. Set ``MUXL_OUTPUTS`` to put outputs elsewhere (the tests do, so they never touch your results).
+"""Where things live; nothing else builds a path by hand. ``outputs/<profile>/`` holds a profile's runs
+(:mod:`.folders`); ``$MUXL_OUTPUTS`` puts outputs elsewhere (the tests do, never touching your results).
 """
 
 from __future__ import annotations
@@ -27,7 +24,3 @@ def profile_dir(profile: str) -> Path:
 
 def notebook_path(name: str) -> Path:
     return NOTEBOOKS / f"{name}.ipynb"
-
-
-def profile_path(profile: str) -> Path:
-    return PARAMS / f"{profile}.yaml"

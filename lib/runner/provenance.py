@@ -11,8 +11,9 @@ import socket
 import subprocess
 from collections.abc import Iterable
 from importlib import metadata
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 from ..utils import cpu_flags, cpu_model, isa
 from . import paths
@@ -32,44 +33,24 @@ def git_state() -> dict[str, Any]:
 
     try:
         changed = git("status", "--porcelain", "--untracked-files=no").splitlines()  # "XY path"
-        return {
-            "commit": git("rev-parse", "HEAD").strip(),
-            "dirty": bool(changed),
-            "changed": [line[3:] for line in changed][:20],
-            "diff_sha1": hashlib.sha1(git("diff", "HEAD").encode()).hexdigest() if changed else None,
-        }
+        diff = hashlib.sha1(git("diff", "HEAD").encode()).hexdigest() if changed else None
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(changed),
+                "changed": [line[3:] for line in changed][:20], "diff_sha1": diff}  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "changed": [], "diff_sha1": None}
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {name: version(name) for name in names}
+    installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
+    return {name: installed.get(name) for name in names}
 
 
 def machine() -> dict[str, Any]:
     """This machine as speed figures need it: CPU model and class, the flags that matter, cores, memory."""
     flags = cpu_flags()
-    try:
-        mem = next(
-            int(line.split()[1]) * 1024
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-    except (OSError, StopIteration):
-        mem = None
     return {
-        "cpu": cpu_model(),
-        "isa": isa(flags),
-        "cpu_count": os.cpu_count(),
-        "memory_bytes": mem,
+        "cpu": cpu_model(), "isa": isa(flags), "cpu_count": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
         "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "host": socket.gethostname(),
-    }
+        "platform": platform.platform(), "python": platform.python_version(), "host": socket.gethostname(),
+    }  # fmt: skip

@@ -1,15 +1,10 @@
-"""The metrics record: one JSON file per notebook run, ``<run>/metrics/<notebook>.json``, declared once with
-pydantic (:class:`Record`, :class:`Variant`) and checked on every write. The ``10_report`` notebook, the
-README block, the report page and MLflow all read it.
-
-A record names its ``notebook``, ``profile``, ``run`` (folder id) and ``created`` time; holds the resolved
-``params``, the ``env`` its numbers were measured in (versions, threads, CPU model and class), ``findings``
-(the notebook's own numbers; ``headline`` names the few to show), ``figures`` (paths in the run), ``inputs``
-(what it took from earlier runs: ``{"models/teacher": "<run id>"}``), ``warnings`` and, added by the runner,
-``run_seconds``. Its ``variants`` are the models it measured, exactly one the ``reference`` the others are
-compared with; each may name the saved ``artifact`` it measured (``"teacher"``, ``"student"``...), and a
-metric not measured or not applicable is ``null``. ``speedup_vs_reference`` is a batch-32 throughput ratio
-measured side by side in one process (1.0 for the reference).
+"""The metrics record, ``<run>/metrics/<notebook>.json``: declared once with pydantic (:class:`Record`,
+:class:`Variant`), checked on every write, read by the report, the README block, the page and MLflow. A
+record holds the ``params`` a notebook ran with, the ``env`` of its numbers (versions, threads, CPU model and
+class), its ``findings`` (``headline`` names the few to show), ``figures``, ``inputs`` (what it took from
+earlier runs) and ``variants``: the models it measured, exactly one the ``reference``, each naming the saved
+``artifact`` it measured, if any; a metric not measured is ``null``. ``speedup_vs_reference`` is a batch-32
+throughput ratio measured side by side in one process.
 """
 
 from __future__ import annotations
@@ -22,49 +17,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, FiniteFloat, ValidationError, model_validator
 
-from ..errors import ArtifactError, ParamError
+from ..errors import ArtifactError, ParamError, listing
 from ..utils import atomic_write_json, env_info
 from . import contract, folders, tracking
 from .catalog import NOTEBOOKS, run_hint
 
-# The metrics every variant has (``None`` where they do not apply), in the order tables show them.
-METRICS = (
-    "accuracy",
-    "f1",
-    "size_mb",
-    "num_params",
-    "latency_ms_b1_p50",
-    "throughput_b32",
-    "speedup_vs_reference",
-)
 # A repeat spread above this ((max - min) / median of the batch-32 throughputs) makes a speed figure
-# untrustworthy: the machine was busy or throttling. In the idle 2-core default run of 2026-11-26 every spread
-# was 1-10%.
+# untrustworthy: the machine was busy or throttling (in the idle 2-core default run of 2026-11-26: 1-10%).
 MAX_SPREAD = 0.25
-BENCH = ("latency_ms_b1_p50", "latency_ms_b1_p90", "throughput_b32", "speedup_vs_reference")  # from lib.bench
-
-
-def _finite(x: float) -> float:
-    if isinstance(x, float) and not math.isfinite(x):
-        raise ValueError("must be a finite number")
-    return x
-
-
-def _iso(text: str) -> str:
-    datetime.fromisoformat(text)  # raises ValueError: "Invalid isoformat string"
-    return text
 
 
 Fraction = Annotated[int | float, Field(ge=0, le=1)]  # accuracy, F1: a share, never a percentage
-Positive = Annotated[int | float, Field(gt=0), AfterValidator(_finite)]
+Positive = Annotated[int | FiniteFloat, Field(gt=0)]
+ISOTime = Annotated[str, AfterValidator(lambda t: datetime.fromisoformat(t) and t)]
 
 
-class Env(BaseModel):
+class Env(BaseModel, extra="allow"):
     """Where a record's numbers were measured: every speed figure names its CPU class (``isa``)."""
 
-    model_config = ConfigDict(extra="allow")
     python: str
     torch: str
     transformers: str
@@ -73,12 +45,10 @@ class Env(BaseModel):
     isa: str
 
 
-class Variant(BaseModel):
-    """One model a notebook measured. Every metric is optional (``None``: not measured here, or does not
-    apply); notebooks add keys of their own freely. ``artifact`` names the saved artifact the row measured
-    (``"teacher"``, ``"student"``...): the same model measured by several notebooks is recognised by it."""
+class Variant(BaseModel, extra="allow"):
+    """One model a notebook measured; a metric not measured, or not applicable, is ``None``. ``artifact``
+    names the saved model it measured (the same model measured by several notebooks is known by it)."""
 
-    model_config = ConfigDict(extra="allow")
     name: str
     role: Literal["reference", "variant"] = "variant"
     artifact: str | None = None
@@ -91,13 +61,15 @@ class Variant(BaseModel):
     speedup_vs_reference: Positive | None = None
 
 
-class Record(BaseModel):
-    """One notebook's metrics record (the keys are described in this module's docstring)."""
+METRICS = tuple(Variant.model_fields)[3:]  # every variant's metrics, in the order tables show them
 
-    model_config = ConfigDict(extra="allow")
+
+class Record(BaseModel, extra="allow"):
+    """One notebook's metrics record (its keys: this module's docstring)."""
+
     notebook: str
     profile: str
-    created: Annotated[str, AfterValidator(_iso)]
+    created: ISOTime
     params: dict[str, Any]
     env: Env
     variants: list[Variant] = Field(min_length=1)
@@ -111,41 +83,15 @@ class Record(BaseModel):
 
     @model_validator(mode="after")
     def _one_reference(self) -> Record:
-        names = [v.name for v in self.variants]
+        names, refs = [v.name for v in self.variants], [v for v in self.variants if v.role == "reference"]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique: {names}")
-        refs = [v for v in self.variants if v.role == "reference"]
         if len(refs) != 1:
             raise ValueError(f"exactly one variant must have role 'reference' (found {len(refs)})")
-        s = refs[0].speedup_vs_reference
-        if s is not None and abs(s - 1.0) > 1e-9:
-            raise ValueError(f"the reference's speedup_vs_reference must be 1.0, got {s}")
+        speedup = refs[0].speedup_vs_reference
+        if speedup is not None and abs(speedup - 1.0) > 1e-9:
+            raise ValueError(f"the reference's speedup_vs_reference must be 1.0, got {speedup}")
         return self
-
-    @property
-    def reference(self) -> Variant:
-        """The variant the others are compared with."""
-        return next(v for v in self.variants if v.role == "reference")
-
-
-def variant(
-    name: str,
-    role: str,
-    metrics: Mapping[str, Any],
-    bench: Mapping[str, Any] | None = None,
-    size: Mapping[str, Any] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """One ``variants`` entry from a metrics dict, a row of ``lib.bench.compare`` and ``size_info``."""
-    bench, size = ({} if x is None else x for x in (bench, size))
-    return _plain({
-        "name": name, "role": role, "accuracy": metrics.get("accuracy"), "f1": metrics.get("f1"),
-        "size_mb": size.get("size_mb"), "num_params": size.get("num_params"),
-        **{k: bench.get(k) for k in BENCH},
-        "throughput_b32_spread": bench.get("throughput_spread"),  # (max - min) / median of the repeats
-        "load_average": bench.get("load_average"),  # 1-minute load average while it was measured
-        **extra,
-    })  # fmt: skip
 
 
 def validate_record(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,10 +101,7 @@ def validate_record(rec: Mapping[str, Any]) -> dict[str, Any]:
         return Record.model_validate(rec).model_dump(mode="json")
     except ValidationError as e:
         problems = [f"{'.'.join(map(str, err['loc'])) or 'record'}: {err['msg']}" for err in e.errors()]
-        raise ValueError(
-            "metrics record does not match the schema (lib/runner/records.py):\n  - "
-            + "\n  - ".join(problems)
-        ) from None
+        raise ValueError(f"the metrics record breaks its schema (records.py):{listing(problems)}") from None
 
 
 def record(
@@ -174,7 +117,7 @@ def record(
     profile = params["profile"]
     base = folders.current(profile)
     figs = [str(Path(f).relative_to(base) if base in Path(f).parents else f) for f in figures]
-    rec = validate_record(_plain({
+    rec = validate_record(plain({
         "notebook": notebook, "profile": profile, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "params": dict(params), "env": dict(env or env_info()), "variants": [dict(v) for v in variants],
         "findings": dict(findings), "figures": figs, "run": base.name, "inputs": folders.inputs(), **extra,
@@ -208,22 +151,16 @@ def load(profile: str, notebook: str, run: str = "") -> dict[str, Any]:
     try:
         path = folders.source(profile, rel, run) / rel
     except ArtifactError as e:
-        raise FileNotFoundError(
-            f"no metrics for {notebook} in profile {profile!r} ({e}): run that notebook first"
-        ) from None
+        raise FileNotFoundError(f"no metrics for {notebook} ({e}): run that notebook first") from None
     if not path.exists():
-        raise FileNotFoundError(
-            f"no metrics for {notebook} in run {path.parent.parent.name}: run that notebook first"
-        )
+        raise FileNotFoundError(f"no metrics for {notebook} in run {path.parent.parent.name}: run it first")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
 def load_run(run_dir: Path) -> list[dict[str, Any]]:
     """Every record of one run folder: the catalog's notebooks in their order, then any other by name."""
     order = {nb.name: i for i, nb in enumerate(NOTEBOOKS)}
-    found = sorted(
-        (Path(run_dir) / "metrics").glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem)
-    )
+    found = sorted((Path(run_dir) / "metrics").glob("*.json"), key=lambda p: (order.get(p.stem, 99), p.stem))
     return [json.loads(p.read_text(encoding="utf-8")) for p in found]
 
 
@@ -232,12 +169,12 @@ def own_variants(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [v for v in rec["variants"] if v.get("source", rec["notebook"]) == rec["notebook"]]
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """numpy scalars/arrays and paths -> plain JSON types, NaN -> None."""
     if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
@@ -246,8 +183,7 @@ def _plain(obj: Any) -> Any:
 
 
 def fmt(x: Any, spec: str) -> str:
-    """A value as a table shows it: ``–`` for missing, booleans and strings in backticks, a dict as
-    ``{k: v}``."""
+    """A value as a table shows it: ``–`` if missing, booleans and texts in backticks, dicts as ``{k: v}``."""
     if x is None:
         return "–"
     if isinstance(x, bool):  # before numbers: True would print as 1
@@ -264,13 +200,10 @@ def comparable_record(profile: str, notebook: str, params: Mapping[str, Any]) ->
         rec = load(profile, notebook, params.get("input_run", ""))
     except FileNotFoundError as e:
         raise ArtifactError(f"{e}. {run_hint(notebook, profile)}") from None
-    diffs = contract.differences(contract.of(rec["params"]), contract.of(params), notebook)
-    if diffs:
+    if diffs := contract.differences(contract.of(rec["params"]), contract.of(params), notebook):
         raise ParamError(
-            f"{notebook}'s results (profile {profile!r}, run {rec.get('run')}) were measured under another "
-            f"data "
-            "contract, so they cannot serve as the reference here:\n  - "
-            + "\n  - ".join(diffs)
-            + f"\n{run_hint(notebook, profile)}"
+            f"{notebook}'s results (profile {profile!r}, run {rec.get('run')}) were measured under "
+            f"another data contract: they cannot be the reference here:{listing(diffs)}\n"
+            + run_hint(notebook, profile)
         )
     return rec

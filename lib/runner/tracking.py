@@ -1,12 +1,7 @@
-"""Experiment tracking with MLflow (opt-in): every notebook's record also lands in a local MLflow store.
-
-On with ``python -m lib.runner --mlflow`` (or ``MUXL_MLFLOW=1`` in the environment of a JupyterLab or
-script); off by default: the run folders already hold every number, and tracking costs time (see the README).
-The store is local, no server: ``sqlite:///<outputs>/mlflow.db`` with artifacts in ``<outputs>/mlartifacts/``;
-browse it with ``mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db``. One MLflow experiment per
-profile (``model-ux-lab/<profile>``), one parent MLflow run per run folder, under it one run per notebook with
-its parameters, every numeric finding and every variant's numbers as metrics (``<variant>/accuracy``...), and
-the record and figures as artifacts.
+"""Experiment tracking with MLflow, opt-in (``python -m lib.runner --mlflow`` or ``MUXL_MLFLOW=1``): each
+record also lands in a local store, ``sqlite:///<outputs>/mlflow.db`` (browse it with ``mlflow ui
+--backend-store-uri sqlite:///outputs/mlflow.db``): one experiment per profile, a parent MLflow run per run
+folder, one run per notebook with its parameters, numeric findings and ``<variant>/<metric>`` metrics.
 """
 
 from __future__ import annotations
@@ -55,17 +50,12 @@ def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path, metrics
     found = mlflow.get_experiment_by_name(name)
     where = (paths.outputs_root() / "mlartifacts" / rec["profile"]).as_uri()
     experiment = found.experiment_id if found else mlflow.create_experiment(name, artifact_location=where)
-    env = rec.get("env", {})
-    tags = {
-        "muxl.run_id": run_dir.name,
-        "muxl.notebook": rec["notebook"],
-        "muxl.profile": rec["profile"],
-        "muxl.isa": str(env.get("isa")),
-        "muxl.device": str(env.get("device")),
-    }
+    env, notebook = rec.get("env", {}), rec["notebook"]
+    tags = {"muxl.run_id": run_dir.name, "muxl.notebook": notebook, "muxl.profile": rec["profile"],
+            "muxl.isa": str(env.get("isa")), "muxl.device": str(env.get("device"))}  # fmt: skip
     parent = _parent_run(mlflow, experiment, run_dir.name, rec["profile"])
     with mlflow.start_run(
-        experiment_id=experiment, run_name=rec["notebook"], tags=tags, parent_run_id=parent
+        experiment_id=experiment, run_name=notebook, tags=tags, parent_run_id=parent
     ) as run:
         mlflow.log_params(flatten_params(rec.get("params", {})))
         mlflow.log_metrics(metrics_of(rec, metrics))
@@ -80,11 +70,8 @@ def log_record(rec: Mapping[str, Any], run_dir: Path, record_path: Path, metrics
 
 def _parent_run(mlflow: Any, experiment_id: str, run_id: str, profile: str) -> str:
     """The MLflow run standing for run folder ``run_id`` (created by the first notebook that logs)."""
-    found = mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        output_format="list",
-        filter_string=f"tags.`muxl.run_id` = '{run_id}' and tags.`muxl.parent` = 'true'",
-    )
+    search = f"tags.`muxl.run_id` = '{run_id}' and tags.`muxl.parent` = 'true'"
+    found = mlflow.search_runs(experiment_ids=[experiment_id], output_format="list", filter_string=search)
     if found:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
