@@ -85,7 +85,9 @@ def compare(
     """Measure every predictor interleaved on ``probe``; one row per model, ratios to ``reference``.
 
     Columns: ``latency_ms_b1_p50``, ``latency_ms_b1_p90``, ``throughput_b32`` (samples/s),
-    ``speedup_vs_reference`` (throughput ratio), ``latency_ratio_vs_reference`` (p50 ratio, <1 is faster).
+    ``speedup_vs_reference`` (throughput ratio), ``latency_ratio_vs_reference`` (p50 ratio, <1 is faster), and
+    each ratio's noise: ``speedup_low``/``speedup_high`` and ``latency_ratio_low``/``latency_ratio_high``, the
+    lowest and highest ratio of one repeat (:func:`lib.verdict.faster` turns them into a word).
     """
     preds = {name: as_predictor(p) for name, p in predictors.items()}
     names = list(preds)
@@ -127,6 +129,11 @@ def compare(
     df = pd.DataFrame(rows).set_index("name")
     df["speedup_vs_reference"] = df["throughput_b32"] / df.loc[reference, "throughput_b32"]
     df["latency_ratio_vs_reference"] = df["latency_ms_b1_p50"] / df.loc[reference, "latency_ms_b1_p50"]
+    # the noise of each ratio: the repeats are interleaved, so repeat r of a model and of the reference ran
+    # side by side; the lowest and highest of the per-repeat ratios bound the median ratio (lib.verdict)
+    for col, per_repeat in (("speedup", thr), ("latency_ratio", p50)):
+        ratios = np.asarray([per_repeat[n] for n in names]) / np.asarray(per_repeat[reference])
+        df[f"{col}_low"], df[f"{col}_high"] = ratios.min(axis=1), ratios.max(axis=1)
     df.attrs.update(
         reference=reference,
         repeats=repeats,

@@ -15,7 +15,10 @@ record::
 
 Rows without a model (numbers read from another notebook's record, a TF-IDF reference) are added with
 ``add(name, accuracy=..., ...)``. Derived columns are computed against the reference: ``points_vs_reference``
-(accuracy points), ``retention`` (accuracy ratio) and ``smaller_x`` (size ratio).
+(accuracy points), ``retention`` (accuracy ratio) and ``smaller_x`` (size ratio). The noise comes with them:
+``points_low``/``points_high`` (a paired 95% interval: both models scored the same texts) and, after
+``benchmark``, ``speedup_low``/``speedup_high`` (see :mod:`lib.verdict`); :meth:`Comparison.paired` compares
+any two variants' accuracy the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .bench import Probe, compare, size_info
 from .evaluate import agreement, classification_metrics, predict_logits
 from .runner.records import plain
 from .utils import progress as progress_bar
+from .verdict import paired_accuracy
 
 ROLES = ("reference", "variant")
 
@@ -42,6 +46,9 @@ class Comparison:
         self.models: dict[str, Any] = {}
         self.rows: dict[str, dict[str, Any]] = {}
         self.bench_info: dict[str, Any] = {}
+        self.predicted: dict[
+            str, dict[str, Any]
+        ] = {}  # split prefix -> labels and each variant's predictions
 
     def add(self, name: str, model: Any = None, *, size: Mapping[str, Any] | None = None, **info: Any) -> Any:
         """Register variant ``name``: a torch model or a ``batch -> logits`` predictor (or nothing, for a row
@@ -100,13 +107,28 @@ class Comparison:
         ):
             logits[name], labels = predict_logits(self.models[name], loader)
         ref = logits.get(self.reference)
+        seen = self.predicted.setdefault(prefix, {"labels": labels})
         for name, lg in logits.items():
-            m = classification_metrics(labels, lg.argmax(-1), lg.shape[-1])
+            seen[name] = lg.argmax(-1)
+            m = classification_metrics(labels, seen[name], lg.shape[-1])
             row = {f"{prefix}accuracy": m["accuracy"], f"{prefix}f1": m["f1"]}
             if ref is not None:
                 row.update({f"{prefix}{k}": v for k, v in agreement(ref, lg).items()})
+                if name != self.reference:  # the noise of points_vs_reference: a paired test, same texts
+                    paired = paired_accuracy(labels, seen[self.reference], seen[name])
+                    row.update({f"{prefix}points_low": paired["low"], f"{prefix}points_high": paired["high"]})
             self.rows[name].update(row)
         return self.table()
+
+    def paired(self, a: str, b: str, prefix: str = "") -> dict[str, Any]:
+        """Accuracy of ``b`` minus ``a`` on the same texts with its paired interval
+        (:func:`lib.verdict.paired_accuracy`); both must have been scored by :meth:`evaluate` on that
+        split."""
+        seen = self.predicted.get(prefix, {})
+        missing = [n for n in (a, b) if n not in seen]
+        if missing:
+            raise KeyError(f"not evaluated on the {prefix or 'test'} split: {missing}; call evaluate() first")
+        return paired_accuracy(seen["labels"], seen[a], seen[b])
 
     def benchmark(self, probe: Probe, names: Sequence[str] | None = None, repeats: int = 5) -> pd.DataFrame:
         """Time the variants (all with a model, or ``names``) and the reference side by side on ``probe``

@@ -14,7 +14,7 @@ the worst.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ from .runner.records import METRICS, load, load_run
 DIRECTIONS = ("max", "min")
 
 
-def _check(frame: pd.DataFrame, directions: Mapping[str, str]) -> None:
+def check_objectives(frame: pd.DataFrame, directions: Mapping[str, str]) -> None:
+    """A clear error for an objective that is not a column or a direction that is not ``max``/``min``."""
     missing = [c for c in directions if c not in frame.columns]
     if missing:
         raise KeyError(
@@ -38,10 +39,11 @@ def _check(frame: pd.DataFrame, directions: Mapping[str, str]) -> None:
         raise ValueError(f"each objective is maximised or minimised ({DIRECTIONS}), got {bad}")
 
 
+# @save
 def pareto_front(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.Series:
     """``True`` for the rows no other row dominates on the ``directions`` columns (``{"accuracy": "max",
     "size_mb": "min"}``). Rows with a missing objective are not compared and not on the front."""
-    _check(frame, directions)
+    check_objectives(frame, directions)
     complete = frame[list(directions)].notna().all(axis=1)
     signs = np.array([1.0 if d == "max" else -1.0 for d in directions.values()])
     values = (
@@ -56,10 +58,11 @@ def pareto_front(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.Serie
     return out
 
 
+# @save
 def normalised(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.DataFrame:
     """Each objective rescaled to [0, 1] over the rows, 1 = best (a constant column is 1 everywhere; missing =
     0)."""
-    _check(frame, directions)
+    check_objectives(frame, directions)
     out = {}
     for col, d in directions.items():
         x = frame[col].astype(float)
@@ -72,6 +75,7 @@ def normalised(frame: pd.DataFrame, directions: Mapping[str, str]) -> pd.DataFra
     return pd.DataFrame(out, index=frame.index)
 
 
+# @save
 def weighted_choice(
     frame: pd.DataFrame, directions: Mapping[str, str], weights: Mapping[str, float]
 ) -> tuple[str, pd.Series]:
@@ -252,18 +256,23 @@ def objectives(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def choose(
-    table: pd.DataFrame, weights: Mapping[str, float], max_points_lost: float, teacher_accuracy: float
+    table: pd.DataFrame,
+    weights: Mapping[str, float],
+    max_points_lost: float,
+    teacher_accuracy: float,
+    pick: Callable[..., tuple[str, pd.Series]] | None = None,
 ) -> tuple[str, pd.DataFrame]:
     """The variant a user's ``weights`` (over :data:`OBJECTIVES`) pick among those within ``max_points_lost``
     accuracy points of the teacher, and every candidate's objectives, normalised scores and value (best
-    first)."""
+    first). ``pick``: the weighted choice to use (a notebook's own :func:`weighted_choice`; default this
+    module's)."""
     ok = table[100 * (teacher_accuracy - table["accuracy"].astype(float)) <= max_points_lost]
     if ok.empty:
         raise ValueError(
             f"no variant is within {max_points_lost} points of the teacher's accuracy: raise max_points_lost"
         )
     raw = objectives(ok)
-    best, value = weighted_choice(raw, OBJECTIVES, weights)
+    best, value = (pick or weighted_choice)(raw, OBJECTIVES, weights)
     scores = normalised(raw, OBJECTIVES).add_suffix(" (0-1)")
     out = pd.concat([ok[["accuracy"]], raw, scores], axis=1).loc[value.index]
     out["value"] = value
@@ -343,3 +352,11 @@ def record_variants(table: pd.DataFrame) -> list[dict]:
             }
         )
     return out
+
+
+def meets_goal(*goals: tuple[float, float, float]) -> str:
+    """Whether measured intervals meet their goals: each ``(low, high, at_least)``. ``"meets"`` if every
+    interval lies at or above its goal, ``"misses"`` if any lies wholly below, else ``"within noise"``."""
+    if any(high < goal for low, high, goal in goals):
+        return "misses"
+    return "meets" if all(low >= goal for low, high, goal in goals) else "within noise"

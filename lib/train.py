@@ -306,6 +306,7 @@ def training_speed(
     return {
         "samples_per_s": hist.samples_per_s,
         "seconds_per_step": hist.train_seconds / max(len(hist.step_losses), 1),
+        "step_seconds": list(hist.step_seconds),  # each step's time: the noise of a speed ratio (lib.verdict)
         "peak_mem_mb": hist.peak_mem_mb,
         "peak_mem_delta_mb": hist.peak_mem_delta_mb,
         "steps": len(hist.step_losses),

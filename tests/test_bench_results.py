@@ -285,6 +285,38 @@ def test_runner_stamps_run_time_and_readme_reports_the_budget(outputs, monkeypat
     assert "budget for the whole collection: 60 min; **over by 5.0 min**" in text
 
 
+def test_learning_path_and_time_notes_come_from_the_runs(outputs, tmp_path, monkeypatch):
+    rec = good_record()
+    note = lib.runner.readme.time_note("00_baseline", "lab")
+    assert note.count("no earlier run here") == 2  # neither with these parameters nor on default
+    run_dir = _finished_run("default", rec, monkeypatch=monkeypatch)  # every notebook 1.0 min
+    path = tmp_path / "README.md"
+    path.write_text(f"{lib.runner.readme.README_START}\nold\n{lib.runner.readme.README_END}\n")
+    assert lib.runner.readme.update_readme(path, run_dir, block=lib.runner.readme.learning_path)
+    text = path.read_text()
+    for nb in lib.runner.catalog.NOTEBOOKS:
+        assert f"| [{nb.name}]({nb.name}.ipynb) | {nb.title} |" in text and text.count("| 1.0 |") == len(
+            lib.runner.catalog.NOTEBOOKS
+        )
+    assert "`teacher` (00_baseline)" in text and f"`default` run `{run_dir.name}`" in text
+    cpu = lib.runner.folders.read_manifest(run_dir)["machine"]["cpu"]
+    assert lib.runner.readme.time_note("00_baseline", "default") == (
+        "**Time**, from earlier runs on this machine: with `default`'s parameters: 1.0 min "
+        f"(median of 1 run(s); newest on {cpu})."
+    )
+    hand = lib.runner.folders.begin_hand_run("lab", "00_baseline")  # a notebook run by hand is timed too
+    lib.runner.records.record(
+        "00_baseline", {"profile": "lab", "seed": 1}, rec["variants"], {}, env=rec["env"]
+    )
+    assert lib.runner.folders.read_manifest(hand)["notebooks"]["00_baseline"]["seconds"] >= 0
+    assert "no earlier run here" not in lib.runner.readme.time_note("00_baseline", "lab").split(";")[0]
+
+
+def test_the_notebooks_readme_has_the_generated_block_markers():
+    text = (lib.runner.paths.NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    assert lib.runner.readme.README_START in text and lib.runner.readme.README_END in text
+
+
 def test_the_readme_has_the_generated_block_markers():
     text = (lib.runner.paths.ROOT / "README.md").read_text(encoding="utf-8")
     assert lib.runner.readme.README_START in text and lib.runner.readme.README_END in text

@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import lib
+from lib import verdict
 from lib.techniques.distributed import LaunchError, ShardedBatches, launch, main, torchrun_command
 from tests.conftest import toy_dataset
 
@@ -230,6 +232,64 @@ def test_step_table_reads_step_times_and_ddp_split():
         "two", "other_s"
     ] == pytest.approx(0.3)
     assert table.loc["two", "mb_per_step"] == 45
+
+
+def test_step_table_bounds_each_speedup_by_its_steps():
+    steady = {
+        "world_size": 1,
+        "batch_size": 32,
+        "threads_per_rank": 2,
+        "steps": 6,
+        "allreduce_bytes_per_step": 0,
+    }
+    one = {**steady, "step_seconds": [9, 9, 1.0, 1.1, 0.9, 1.0]}
+    two = {**steady, "world_size": 2, "step_seconds": [9, 9, 0.5, 0.55, 0.45, 0.5]}
+    same = {**steady, "world_size": 2, "step_seconds": [9, 9, 1.05, 0.9, 1.1, 0.95]}
+    table = lib.distributed.step_table({"one": one, "two": two, "same": same}, reference="one", warmup=2)
+    assert (
+        table.loc["two", "speedup_low"] > 1
+        and verdict.faster(*table.loc["two", ["speedup_low", "speedup_high"]]) == "faster"
+    )
+    low, high = table.loc["same", ["speedup_low", "speedup_high"]]
+    assert (
+        low <= table.loc["same", "speedup_vs_reference"] <= high
+        and verdict.faster(low, high) == "within noise"
+    )
+
+
+def test_workers_run_the_mechanisms_a_notebook_wrote(tmp_path):
+    assert lib.distributed.mechanisms(None) == (
+        lib.distributed.scaled_loss,
+        lib.distributed.average_gradients,
+    )
+
+    def scaled_loss(world_size):  # a stand-in for a notebook's edited mechanism
+        return lambda model, batch: torch.tensor(float(world_size))
+
+    path = lib.distributed.write_mechanisms(tmp_path, scaled_loss)
+    loss_of, average = lib.distributed.mechanisms(path)
+    assert loss_of is not scaled_loss and float(loss_of(3)(None, {})) == 3.0  # the file's own copy
+    assert average is lib.distributed.average_gradients  # not written: lib's
+
+    def my_loss(world_size):  # a name no worker looks up
+        return scaled_loss(world_size)
+
+    with pytest.raises(lib.distributed.LaunchError, match="not \\['my_loss'\\]"):
+        lib.distributed.write_mechanisms(tmp_path, my_loss)
+
+
+def test_average_gradients_hooks_fire_after_each_gradient_is_complete(monkeypatch):
+    sent = []
+    monkeypatch.setattr(
+        torch.distributed, "all_reduce", lambda t, op=None: sent.append(t.clone()) or t.mul_(2)
+    )
+    net = torch.nn.Linear(3, 2)
+    handles = lib.distributed.average_gradients(net, world_size=2)
+    net(torch.ones(4, 3)).sum().backward()
+    assert len(sent) == 2  # weight and bias, one message each
+    assert torch.allclose(net.bias.grad, sent[[t.shape for t in sent].index(net.bias.shape)])  # (2 g) / 2
+    for h in handles:
+        h.remove()
 
 
 def test_unknown_spec_keys_are_refused_before_any_launch(tmp_path):

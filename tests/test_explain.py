@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import lib
 from lib.techniques.explain import Words, agreement, faithfulness, merge_pieces, pick_examples, top_words
@@ -98,6 +99,20 @@ def test_lime_and_ig_explain_every_word_even_past_the_length_cut(tiny):
     ig_scores, gap = lib.explain.IntegratedGradients(model, tokenizer, 16, n_steps=8)(text, 1)
     assert ig_scores.shape == (len(words),) and np.isfinite(gap)
     assert (ig_scores[14:] == 0).all() and ig_scores[:14].any()  # cut words get no score, the kept ones do
+
+
+def test_the_written_out_integrated_gradients_equals_captums(tiny):
+    make, tokenizer = tiny
+    model = make().eval()
+    ig = lib.explain.IntegratedGradients(model, tokenizer, 16, n_steps=12)
+    ids, baseline, mask, _ = ig.inputs("a great and moving film")
+    mine = lib.explain.integrated_gradients(model, ids, baseline, mask, 1, 12)
+    theirs, _ = ig.token_scores(ids, baseline, mask, 1, method="riemann_middle")  # the same midpoint sum
+    assert mine.shape == theirs.shape and mine.abs().max() > 0
+    assert torch.allclose(mine, theirs, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():  # completeness: the scores add up to p(text) - p(baseline), nearly
+        p = [torch.softmax(model(input_ids=i, attention_mask=mask).logits, -1)[0, 1] for i in (ids, baseline)]
+    assert float(mine.sum()) == pytest.approx(float(p[0] - p[1]), abs=0.05)
 
 
 def test_lime_refuses_a_text_without_words(tiny):

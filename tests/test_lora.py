@@ -59,6 +59,22 @@ def test_merge_lora_matches_the_adapters_and_peft(tiny):
     assert any("lora_" in n for n, _ in m.named_parameters())  # the original is untouched
 
 
+def test_lora_linear_computes_what_peft_computes(tiny):
+    make, _ = tiny
+    m = trained_looking(lora_model(make)).eval()
+    layer = next(x for x in m.modules() if hasattr(x, "lora_A") and "default" in x.lora_A)
+    r = layer.lora_A["default"].weight.shape[0]
+    mine = lib.lora.LoRALinear(layer.base_layer, r, layer.scaling["default"] * r)
+    x = torch.randn(5, layer.in_features)
+    assert torch.allclose(mine(x), layer.base_layer(x))  # B starts at zero: the base layer exactly
+    with torch.no_grad():
+        mine.A.copy_(layer.lora_A["default"].weight)
+        mine.B.copy_(layer.lora_B["default"].weight)
+        assert torch.allclose(mine(x), layer(x), atol=1e-6)
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-4)  # the update is not nothing
+    assert [n for n, p in mine.named_parameters() if p.requires_grad] == ["A", "B"]
+
+
 def test_adapter_artifact_loads_onto_the_base_its_metadata_names(tiny, tmp_path):
     make, tokenizer = tiny
     base_dir = tmp_path / "base"  # a local model folder: a base every load reproduces exactly

@@ -224,8 +224,11 @@ def _answer(args: argparse.Namespace) -> str | None:
     find = lambda run: folders.find_run(run, args.profile or "default")  # noqa: E731
     if args.readme:
         run_dir = find(args.readme)
-        changed = readme.update_readme(paths.ROOT / "README.md", run_dir, args.profile or "default")
-        return f"README.md results {'updated' if changed else 'already current'} (run {run_dir.name})"
+        prof = args.profile or "default"
+        changed = readme.update_readme(paths.ROOT / "README.md", run_dir, prof)
+        path = readme.update_readme(paths.NOTEBOOKS / "README.md", run_dir, prof, readme.learning_path)
+        state = lambda c: "updated" if c else "already current"  # noqa: E731
+        return f"README.md results {state(changed)}, notebooks/README.md {state(path)} (run {run_dir.name})"
     commands = {
         "list": list_notebooks, "runs": lambda: history.runs_table(args.profile),
         "compare": lambda: history.compare_runs(*map(find, args.compare)),

@@ -233,7 +233,10 @@ def notebook_done(profile: str, notebook: str) -> None:
         return
     manifest = read_manifest(run_dir)
     if list(manifest["notebooks"]) == [notebook] and manifest["status"] == "running":
-        notebook_status(run_dir, notebook, status="complete")
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(manifest["started"])).total_seconds()
+        notebook_status(
+            run_dir, notebook, status="complete", seconds=seconds
+        )  # from its parameters to its record
         update(run_dir, inputs=inputs())
         finish(run_dir, "complete")  # _hand keeps it: a later write in this kernel is refused, not misplaced
 
@@ -273,7 +276,16 @@ def delete(run_dirs: Iterable[Path]) -> list[str]:
     return [d.name for d in run_dirs]
 
 
+def timings(profile: str, notebook: str, limit: int = 5) -> list[tuple[float, str]]:
+    """``(minutes, cpu)`` of ``notebook`` in the newest complete runs of ``profile`` (runner or by hand)."""
+    runs = [peek(d) for d in reversed(all_runs(profile))]
+    entries = [(m.get("notebooks", {}).get(notebook, {}), m.get("machine", {}).get("cpu", "?")) for m in runs]
+    done = [
+        (e["seconds"] / 60, cpu) for e, cpu in entries if e.get("status") == "complete" and e.get("seconds")
+    ]
+    return done[:limit]
+
+
 def minutes_history(profile: str, notebook: str, limit: int = 5) -> list[float]:
     """Wall minutes of ``notebook`` in the newest complete runs of ``profile`` (for an ETA)."""
-    entries = [peek(d).get("notebooks", {}).get(notebook, {}) for d in reversed(all_runs(profile))]
-    return [e["seconds"] / 60 for e in entries if e.get("status") == "complete" and e.get("seconds")][:limit]
+    return [minutes for minutes, _ in timings(profile, notebook, limit)]

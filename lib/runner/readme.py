@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import LabError
 from ..utils import atomic_write_text
 from . import folders
-from .catalog import NOTEBOOKS
+from .catalog import NOTEBOOKS, producer_of
 from .records import MAX_SPREAD, fmt, load_run, own_variants
 
 # How long a whole `make run` of each profile may take on the 2-core reference machine (all notebooks).
@@ -106,9 +106,48 @@ def markdown_results(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path | str, run_dir: Path, profile: str = "default") -> bool:
-    """Replace the generated block in the README with ``run_dir``'s results; return whether it changed.
-    Refuses (``LabError`` saying why) a run that is not a complete, clean, override-free runner run."""
+def time_note(notebook: str, profile: str) -> str:
+    """What ``notebook`` took in earlier complete runs on this machine's outputs: with ``profile`` (the
+    parameters it runs with now) and on the ``default`` profile; generated from the runs, never typed."""
+
+    def took(prof: str) -> str:
+        past = folders.timings(prof, notebook)
+        if not past:
+            return "no earlier run here"
+        ordered = sorted(m for m, _ in past)
+        return f"{ordered[len(ordered) // 2]:.1f} min (median of {len(past)} run(s); newest on {past[0][1]})"
+
+    where = [(profile, f"with `{profile}`'s parameters")] + (
+        [] if profile == "default" else [("default", "")]
+    )
+    parts = [f"{label or 'on the `default` profile'}: {took(prof)}" for prof, label in where]
+    return f"**Time**, from earlier runs on this machine: {'; '.join(parts)}."
+
+
+def learning_path(run_dir: Path) -> str:
+    """The notebooks in order, as a course takes them: what each does, what it needs (and which notebook makes
+    it), what it saves and its minutes in ``run_dir``."""
+    manifest = folders.read_manifest(run_dir)
+    rows = ["| notebook | what you will see | needs | saves | minutes |", "|---|---|---|---|---|"]
+    for nb in NOTEBOOKS:
+        needs = (
+            ", ".join(f"`{a}` ({producer_of(a)})" for a in nb.needs) or "the pretrained model and the data"
+        )
+        seconds = manifest["notebooks"].get(nb.name, {}).get("seconds")
+        minutes = f"{seconds / 60:.1f}" if seconds else "–"
+        saves = ", ".join(f"`{a}`" for a in nb.produces) or "its record"
+        rows.append(f"| [{nb.name}]({nb.name}.ipynb) | {nb.title} | {needs} | {saves} | {minutes} |")
+    cpu = manifest.get("machine", {}).get("cpu", "an unnamed CPU")
+    return (
+        "\n".join(rows)
+        + f"\n\nMinutes: the `default` run `{run_dir.name}` on {cpu} ({len(NOTEBOOKS)} notebooks)."
+    )
+
+
+def update_readme(path: Path | str, run_dir: Path, profile: str = "default", block: Any = None) -> bool:
+    """Replace the generated block in the README with ``run_dir``'s results (or ``block(run_dir)``, e.g.
+    :func:`learning_path`); return whether it changed. Refuses (``LabError`` saying why) a run that is not a
+    complete, clean, override-free runner run."""
     if why := readme_refusal(folders.read_manifest(run_dir), profile):
         raise LabError(
             f"run {Path(run_dir).name} cannot be published in the README: {'; '.join(why)}. Run "
@@ -119,7 +158,8 @@ def update_readme(path: Path | str, run_dir: Path, profile: str = "default") -> 
     if README_START not in text or README_END not in text:
         raise ValueError(f"{path} lacks the markers {README_START!r} ... {README_END!r}")
     head, rest = text.split(README_START, 1)
-    new = f"{head}{README_START}\n{markdown_results(run_dir)}\n{README_END}{rest.split(README_END, 1)[1]}"
+    made = (block or markdown_results)(run_dir)
+    new = f"{head}{README_START}\n{made}\n{README_END}{rest.split(README_END, 1)[1]}"
     if new != text:
         atomic_write_text(path, new)
     return new != text

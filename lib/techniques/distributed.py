@@ -10,21 +10,29 @@ The mechanism, in three pieces:
 - :func:`scaled_loss`: each rank's loss is its examples' *sum* divided by the global batch size, times
   ``world_size``; DDP averages the gradients over the ranks, so the update equals one process's mean over
   ``B``.
+- :func:`average_gradients`: what DDP does to the gradients, written out: each gradient, once complete in
+  the backward pass, is summed over the ranks (``dist.all_reduce``) and divided by ``world_size``. The worker
+  runs it instead of DDP with ``comm_hook="by_hand"``.
 - :func:`main`, the worker ``torchrun`` starts (``python -m torch.distributed.run --nproc-per-node 2 -m
   lib.techniques.distributed --spec spec.json``): it joins the process group (gloo on CPU, nccl with CUDA),
   wraps the model in ``DistributedDataParallel`` and trains with the project's one loop,
   :func:`lib.train.fit`.
 
 Workers live here, in an importable module: a function defined in a notebook cell cannot be started in a new
-process (the child cannot import the kernel's ``__main__``).
+process (the child cannot import the kernel's ``__main__``). A notebook that edits :func:`scaled_loss` or
+:func:`average_gradients` hands its own versions to the workers with :func:`write_mechanisms`: their source
+goes to a file that every worker imports in place of this module's copies.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
+import inspect
 import json
 import os
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -49,7 +57,8 @@ from ..launch import LaunchError
 from ..models import fresh_classifier, load_tokenizer
 from ..predict import as_predictor
 from ..train import TrainConfig, fit
-from ..utils import atomic_path, atomic_write_json, num_threads, seed_everything
+from ..utils import atomic_path, atomic_write_json, atomic_write_text, num_threads, seed_everything
+from ..verdict import speed_ratio
 
 WEIGHT = (
     "_sample_weight"  # each example's share of its global batch's loss: 1/|global batch|, 0 for a stand-in
@@ -143,9 +152,63 @@ def scaled_loss(world_size: int):
     return loss_fn
 
 
+# @save
+def average_gradients(model: Any, world_size: int) -> list[Any]:
+    """What DDP does to the gradients, by hand: as soon as a parameter's gradient is complete in the
+    backward pass, every rank adds its copy to every other rank's (``dist.all_reduce``: then all hold the
+    sum) and divides by ``world_size``. All ranks then hold the same average and take the same step. One
+    message per tensor: DDP packs them into buckets and sends while backward still runs. Returns the hooks'
+    handles."""
+
+    def average(param: torch.Tensor) -> None:
+        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+        param.grad /= world_size
+
+    return [p.register_post_accumulate_grad_hook(average) for p in model.parameters() if p.requires_grad]
+
+
+def write_mechanisms(folder: Path | str, *functions: Callable[..., Any]) -> str:
+    """Write the source of ``functions`` (a notebook's own :func:`scaled_loss`, :func:`average_gradients`) to
+    ``folder/mechanisms.py``; a worker given its path (spec ``mechanisms``) runs them instead of this module's
+    copies. Returns the path."""
+    unknown = [getattr(f, "__name__", repr(f)) for f in functions]
+    unknown = [n for n in unknown if n not in ("scaled_loss", "average_gradients")]
+    if unknown:
+        raise LaunchError(
+            f"a worker runs only scaled_loss and average_gradients, not {unknown}: "
+            "give the edited cell's function one of those names"
+        )
+    try:
+        sources = [textwrap.dedent(inspect.getsource(f)) for f in functions]
+    except (OSError, TypeError) as e:
+        raise LaunchError(
+            f"cannot read the source of {functions}: define them in a cell or a file ({e})"
+        ) from e
+    header = (
+        "from typing import Any\n\nimport torch\nimport torch.distributed as dist\n\n"
+        "from lib.techniques.distributed import WEIGHT\n\n\n"
+    )
+    path = Path(folder) / "mechanisms.py"
+    atomic_write_text(path, header + "\n\n".join(sources))
+    return str(path)
+
+
+def mechanisms(path: str | None) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(scaled_loss, average_gradients)``: those of the file a notebook wrote (:func:`write_mechanisms`),
+    else this module's."""
+    if not path:
+        return scaled_loss, average_gradients
+    spec = importlib.util.spec_from_file_location("notebook_mechanisms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, "scaled_loss", scaled_loss), getattr(
+        module, "average_gradients", average_gradients
+    )
+
+
 # ------------------------------------------------------------------------ communication
 
-COMM_HOOKS = ("allreduce", "fp16", "powersgd")
+COMM_HOOKS = ("allreduce", "fp16", "powersgd", "by_hand")
 
 
 def register_comm_hook(
@@ -437,7 +500,8 @@ def max_weight_diff(a: Path | str, b: Path | str) -> tuple[float, str]:
 
 def step_table(stats: dict[str, dict[str, Any]], reference: str, warmup: int = 2) -> pd.DataFrame:
     """One row per run: ranks, threads, hook, median step time (after ``warmup`` steps) and its spread,
-    throughput and its ratio to ``reference``, DDP's split of a step, and the all-reduce payload per step."""
+    throughput and its ratio to ``reference`` (with ``speedup_low``/``speedup_high``, its 95% bootstrap
+    interval: :func:`lib.verdict.speed_ratio`), DDP's split of a step, and the all-reduce payload per step."""
     rows = {}
     for name, st in stats.items():
         steps = np.asarray(st["step_seconds"][warmup:] or st["step_seconds"], dtype=float)
@@ -467,6 +531,15 @@ def step_table(stats: dict[str, dict[str, Any]], reference: str, warmup: int = 2
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table["speedup_vs_reference"] = table["samples_per_s"] / table.loc[reference, "samples_per_s"]
+    # the noise of each speed-up: a bootstrap over the timed steps (time per sample: batches may differ)
+    per_sample = {
+        n: np.asarray(st["step_seconds"][warmup:] or st["step_seconds"], dtype=float) / st["batch_size"]
+        for n, st in stats.items()
+    }
+    for name, seconds in per_sample.items():
+        enough = min(len(seconds), len(per_sample[reference])) >= 2
+        r = speed_ratio(per_sample[reference], seconds) if enough else {"low": np.nan, "high": np.nan}
+        table.loc[name, ["speedup_low", "speedup_high"]] = r["low"], r["high"]
     return table
 
 
@@ -487,7 +560,8 @@ SPEC_KEYS = {
     "threads": "torch threads per rank (default: OMP_NUM_THREADS, else cores / ranks on this machine)",
     "device": "auto | cpu | cuda",
     "max_grad_norm": "gradient clipping (default 1.0)",
-    "comm_hook": f"one of {COMM_HOOKS} (default allreduce)",
+    "comm_hook": f"one of {COMM_HOOKS} (default allreduce; by_hand: average_gradients, no DDP)",
+    "mechanisms": "a .py file whose scaled_loss / average_gradients replace lib's (write_mechanisms)",
     "powersgd_rank": "PowerSGD matrix rank (default 4)",
     "powersgd_start": "PowerSGD: steps of plain all-reduce first (default 2, the least PyTorch allows)",
     "dtype": "float32 | float64 (the equivalence proof: no round-off for Adam to amplify)",
@@ -563,10 +637,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_grad_norm=spec.get("max_grad_norm", 1.0),
     )
     hook = spec.get("comm_hook", "allreduce")
+    loss_of, average = mechanisms(spec.get("mechanisms"))
     wrapped: dict[str, Any] = {}
 
     def wrap(net: Any, optimizer: Any, train_loader: Any) -> tuple[Any, Any, Any]:
         if world == 1:
+            return net, optimizer, train_loader
+        if hook == "by_hand":  # no DDP: the gradients are averaged by average_gradients' hooks
+            wrapped["handles"] = average(net, world)
             return net, optimizer, train_loader
         ddp = DistributedDataParallel(net, bucket_cap_mb=bucket_cap_mb(net, hook, spec.get("bucket_cap_mb")))
         ddp._set_ddp_runtime_logging_sample_rate(
@@ -581,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     counter = CountingAllReduce()
     t0 = time.perf_counter()
     with counter:
-        hist = fit(model, loader, None, cfg, loss_fn=counter.counted(scaled_loss(world)), prepare=wrap)
+        hist = fit(model, loader, None, cfg, loss_fn=counter.counted(loss_of(world)), prepare=wrap)
     seconds = time.perf_counter() - t0
     timing, compression = {}, None
     if "ddp" in wrapped:
@@ -589,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         state = wrapped["state"]
         if state is not None and state.total_numel_after_compression:
             compression = state.compression_stats()[0]
+    for handle in wrapped.get("handles", []):
+        handle.remove()
     wrapped.clear()  # drop DDP now: its reducer holds the process group, which must not outlive leave_group()
     gc.collect()
     losses = (
@@ -616,6 +696,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "samples_per_s": hist.samples * world / hist.train_seconds if hist.train_seconds else None,
         "backend": dist.get_backend() if world > 1 else None,
         "comm_hook": hook if world > 1 else None,
+        "mechanisms": spec.get("mechanisms") or "lib",  # whose scaled_loss / average_gradients ran
         "grad_numel": grad_numel,
         "grad_bytes_fp32": grad_numel * 4,
         # measured: what went through all_reduce in each training step (PowerSGD's first steps are plain

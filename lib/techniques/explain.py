@@ -6,10 +6,12 @@ Two explainers, each giving one score per *word* of a text (its contribution tow
   ``num_samples`` copies of the text with random words replaced by the tokenizer's unknown token, the model's
   probabilities on them, and a weighted linear model fitted to those; its coefficients are the scores.
   Model-agnostic: works on an ONNX int8 model.
-- :func:`integrated_gradients`: Integrated Gradients (Sundararajan et al., 2017) through captum's
+- :class:`IntegratedGradients`: Integrated Gradients (Sundararajan et al., 2017) through captum's
   ``LayerIntegratedGradients`` on the word-embedding layer: the gradient of the class probability, averaged
   along the straight path from a baseline (``[PAD]`` tokens between ``[CLS]`` and ``[SEP]``) to the text,
   times the difference; word pieces are summed into words (:func:`merge_pieces`). Needs a torch model.
+  :func:`integrated_gradients` is the same computation written out (06_explain's ``# @save`` cell), which a
+  test checks against captum's.
 
 And the measures of trust:
 
@@ -160,10 +162,9 @@ class IntegratedGradients:
 
         self.lig = LayerIntegratedGradients(forward, self.model.get_input_embeddings())
 
-    def __call__(self, text: str, label: int) -> tuple[np.ndarray, float]:
-        """One score per word toward ``label``, and the completeness gap: |sum of attributions - (p(text) -
-        p(baseline))|, which IG's theory makes 0 as the steps grow (a large gap means too few steps)."""
-        words = Words.of(text)
+    def inputs(self, text: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """The text's token ids, its baseline (every token but the special ones replaced by ``[PAD]``), its
+        attention mask and each token's character span."""
         enc = self.tokenizer(
             text,
             truncation=True,
@@ -180,17 +181,56 @@ class IntegratedGradients:
             dtype=torch.bool,
         )
         baseline = torch.where(special, ids, torch.full_like(ids, self.tokenizer.pad_token_id))
+        return ids, baseline, mask, offsets
+
+    def token_scores(
+        self,
+        ids: torch.Tensor,
+        baseline: torch.Tensor,
+        mask: torch.Tensor,
+        label: int,
+        method: str = "gausslegendre",
+    ) -> tuple[torch.Tensor, float]:
+        """captum's attributions, one per token (summed over the embedding), and the completeness gap."""
         attributions, delta = self.lig.attribute(
             ids,
             baselines=baseline,
             target=label,
             additional_forward_args=(mask,),
             n_steps=self.n_steps,
+            method=method,
             internal_batch_size=self.n_steps,
             return_convergence_delta=True,
         )
-        token_scores = attributions.sum(dim=-1)[0].detach().cpu().numpy()
-        return merge_pieces(offsets, words.spans, token_scores), float(delta.abs().max())
+        return attributions.sum(dim=-1)[0].detach(), float(delta.abs().max())
+
+    def __call__(self, text: str, label: int) -> tuple[np.ndarray, float]:
+        """One score per word toward ``label``, and the completeness gap: |sum of attributions - (p(text) -
+        p(baseline))|, which IG's theory makes 0 as the steps grow (a large gap means too few steps)."""
+        ids, baseline, mask, offsets = self.inputs(text)
+        scores, gap = self.token_scores(ids, baseline, mask, label)
+        return merge_pieces(offsets, Words.of(text).spans, scores.cpu().numpy()), gap
+
+
+# @save
+def integrated_gradients(
+    model: Any,
+    input_ids: torch.Tensor,
+    baseline_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    target: int,
+    steps: int,
+) -> torch.Tensor:
+    """Integrated Gradients (Sundararajan et al., 2017) of p(target), on the word embeddings: for each token,
+    (x - x') times the gradient averaged along the straight path from the baseline x' to the text x (a
+    midpoint Riemann sum of ``steps`` points), summed over the embedding dimensions."""
+    embed = model.get_input_embeddings()
+    x, x0 = embed(input_ids).detach(), embed(baseline_ids).detach()  # (1, tokens, dim): the text, the blank
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps  # the steps' midpoints
+    path = (x0 + alphas.view(-1, 1, 1) * (x - x0)).requires_grad_(True)  # (steps, tokens, dim)
+    logits = model(inputs_embeds=path, attention_mask=attention_mask.expand(steps, -1)).logits
+    (grads,) = torch.autograd.grad(torch.softmax(logits, dim=-1)[:, target].sum(), path)
+    return ((x - x0)[0] * grads.mean(dim=0)).sum(dim=-1)  # one score per token
 
 
 # ------------------------------------------------------------------------ trust

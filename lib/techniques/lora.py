@@ -3,7 +3,8 @@
 LoRA freezes a pretrained Linear layer's weight ``W`` and learns a low-rank update: ``y = W x + b + (alpha /
 r) · B A x`` with ``A`` (r × in, random at the start) and ``B`` (out × r, zero at the start, so training
 starts from the pretrained model). Only ``A``, ``B`` and the new classification head train and are stored per
-task. :func:`merge_lora` folds the update into ``W``, so a merged model has the base model's shapes and speed.
+task. :class:`LoRALinear` writes such a layer out (01_lora_finetune checks it against peft's);
+:func:`merge_lora` folds the update into ``W``, so a merged model has the base model's shapes and speed.
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ def lora_model(
     """
     base = fresh_classifier(spec, num_labels, label_names, pooling, seed=seed)
     return add_lora(base, r=r, alpha=alpha_scale * r, dropout=dropout, target_modules=target_modules)
+
+
+# @save
+class LoRALinear(torch.nn.Module):
+    """LoRA (Hu et al., 2021) around a frozen Linear layer ``base``: ``y = W x + b + (alpha / r) · B (A x)``,
+    with ``A`` (r × in) random and ``B`` (out × r) zero at the start, so that it starts as the base layer."""
+
+    def __init__(self, base: torch.nn.Linear, r: int, alpha: float):
+        super().__init__()
+        self.base = base.requires_grad_(False)  # W and b stay as pretrained
+        self.scale = alpha / r
+        self.A = torch.nn.Parameter(torch.empty(r, base.in_features))  # down to r numbers
+        self.B = torch.nn.Parameter(torch.zeros(base.out_features, r))  # back up; zero: no change at first
+        torch.nn.init.kaiming_uniform_(self.A, a=5**0.5)  # A starts as torch.nn.Linear's weights do
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T  # two thin products: r numbers between
 
 
 # @save
