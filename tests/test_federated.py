@@ -10,8 +10,10 @@ import psutil
 import pytest
 import torch
 
+import lib
 from lib.errors import DataError, ParamError
 from lib.techniques import federated as fl
+from tests.conftest import toy_dataset
 
 
 def _labels(n=2000, seed=0):
@@ -198,3 +200,17 @@ def test_a_deployment_round_on_loopback_runs_and_leaves_nothing_running(tmp_path
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if "flower-super" in " ".join(p.info["cmdline"] or [])
     ]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooled_features_are_what_the_models_own_head_reads(tiny, pooling):
+    _, tokenizer = tiny
+    model = lib.models.fresh_classifier("tiny-bert", 2, pooling=pooling).eval()
+    data = toy_dataset(20)
+    enc = lib.data.Encoded(data, tokenizer, 16)
+    feats = fl.pooled_features(model, enc, tokenizer, batch_size=8)
+    assert feats.shape == (20, model.config.hidden_size)
+    logits, _ = lib.evaluate.predict_logits(model, lib.data.make_loader(enc, tokenizer, 8, shuffle=False))
+    with torch.inference_mode():
+        from_features = model.classifier(feats).numpy()  # dropout is off in eval: the head sees exactly these
+    np.testing.assert_allclose(from_features, logits, atol=1e-5)

@@ -47,6 +47,7 @@ from torch import nn
 
 from ..data import Encoded, make_loader
 from ..errors import ArtifactError, DataError, ParamError
+from ..evaluate import in_dataset_order
 from ..heads import masked_mean
 from ..launch import LaunchError, free_port, port_in_use
 from ..models import pooling_of
@@ -162,8 +163,9 @@ def pooled_features(model: nn.Module, enc: Encoded, tokenizer: object, batch_siz
     model.to(device()).eval()
     mean = pooling_of(model) == "mean"
     out = []
+    loader = make_loader(enc, tokenizer, batch_size, shuffle=False)  # length-sorted batches
     with torch.inference_mode():
-        for batch in progress(make_loader(enc, tokenizer, batch_size, shuffle=False), desc="features"):
+        for batch in progress(loader, desc="features"):
             batch = to_device(batch, device())
             hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             h = (
@@ -172,7 +174,7 @@ def pooled_features(model: nn.Module, enc: Encoded, tokenizer: object, batch_siz
                 else hidden.pooler_output
             )
             out.append(h.float().cpu())
-    return torch.cat(out)
+    return torch.from_numpy(in_dataset_order(loader, torch.cat(out).numpy())[0])
 
 
 def make_head(dim: int, num_labels: int, hidden: int, seed: int) -> nn.Module:
