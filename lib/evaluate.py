@@ -10,8 +10,11 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+from .data import Encoded, make_loader
+from .heads import masked_mean
+from .models import pooling_of
 from .predict import as_predictor
-from .utils import progress
+from .utils import device, progress, to_device
 
 
 def predict_logits(model: Any, loader: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +47,26 @@ def in_dataset_order(loader: Any, *arrays: np.ndarray) -> tuple[np.ndarray, ...]
         r[np.asarray(order)] = a
         restored.append(r)
     return tuple(restored)
+
+
+def sentence_vectors(model: Any, enc: Encoded, tokenizer: Any, batch_size: int = 64) -> torch.Tensor:
+    """The frozen encoder's sentence vector of every example, in dataset order: the model's own pooling
+    (``cls``: BERT's pooler; ``mean``: the mean over the tokens), computed once."""
+    model.to(device()).eval()
+    mean = pooling_of(model) == "mean"
+    out = []
+    loader = make_loader(enc, tokenizer, batch_size, shuffle=False)  # length-sorted batches
+    with torch.inference_mode():
+        for batch in progress(loader, desc="sentence vectors"):
+            batch = to_device(batch, device())
+            hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            h = (
+                masked_mean(hidden.last_hidden_state, batch["attention_mask"])
+                if mean
+                else hidden.pooler_output
+            )
+            out.append(h.float().cpu())
+    return torch.from_numpy(in_dataset_order(loader, torch.cat(out).numpy())[0])
 
 
 def classification_metrics(

@@ -694,3 +694,73 @@ def stack_stages(table: Any, profile: str, name: str = "stacked"):
     axes[0].invert_yaxis()
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def client_splits(tables: Mapping[str, Any], profile: str, name: str = "federated_splits"):
+    """How each split cuts the training data: one panel per split, one stacked bar per client (its examples
+    of each label), the clients sorted by their share of the first label."""
+    fig, axes = plt.subplots(
+        1, len(tables), figsize=(3.1 * len(tables) + 0.8, 3.2), sharey=True, squeeze=False
+    )
+    for ax, (split, table) in zip(axes[0], tables.items()):
+        order = table.iloc[:, 0].div(table.sum(axis=1)).sort_values().index
+        bottom = np.zeros(len(table))
+        for j, label in enumerate(table.columns):
+            values = table.loc[order, label].to_numpy()
+            ax.bar(np.arange(len(table)), values, bottom=bottom, color=f"C{j}", label=str(label))
+            bottom += values
+        ax.set_title(split, fontsize=9)
+        ax.set_xticks([])
+        ax.set_xlabel("clients (sorted)")
+    axes[0][0].set_ylabel("training examples")
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def federated_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    reference: Sequence[float],
+    profile: str,
+    name: str = "federated_curves",
+):
+    """Global test accuracy per round: one panel per strategy (``curves[strategy][split]``: accuracy before
+    round 1 and after each), the centralized reference (the same budget, in one place) dashed in each."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.6 * len(curves), 3.8), sharey=True, squeeze=False)
+    for ax, (strategy, by_split) in zip(axes[0], curves.items()):
+        for i, (split, acc) in enumerate(by_split.items()):
+            ax.plot(np.arange(len(acc)), acc, color=f"C{i}", label=split)
+        ax.plot(np.arange(len(reference)), reference, "k--", lw=1.2, label="centralized")
+        ax.set_title(strategy)
+        ax.set_xlabel("round (centralized: the same epochs)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0][0].set_ylabel("global model's test accuracy")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def client_spread(table: Any, profile: str, name: str = "federated_clients"):
+    """Each final model on each client's own held-out slice: the mean over clients (bar) and the worst client
+    (dot), per split, one bar colour per strategy; the test accuracy of the global model as a tick."""
+    splits, strategies = list(dict.fromkeys(table["split"])), list(dict.fromkeys(table["strategy"]))
+    fig, ax = plt.subplots(figsize=(1.5 * len(splits) * len(strategies) / 2 + 3, 3.8))
+    width = 0.8 / len(strategies)
+    for j, strategy in enumerate(strategies):
+        rows = table[table["strategy"] == strategy].set_index("split").reindex(splits)
+        x = np.arange(len(splits)) + (j - (len(strategies) - 1) / 2) * width
+        ax.bar(
+            x, rows["mean_client_accuracy"], width, color=f"C{j}", alpha=0.7, label=f"{strategy}: mean client"
+        )
+        ax.scatter(x, rows["worst_client_accuracy"], color="k", marker="v", zorder=3,
+                   label="worst client" if j == 0 else None)  # fmt: skip
+        ax.scatter(x, rows["global_accuracy"], color="C3", marker="_", s=300, zorder=3,
+                   label="global test accuracy" if j == 0 else None)  # fmt: skip
+    ax.set_xticks(np.arange(len(splits)), splits)
+    ax.set_ylabel("accuracy")
+    low = float(np.nanmin(table[["worst_client_accuracy", "global_accuracy"]].to_numpy(dtype=float)))
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    ax.set_title("The final model on each client's own held-out data")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

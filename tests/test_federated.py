@@ -10,10 +10,8 @@ import psutil
 import pytest
 import torch
 
-import lib
 from lib.errors import DataError, ParamError
 from lib.techniques import federated as fl
-from tests.conftest import toy_dataset
 
 
 def _labels(n=2000, seed=0):
@@ -170,6 +168,7 @@ def _federation(tmp_path, clients=2, n=400):
 
 
 @pytest.mark.launch
+@pytest.mark.slow  # make test: 08_federated's smoke run simulates and checks the same
 def test_one_simulated_round_of_two_clients_is_fedavg_of_their_models(tmp_path):
     from flwr.simulation import run_simulation
 
@@ -190,6 +189,7 @@ def test_one_simulated_round_of_two_clients_is_fedavg_of_their_models(tmp_path):
 
 
 @pytest.mark.launch
+@pytest.mark.slow  # make test: 08_federated's smoke run deploys and checks the same
 def test_a_deployment_round_on_loopback_runs_and_leaves_nothing_running(tmp_path):
     data = _federation(tmp_path)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -202,15 +202,14 @@ def test_a_deployment_round_on_loopback_runs_and_leaves_nothing_running(tmp_path
     ]
 
 
-@pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_pooled_features_are_what_the_models_own_head_reads(tiny, pooling):
-    _, tokenizer = tiny
-    model = lib.models.fresh_classifier("tiny-bert", 2, pooling=pooling).eval()
-    data = toy_dataset(20)
-    enc = lib.data.Encoded(data, tokenizer, 16)
-    feats = fl.pooled_features(model, enc, tokenizer, batch_size=8)
-    assert feats.shape == (20, model.config.hidden_size)
-    logits, _ = lib.evaluate.predict_logits(model, lib.data.make_loader(enc, tokenizer, 8, shuffle=False))
-    with torch.inference_mode():
-        from_features = model.classifier(feats).numpy()  # dropout is off in eval: the head sees exactly these
-    np.testing.assert_allclose(from_features, logits, atol=1e-5)
+def test_the_centralized_reference_trains_on_every_clients_training_slice_with_the_same_budget(tmp_path):
+    data = fl.ClientData.load(_federation(tmp_path, clients=3))
+    cfg = fl.LocalConfig(epochs=1, batch_size=16, learning_rate=0.05, seed=0)
+    weights, curve = fl.centralized(fl.make_head(data.dim, 2, 0, 0), data, 3, cfg)
+    assert len(curve) == 4 and curve[-1] > max(curve[0], 0.9)  # before round 1, then after each
+    held_out = set(np.concatenate(data.held).tolist())
+    assert held_out and not held_out & set(
+        np.concatenate(data.train).tolist()
+    )  # the reference never sees them
+    again, _ = fl.centralized(fl.make_head(data.dim, 2, 0, 0), data, 3, cfg)
+    assert all(np.array_equal(weights[k], again[k]) for k in weights)  # seeded

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import lib
 from lib.heads import MeanPoolingBertForSequenceClassification, masked_mean
+from tests.conftest import toy_dataset
 
 
 def tiny_mean(seed: int = 0):
@@ -74,3 +76,17 @@ def test_bad_pooling_is_rejected():
         lib.models.load_model(lib.models.TINY, 2, pooling="max")
     with pytest.raises(ValueError, match="should be 'mean' or 'cls'"):
         lib.runner.contract.DataContract(pooling="max")
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_sentence_vectors_are_what_the_models_own_head_reads(tiny, pooling):
+    _, tokenizer = tiny
+    model = lib.models.fresh_classifier("tiny-bert", 2, pooling=pooling).eval()
+    data = toy_dataset(20)
+    enc = lib.data.Encoded(data, tokenizer, 16)
+    feats = lib.evaluate.sentence_vectors(model, enc, tokenizer, batch_size=8)
+    assert feats.shape == (20, model.config.hidden_size)
+    logits, _ = lib.evaluate.predict_logits(model, lib.data.make_loader(enc, tokenizer, 8, shuffle=False))
+    with torch.inference_mode():
+        from_features = model.classifier(feats).numpy()  # dropout is off in eval: the head sees exactly these
+    np.testing.assert_allclose(from_features, logits, atol=1e-5)

@@ -168,6 +168,7 @@ def test_each_technique_notebook_teaches_its_mechanism():
         "05_distributed",
         "06_explain",
         "07_privacy",
+        "08_federated",
     ):
         assert by_notebook.get(nb), f"{nb} defines no # @save mechanism cell"
 

@@ -14,6 +14,7 @@ import re
 import subprocess
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 import lib
@@ -48,6 +49,15 @@ SECTION_REFS = {
     "05_distributed": {3: "Proof", 4: "Measured", 5: "evaluation", 6: "scaling model"},
     "06_explain": {5: "agree", 7: "Cost"},
     "07_privacy": {2: "DP-SGD", 3: "Training", 5: "audit"},
+    "08_federated": {
+        1: "frozen encoder",
+        2: "clients",
+        3: "mechanism",
+        4: "reference",
+        5: "Simulation",
+        6: "costs",
+        7: "Deployment",
+    },
     "10_report": {2: "table", 4: "Pareto", 5: "choice"},
 }
 
@@ -83,6 +93,7 @@ FIXED_FACTS = {
         "1%": "the FPR at which an audit reads the TPR (Carlini et al., 2022)",
         "0.1%": "the same",
     },
+    "08_federated": {"95%": "the level of every interval (lib.verdict.LEVEL)"},
 }
 FIGURE = re.compile(
     r"(?<![\w.`/-])\d+(?:[.,]\d+)?\s*(?:%|×|x\b|M\b|MB|GB|KB|ms|s\b|sec|seconds?|min\b|minutes?|hours?|points?"
@@ -331,6 +342,35 @@ def test_smoke_07_private_models_spend_their_epsilon_and_are_audited(smoke):
 
 
 @pytest.mark.notebook
+def test_smoke_08_federation_on_both_engines_aggregates_as_flower_does_and_stops_everything(smoke):
+    rec = smoke.rec["08_federated"]
+    f, v, p = rec["findings"], by_name(rec), rec["params"]
+    splits = ["iid", *(f"dirichlet-{a:g}" for a in p["dirichlet_alphas"]), "by-movie"]
+    assert set(v) == {"centralized", *(f"{s}-{st}" for s in splits for st in p["strategies"])}
+    assert v["centralized"]["role"] == "reference" and len(f["central_curve"]) == p["num_rounds"] + 1
+    assert f["aggregation_max_abs_diff"] < 1e-6 and f["proximal_gradient_max_abs_diff"] < 1e-6
+    for name in v.keys() - {"centralized"}:
+        run = v[name]
+        assert (
+            run["rounds"] == p["num_rounds"]
+            and run["bytes_per_round"] == 2 * run["model_bytes"] * p["num_clients"]
+        )
+        assert 0 <= run["worst_client_accuracy"] <= run["mean_client_accuracy"] <= 1
+    # the skewed split is skewed: its clients hold more of one label than the IID clients do
+    skewed, iid = f["splits"][f"dirichlet-{min(p['dirichlet_alphas']):g}"], f["splits"]["iid"]
+    assert skewed["mean majority share"] > iid["mean majority share"]
+    d = f["deployment"]
+    assert d["processes_left"] == 0 and d["deployed_accuracy"] == d["simulated_accuracy"]
+    assert d["max_abs_weight_diff"] < 1e-6  # the same seeds on both engines: the same training
+    engines = ("flower-super", "flwr-", "raylet", "gcs_server")
+    assert not [
+        q
+        for q in psutil.process_iter(["cmdline"])
+        if any(e in " ".join(q.info["cmdline"] or []) for e in engines)
+    ]
+
+
+@pytest.mark.notebook
 def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
     rec = smoke.rec["10_report"]
     f, v = rec["findings"], by_name(rec)
@@ -513,6 +553,54 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
         "**not** below it under the calibrated",
     ),
     ("07_privacy", {"dp_below_overfit_auc": True}, {"dp_below_overfit_auc": False}, "is **not** below the"),
+    ("08_federated", iv("iid_gap", (0.5, 1.5)), iv("iid_gap", (2.5, 4.0)), "**more than**"),
+    ("08_federated", iv("iid_gap", (0.5, 1.5)), iv("iid_gap", (1.0, 3.0)), "**within noise** of"),
+    (
+        "08_federated",
+        {"fedprox_vs_fedavg": {"dirichlet-0.1": {**DOWN, "points": -4.0}}},
+        {"fedprox_vs_fedavg": {"dirichlet-0.1": {**UP, "points": 4.0}}},
+        "**FedProx is better**",
+    ),
+    (
+        "08_federated",
+        {"fedprox_vs_fedavg": {"dirichlet-0.1": {**UP, "points": 4.0}}},
+        {"fedprox_vs_fedavg": {"dirichlet-0.1": {**DOWN, "points": -4.0}}},
+        "**FedAvg is better**",
+    ),
+    (
+        "08_federated",
+        {"fedprox_vs_fedavg": {"dirichlet-0.1": {**UP, "points": 4.0}}},
+        {"fedprox_vs_fedavg": {"dirichlet-0.1": {**NOISE, "points": 1.0}}},
+        "): within noise.",
+    ),
+    (
+        "08_federated",
+        {},
+        {
+            "deployment": {
+                "seconds": 30.0,
+                "deployed_accuracy": 0.7,
+                "simulated_accuracy": 0.71,
+                "max_abs_weight_diff": 0.01,
+                "processes_left": 0,
+            }
+        },
+        "**not equal to**",
+    ),
+    (
+        "08_federated",
+        {},
+        {
+            "deployment": {
+                "seconds": 30.0,
+                "deployed_accuracy": 0.7,
+                "simulated_accuracy": 0.7,
+                "max_abs_weight_diff": 0.0,
+                "processes_left": 2,
+            }
+        },
+        "**2 still running**",
+    ),
     ("10_report", {"stacked_goal": "meets"}, {"stacked_goal": "misses"}, "does **not** meet"),
     (
         "10_report",

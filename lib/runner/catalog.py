@@ -29,8 +29,9 @@ class Notebook:
         return "".join(first).splitlines()[0].lstrip("# ").split("· ", 1)[-1]
 
 
-# 05 and 07 start from the public pretrained model (a teacher fine-tuned without DP would carry its leak into
-# 07); 06 also loads the student (04) and the int8 model (03) when asked, 10 the student: checked there.
+# 05, 07 and 08 start from the public pretrained model (a teacher fine-tuned on all the data without DP
+# would carry its leak into 07 and undo 08's point); 06 also loads the student (04) and the int8 model (03)
+# when asked, 10 the student: checked there.
 NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("00_baseline", produces=("teacher",)),
     Notebook("01_lora_finetune", needs=("teacher",), produces=("lora",)),
@@ -40,6 +41,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("05_distributed"),
     Notebook("06_explain", needs=("teacher",)),
     Notebook("07_privacy"),
+    Notebook("08_federated"),
     Notebook("10_report", needs=("teacher",), produces=("stacked",)),
 )
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}

@@ -77,7 +77,7 @@ def declared(notebook: str | Path) -> dict[str, Decl]:
 COUNTS = ("batch_size", "num_epochs", "tfidf_max_features", "compare_steps", "compare_rounds", "speed_steps",
           "bench_repeats", "bench_probe_size", "recovery_steps", "recovery_epochs", "sweep_epochs",
           "train_steps", "equivalence_steps", "equivalence_batch_size", "global_min_count",
-          "overfit_epochs")  # fmt: skip
+          "overfit_epochs", "num_rounds", "local_epochs")  # fmt: skip
 WEIGHTS = ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy")
 
 
@@ -123,6 +123,14 @@ class _Described(BaseModel):
     accountant: Literal["prv", "rdp"]
     head_hidden: float = Field(ge=0, description="hidden units of the trained head; 0: a linear head")
     audit_size: float = Field(ge=0, description="0: as many members and non-members as the test split has")
+    num_clients: float = Field(ge=2, description="federated training needs at least 2 clients")
+    dirichlet_alphas: float = Field(gt=0, description="Dirichlet concentrations > 0, e.g. [0.1, 1.0, 100.0]")
+    strategies: Literal["fedavg", "fedprox"]
+    proximal_mu: float = Field(ge=0, description="FedProx's μ >= 0 (0 is FedAvg); 0.001 to 1 is usual")
+    fraction_train: float = Field(gt=0, le=1, description="a share of the clients, e.g. 0.5")
+    client_holdout: float = Field(gt=0, lt=1, description="a share of each client's examples, e.g. 0.2")
+    deploy_clients: float = Field(ge=2, le=16, description="SuperNodes on this machine: 2 to 16")
+    deploy_rounds: float = Field(ge=0, description="0 skips the Deployment Engine run")
     stack_base: Literal["student", "teacher"]
     stack_prune_fractions: float = Field(ge=0, lt=1, description="fractions of units to remove, e.g. [0.1]")
     stack_max_val_points: float = Field(ge=0, le=100, description="validation points the pruning may cost")

@@ -9,9 +9,10 @@ The mechanism, in four pieces:
   Li et al., 2022) and :func:`group_partition` (the data's own groups, e.g. every review of a movie on the
   same client). :func:`holdout` keeps a slice of every client for evaluating the global model on that
   client's own data.
-- **What trains** is a small head on features the frozen encoder computes once (:func:`pooled_features`),
-  the same cheap setup as ``07_privacy``: a round costs milliseconds of compute, so what the notebook
-  measures is federated learning itself.
+- **What trains** is a small head on the sentence vectors the frozen encoder computes once
+  (:func:`lib.evaluate.sentence_vectors`), the same cheap setup as ``07_privacy``: a round costs
+  milliseconds of compute, so what the notebook measures is federated learning itself. This module imports
+  no transformers: every client process of the Deployment Engine imports it, and starts in seconds.
 - **Aggregation** (:func:`fedavg`, McMahan et al., 2017): the server's new model is the average of the
   clients' models, each weighted by its number of training examples. **FedProx** (:func:`proximal_term`, Li
   et al., 2020) changes only the clients: their loss adds ``μ/2 · ‖w − w_global‖²``, which keeps a client with
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +44,12 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.simulation import run_simulation
 from torch import nn
 
-from ..data import Encoded, make_loader
 from ..errors import ArtifactError, DataError, ParamError
-from ..evaluate import in_dataset_order
-from ..heads import masked_mean
 from ..launch import LaunchError, free_port, port_in_use
-from ..models import pooling_of
-from ..utils import atomic_path, atomic_write_json, atomic_write_text, device, progress, to_device
+from ..utils import atomic_path, atomic_write_json, atomic_write_text
 
 # ------------------------------------------------------------------------ clients
 
@@ -157,26 +155,6 @@ def _check_clients(n: int, num_clients: int) -> None:
 # ------------------------------------------------------------------------ what trains
 
 
-def pooled_features(model: nn.Module, enc: Encoded, tokenizer: object, batch_size: int = 64) -> torch.Tensor:
-    """The frozen encoder's sentence vector of every example, in dataset order: the model's own pooling
-    (``cls``: BERT's pooler; ``mean``: the mean over the tokens), computed once."""
-    model.to(device()).eval()
-    mean = pooling_of(model) == "mean"
-    out = []
-    loader = make_loader(enc, tokenizer, batch_size, shuffle=False)  # length-sorted batches
-    with torch.inference_mode():
-        for batch in progress(loader, desc="features"):
-            batch = to_device(batch, device())
-            hidden = model.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            h = (
-                masked_mean(hidden.last_hidden_state, batch["attention_mask"])
-                if mean
-                else hidden.pooler_output
-            )
-            out.append(h.float().cpu())
-    return torch.from_numpy(in_dataset_order(loader, torch.cat(out).numpy())[0])
-
-
 def make_head(dim: int, num_labels: int, hidden: int, seed: int) -> nn.Module:
     """The classifier every client trains: linear (``hidden = 0``) or one hidden layer; seeded, so every
     engine starts from the same weights."""
@@ -197,7 +175,7 @@ class LocalConfig:
     seed: int = 0
 
 
-# the mechanism 08_federated shows on the page (# @save once the notebook exists)
+# @save
 def fedavg(models: Sequence[Mapping[str, np.ndarray]], num_examples: Sequence[int]) -> dict[str, np.ndarray]:
     """FedAvg's server step: every tensor of the new global model is the clients' tensors averaged, each
     client weighted by its number of training examples."""
@@ -208,7 +186,7 @@ def fedavg(models: Sequence[Mapping[str, np.ndarray]], num_examples: Sequence[in
     }
 
 
-# the mechanism 08_federated shows on the page (# @save once the notebook exists)
+# @save
 def proximal_term(model: nn.Module, global_weights: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx's addition to a client's loss: ``μ/2 · ‖w − w_global‖²`` over all trainable weights."""
     drift = sum(((w - g) ** 2).sum() for w, g in zip(model.parameters(), global_weights, strict=True))
@@ -238,6 +216,22 @@ def local_train(
     return weights_of(head), float(np.mean(losses))
 
 
+def centralized(
+    head: nn.Module, data: ClientData, rounds: int, cfg: LocalConfig
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """What federated training is measured against: the same head trained on every client's training
+    examples gathered in one place, with the same budget — ``rounds`` calls of :func:`local_train`
+    (``cfg.epochs`` passes each, a fresh optimizer each, as a client gets). Returns the final weights and
+    the test accuracy before the first and after every round."""
+    x = torch.cat([data.client(c)[0] for c in range(data.num_clients)])
+    y = torch.cat([data.client(c)[1] for c in range(data.num_clients)])
+    curve = [accuracy(head, data.test_features, data.test_labels)]
+    for r in range(1, rounds + 1):
+        local_train(head, x, y, replace(cfg, seed=cfg.seed * 1_000_003 + r * 1009))
+        curve.append(accuracy(head, data.test_features, data.test_labels))
+    return weights_of(head), curve
+
+
 def weights_of(head: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in head.state_dict().items()}
 
@@ -247,10 +241,15 @@ def load_weights(head: nn.Module, weights: Mapping[str, np.ndarray]) -> nn.Modul
     return head
 
 
-def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+def predict(head: nn.Module, features: torch.Tensor) -> np.ndarray:
+    """The head's label for every row of ``features``."""
     head.eval()
     with torch.inference_mode():
-        return float((head(features).argmax(-1) == labels).float().mean())
+        return head(features).argmax(-1).numpy()
+
+
+def accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((predict(head, features) == labels.numpy()).mean())
 
 
 def model_bytes(weights: Mapping[str, np.ndarray]) -> int:
@@ -341,6 +340,7 @@ SETTINGS = {
     "head-hidden": 0,
     "seed": 0,
     "threads": 1,  # torch threads per client process
+    "client-eval-every": 0,  # clients score the global model every k rounds and after the last (0: last only)
 }
 CLIENT_KEYS = ("data", "local-epochs", "batch-size", "learning-rate", "head-hidden", "seed", "threads")
 
@@ -388,6 +388,11 @@ def client_app() -> ClientApp:
         reply = RecordDict({"arrays": ArrayRecord(head.state_dict()), "metrics": metrics})
         return Message(reply, reply_to=msg)
 
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:  # which client is this node? (see clients_of)
+        pid = int(context.node_config["partition-id"])
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
+
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         _, data, pid, head = setup(msg, context)
@@ -409,10 +414,56 @@ def server_app(defaults: Mapping[str, object] | None = None) -> ServerApp:
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         s = settings_of(defaults, context.run_config)
+        partitions: dict[int, int] = {}  # node id -> partition-id, asked once if an experiment needs it
         for exp in json.loads(str(s["experiments"])) if s["experiments"] else [{"name": "run"}]:
-            run_experiment(grid, settings_of(s, exp), Path(str(s["out"])) / str(exp["name"]))
+            s_exp = settings_of(s, exp)
+            clients = ClientData.load(str(s_exp["data"])).num_clients
+            if len(list(grid.get_node_ids())) > clients:  # more nodes than this experiment has clients
+                partitions = partitions or partitions_of(grid)
+                grid_exp: Grid = Nodes(grid, [n for n, pid in partitions.items() if pid < clients])
+            else:
+                grid_exp = grid
+            run_experiment(grid_exp, s_exp, Path(str(s["out"])) / str(exp["name"]))
 
     return app
+
+
+def partitions_of(grid: Grid) -> dict[int, int]:
+    """Every connected node's ``partition-id``, asked with one ``query`` message per node."""
+    ids = list(grid.get_node_ids())
+    asks = [Message(RecordDict(), dst_node_id=node, message_type="query") for node in ids]
+    replies = grid.send_and_receive(asks)
+    return {r.metadata.src_node_id: int(r.content["metrics"]["partition-id"]) for r in replies}
+
+
+class Nodes(Grid):
+    """A grid that shows a strategy only some of the connected nodes: an experiment with fewer clients than
+    the federation has nodes (Flower's strategies sample from every node the grid names)."""
+
+    def __init__(self, grid: Grid, node_ids: Sequence[int]):
+        self.grid, self.node_ids = grid, list(node_ids)
+
+    def set_run(self, run: object) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> object:
+        return self.grid.run
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def push_messages(self, messages: object) -> object:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: object) -> object:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: object, *, timeout: float | None = None) -> object:
+        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 def run_experiment(grid: Grid, s: Mapping[str, object], out: Path) -> None:
@@ -456,8 +507,9 @@ def run_experiment(grid: Grid, s: Mapping[str, object], out: Path) -> None:
     if s["strategy"] not in kind:
         raise ParamError(f"strategy = {s['strategy']!r}: use one of {sorted(kind)}")
     extra = {"proximal_mu": float(s["proximal-mu"])} if s["strategy"] == "fedprox" else {}
-    n = data.num_clients
-    strategy = kind[str(s["strategy"])](
+    n, last, every = data.num_clients, int(s["num-rounds"]), int(s["client-eval-every"])
+    on_clients = {r for r in range(1, last + 1) if r == last or (every and r % every == 0)}
+    strategy = evaluated_on_clients(kind[str(s["strategy"])], on_clients)(
         fraction_train=float(s["fraction-train"]),
         fraction_evaluate=1.0,
         min_train_nodes=2,
@@ -495,9 +547,55 @@ def run_experiment(grid: Grid, s: Mapping[str, object], out: Path) -> None:
     )
 
 
+def evaluated_on_clients(strategy: type, rounds: set[int]) -> type:
+    """A Flower strategy class that asks the clients to evaluate only in ``rounds``: a simulated round
+    waits for every message it sends (Flower polls for replies), so client evaluation in every round would
+    nearly double the sweep's time; the server's own test accuracy is still measured after every round."""
+
+    class Strategy(strategy):
+        def configure_evaluate(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+        ) -> list[Message]:
+            return (
+                list(super().configure_evaluate(server_round, arrays, config, grid))
+                if server_round in rounds
+                else []
+            )
+
+    Strategy.__name__ = strategy.__name__
+    return Strategy
+
+
 def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+# ------------------------------------------------------------------------ the Simulation Engine
+
+QUIET = {
+    "FLWR_TELEMETRY_ENABLED": "0",  # Flower sends no usage events
+    "RAY_USAGE_STATS_ENABLED": "0",  # nor does Ray
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",  # Ray leaves CUDA_VISIBLE_DEVICES alone (and says nothing)
+}
+
+
+def simulate(settings: Mapping[str, object], num_supernodes: int, cpus_per_client: float = 1.0) -> None:
+    """Flower's Simulation Engine: ``num_supernodes`` virtual SuperNodes (``partition-id`` 0..n-1) in Ray
+    workers of ``cpus_per_client`` CPUs each, running this module's ServerApp (built with ``settings``: its
+    ``experiments`` run in turn) and ClientApp; telemetry off. ``run_simulation`` is Flower's API for apps
+    built in this process (``flwr run`` needs them importable from an app folder, as :func:`deploy` has
+    them)."""
+    os.environ.update(QUIET)  # read by Flower and by the Ray workers it starts
+    run_simulation(
+        server_app(settings),
+        client_app(),
+        num_supernodes=num_supernodes,
+        backend_config={
+            "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+            "init_args": {"log_to_driver": False},  # the workers' logs stay in Ray's files, not the notebook
+        },
+    )
 
 
 # ------------------------------------------------------------------------ the Deployment Engine, on loopback
@@ -573,8 +671,7 @@ def deploy(work: Path, settings: Mapping[str, object], nodes: int = 2, timeout: 
     env = {
         **os.environ,
         "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "RAY_USAGE_STATS_ENABLED": "0",
+        **QUIET,
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
 
