@@ -363,3 +363,17 @@ def test_a_launch_that_overruns_its_timeout_is_killed_whole(tmp_path, tiny):
     assert time.perf_counter() - t0 < 10
     leftover = subprocess.run(["pgrep", "-f", str(spec)], capture_output=True, text=True).stdout.split()
     assert not leftover  # torchrun and both ranks are gone
+
+
+@pytest.mark.launch
+@pytest.mark.slow  # two launches; 05_distributed's smoke run trains DDP and the hand-made average in one
+def test_runs_sharing_a_launch_train_what_separate_launches_train(tmp_path, tiny):
+    """Two trainings in one torchrun (run_all) give the weights each gives in a launch of its own."""
+    path, _ = _spec(tmp_path, tiny, 2)
+    spec = {k: v for k, v in json.loads(path.read_text()).items() if k != "out"}
+    alone = lib.distributed.run("alone", spec, 2, tmp_path, echo=None, timeout=300)
+    shared = lib.distributed.run_all(
+        {"first": dict(spec, comm_hook="by_hand"), "second": spec}, 2, tmp_path, echo=None, timeout=300
+    )
+    assert lib.distributed.max_weight_diff(alone["out"], shared["second"]["out"])[0] == 0.0
+    assert shared["first"]["comm_hook"] == "by_hand" and shared["second"]["comm_hook"] == "allreduce"

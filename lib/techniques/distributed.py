@@ -34,7 +34,7 @@ import json
 import os
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -433,10 +433,18 @@ def scaling_model(
 # ------------------------------------------------------------------------ launching
 
 
-def torchrun_command(spec_path: Path | str, nproc: int, **rendezvous: Any) -> list[str]:
-    """The torchrun command for this worker on ``spec_path`` (:func:`lib.launch.torchrun_command`: one
-    machine, or several with ``nnodes``, ``node_rank`` and one ``rdzv_endpoint``)."""
-    return launcher.torchrun_command(__name__, ["--spec", str(spec_path)], nproc, **rendezvous)
+def torchrun_command(
+    spec_path: Path | str | Sequence[Path | str], nproc: int, **rendezvous: Any
+) -> list[str]:
+    """The torchrun command for this worker on one spec, or several trained in turn
+    (:func:`lib.launch.torchrun_command`: one machine, or several with ``nnodes``, ``node_rank`` and one
+    ``rdzv_endpoint``)."""
+    return launcher.torchrun_command(__name__, _spec_args(spec_path), nproc, **rendezvous)
+
+
+def _spec_args(spec_path: Path | str | Sequence[Path | str]) -> list[str]:
+    paths = [spec_path] if isinstance(spec_path, (str, Path)) else list(spec_path)
+    return [arg for path in paths for arg in ("--spec", str(path))]
 
 
 def launch(
@@ -450,7 +458,7 @@ def launch(
     """Run the worker on ``spec_path`` under torchrun (:func:`lib.launch.launch`: output streamed to ``echo``,
     a failing rank raises a :class:`~lib.launch.LaunchError` with its own error) and return rank 0's stats."""
     launcher.launch(
-        __name__, ["--spec", str(spec_path)], nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous
+        __name__, _spec_args(spec_path), nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous
     )
     out = Path(json.loads(Path(spec_path).read_text())["out"])
     return json.loads((out / "stats.json").read_text())
@@ -466,21 +474,40 @@ def run(
     timeout: float | None = None,
     **rendezvous: Any,
 ) -> dict[str, Any]:
-    """Launch one training run: its spec goes to ``work/<name>/spec.json``, its results to ``work/<name>/``;
-    returns rank 0's stats with ``out`` (the folder). Unknown spec keys are refused here, before any process
-    starts."""
-    unknown = sorted(set(spec) - set(SPEC_KEYS) - {"out"})
+    """Launch one training run: :func:`run_all` of ``{name: spec}``."""
+    return run_all({name: spec}, nproc, work, threads, echo, timeout, **rendezvous)[name]
+
+
+def run_all(
+    specs: Mapping[str, dict[str, Any]],
+    nproc: int,
+    work: Path | str,
+    threads: int | None = None,
+    echo: Callable[[str], None] | None = print,
+    timeout: float | None = None,
+    **rendezvous: Any,
+) -> dict[str, dict[str, Any]]:
+    """Launch several training runs on the same ranks, one after the other in one torchrun (its start, the
+    imports and the process group are paid once: ~12 s a launch here): each spec goes to
+    ``work/<name>/spec.json``, its results to ``work/<name>/``; returns each run's rank-0 stats with ``out``
+    (the folder). Unknown spec keys are refused here, before any process starts."""
+    unknown = sorted({k for spec in specs.values() for k in spec} - set(SPEC_KEYS) - {"out"})
     if unknown:
         raise LaunchError(f"unknown spec keys {unknown}; known: {sorted(SPEC_KEYS)}")
-    out = Path(work) / name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "stats.json").unlink(missing_ok=True)  # a re-run never reads the previous run's numbers
-    spec_path = atomic_write_json(out / "spec.json", {**spec, "out": str(out)})
+    paths = []
+    for name, spec in specs.items():
+        out = Path(work) / name
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stats.json").unlink(missing_ok=True)  # a re-run never reads the previous run's numbers
+        paths.append(atomic_write_json(out / "spec.json", {**spec, "out": str(out)}))
     if echo is not None:
-        echo(f"[{name}] {' '.join(torchrun_command(spec_path, nproc, **rendezvous)[1:])}")
+        echo(f"[{', '.join(specs)}] {' '.join(torchrun_command(paths, nproc, **rendezvous)[1:])}")
+    launcher.launch(
+        __name__, _spec_args(paths), nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous
+    )
+    outs = {name: Path(work) / name for name in specs}
     return {
-        **launch(spec_path, nproc, echo=echo, threads=threads, timeout=timeout, **rendezvous),
-        "out": str(out),
+        name: {**json.loads((out / "stats.json").read_text()), "out": str(out)} for name, out in outs.items()
     }
 
 
@@ -581,11 +608,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m lib.techniques.distributed",
         epilog="spec keys: " + "; ".join(f"{k}: {v}" for k, v in SPEC_KEYS.items()),
     )
-    ap.add_argument("--spec", required=True, help="JSON file with the run's settings (keys below)")
-    spec = json.loads(Path(ap.parse_args(argv).spec).read_text())
-    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    ap.add_argument(
+        "--spec",
+        required=True,
+        action="append",
+        help="JSON file with a run's settings (keys below); several: trained in turn, in one process group",
+    )
+    specs = [json.loads(Path(path).read_text()) for path in ap.parse_args(argv).spec]
+    unknown = sorted({k for spec in specs for k in spec} - set(SPEC_KEYS))
     if unknown:
         raise ValueError(f"unknown spec keys {unknown}; known: {sorted(SPEC_KEYS)}")
+    spec = specs[0]  # the device and the failure test are the launch's: its first spec says
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     # nccl needs a GPU per rank; otherwise the ranks run on the CPU with gloo
@@ -604,13 +637,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     os.environ["MUXL_DEVICE"] = "cuda" if cuda else "cpu"  # lib.train.fit and the predictors run there
+    if rank == spec.get("fail_on_rank"):  # for the failure test: a worker that crashes
+        raise RuntimeError(f"worker {rank} failed on purpose (spec fail_on_rank={rank})")
+    hf_logging.disable_progress_bar()  # every rank would draw transformers' weight-loading bar
+    for one in specs:  # a launch's start (torchrun, imports, the process group) is paid once
+        train_one(one, rank, world, local_world, cuda)
+    if world > 1:
+        leave_group()
+
+
+def train_one(spec: dict[str, Any], rank: int, world: int, local_world: int, cuda: bool) -> None:
+    """One training run of a launch, in its process group: train, time, evaluate, and (rank 0) write the
+    weights and ``stats.json`` to the spec's ``out``."""
     threads = int(
         spec.get("threads") or os.environ.get("OMP_NUM_THREADS") or max(1, num_threads() // local_world)
     )
     torch.set_num_threads(threads)
-    if rank == spec.get("fail_on_rank"):  # for the failure test: a worker that crashes
-        raise RuntimeError(f"worker {rank} failed on purpose (spec fail_on_rank={rank})")
-    hf_logging.disable_progress_bar()  # every rank would draw transformers' weight-loading bar
     seed_everything(spec["seed"])
     model = fresh_classifier(
         spec["model"], spec["num_labels"], pooling=spec.get("pooling", "cls"), seed=spec["seed"]
@@ -727,8 +769,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         with atomic_path(out / "weights.safetensors") as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
         atomic_write_json(out / "stats.json", stats)  # written last: its presence means the run finished
-    if world > 1:
-        leave_group()
 
 
 def leave_group() -> None:

@@ -340,7 +340,8 @@ SETTINGS = {
     "head-hidden": 0,
     "seed": 0,
     "threads": 1,  # torch threads per client process
-    "client-eval-every": 0,  # clients score the global model every k rounds and after the last (0: last only)
+    "client-eval-every": 0,  # clients score the global model every k rounds and after the last (0: the last
+    # only; -1: never, the server's test accuracy only)
 }
 CLIENT_KEYS = ("data", "local-epochs", "batch-size", "learning-rate", "head-hidden", "seed", "threads")
 
@@ -508,7 +509,7 @@ def run_experiment(grid: Grid, s: Mapping[str, object], out: Path) -> None:
         raise ParamError(f"strategy = {s['strategy']!r}: use one of {sorted(kind)}")
     extra = {"proximal_mu": float(s["proximal-mu"])} if s["strategy"] == "fedprox" else {}
     n, last, every = data.num_clients, int(s["num-rounds"]), int(s["client-eval-every"])
-    on_clients = {r for r in range(1, last + 1) if r == last or (every and r % every == 0)}
+    on_clients = {r for r in range(1, last + 1) if every >= 0 and (r == last or (every and r % every == 0))}
     strategy = evaluated_on_clients(kind[str(s["strategy"])], on_clients)(
         fraction_train=float(s["fraction-train"]),
         fraction_evaluate=1.0,
@@ -685,31 +686,32 @@ def deploy(work: Path, settings: Mapping[str, object], nodes: int = 2, timeout: 
 
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, cmd: list[str], port: int) -> None:
+    def start(name: str, cmd: list[str]) -> None:
         log = open(logs / f"{name}.log", "w")  # noqa: SIM115 (the process writes it until stopped)
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
+
+    def listening(names: Sequence[str], ports: Sequence[int], started: Sequence[subprocess.Popen]) -> None:
         deadline = time.monotonic() + 120
-        while not port_in_use("127.0.0.1", port):
-            if procs[-1].poll() is not None or time.monotonic() > deadline:
-                raise LaunchError(
-                    f"{name} did not start listening on 127.0.0.1:{port}:\n{_tail(logs / f'{name}.log')}"
-                )
-            time.sleep(0.2)
+        for name, port, proc in zip(names, ports, started, strict=True):
+            while not port_in_use("127.0.0.1", port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise LaunchError(
+                        f"{name} did not start listening on 127.0.0.1:{port}:\n{_tail(logs / f'{name}.log')}"
+                    )
+                time.sleep(0.2)
 
     try:
         start("superlink", [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                            str(link),
-                            "--database", str(work / "superlink.db")], link)  # fmt: skip
-        for i, port in enumerate(node_ports):
-            start(
-                f"supernode{i}",
-                [tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}", "--host",
-                 "127.0.0.1", "--port", str(port), "--node-config",
-                 f"partition-id={i} num-partitions={nodes}"],
-                port,
-            )  # fmt: skip
+                            str(link), "--database", str(work / "superlink.db")])  # fmt: skip
+        listening(["superlink"], [link], procs)
+        names = [f"supernode{i}" for i in range(nodes)]
+        for i, (name, port) in enumerate(zip(names, node_ports, strict=True)):  # all at once, then waited for
+            start(name, [tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}", "--host",
+                         "127.0.0.1", "--port", str(port), "--node-config",
+                         f"partition-id={i} num-partitions={nodes}"])  # fmt: skip
+        listening(names, node_ports, procs[1:])
         run = subprocess.run(
             [tool("flwr"), "run", str(app), "loopback", "--stream"],
             env=env, capture_output=True, text=True, timeout=timeout,
