@@ -196,7 +196,9 @@ def test_a_deployment_round_on_loopback_runs_and_leaves_nothing_running(tmp_path
     settings = {"data": str(data), "out": str(tmp_path / "out"), "num-rounds": 1}
     result = fl.deploy(tmp_path / "deploy", settings, nodes=2, timeout=300)
     assert [r["round"] for r in result["rounds"]] == [0, 1] and result["rounds"][1]["clients_trained"] == 2
-    assert {p.pid for p in psutil.Process().children(recursive=True)} == before
+    assert (
+        not {p.pid for p in psutil.Process().children(recursive=True)} - before
+    )  # (Ray may still be ending)
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if "flower-super" in " ".join(p.info["cmdline"] or [])
     ]
@@ -213,3 +215,16 @@ def test_the_centralized_reference_trains_on_every_clients_training_slice_with_t
     )  # the reference never sees them
     again, _ = fl.centralized(fl.make_head(data.dim, 2, 0, 0), data, 3, cfg)
     assert all(np.array_equal(weights[k], again[k]) for k in weights)  # seeded
+
+
+def test_clients_evaluate_only_in_the_rounds_asked_for_and_a_node_subset_is_all_a_strategy_sees():
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    grid = fl.Nodes(None, [11, 12, 13])  # three of the federation's nodes (the inner grid is never asked)
+    strategy = fl.evaluated_on_clients(FedAvg, {3})(min_evaluate_nodes=3, min_available_nodes=3)
+    arrays = ArrayRecord({"w": torch.zeros(2)})
+    assert list(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)) == []
+    asked = list(strategy.configure_evaluate(3, arrays, ConfigRecord(), grid))
+    assert sorted(m.metadata.dst_node_id for m in asked) == [11, 12, 13]
+    assert type(strategy).__name__ == "FedAvg" and isinstance(strategy, FedAvg)
