@@ -1,7 +1,7 @@
 # The few verbs people use. Everything runs inside .venv (created on first use).
 #   make run [PROFILE=quick]   set up if needed, then run every notebook with papermill (MLFLOW=1: also log to MLflow)
 #   make unit                  the edit-test loop: unit tests only, no notebook, no process launched (< 2 min)
-#   make test                  set up if needed, then the gate CI runs: unit, then launches, then every notebook on smoke (< 10 min)
+#   make test                  set up if needed, then the gate CI runs: unit + launches + every notebook on smoke (< 10 min)
 #   make test-all              make test + the slow tests + nbval (every notebook with its own defaults) (~20 min)
 #   make lint                  ruff: lint and formatting of lib/, tests/ and notebooks/ (make format fixes what it can)
 #   make lab                   JupyterLab from .venv (the notebooks' "python3" kernel is this project's Python)
@@ -43,16 +43,15 @@ smoke: install
 
 # Test tiers (markers in pyproject.toml): `notebook` runs notebooks through papermill, `launch` starts processes
 # (torchrun workers, a fresh process per timing), `slow` is only for test-all.
-# `make test` is every tier but the slow one in one pytest session (one start, one collection: ~14 s less than two);
-# conftest.py runs the unit tests first, so a broken one shows before any notebook runs.
+# `make test` is the two tiers one after the other, each timed (the unit tier fails fast, before any notebook runs).
 UNIT := not notebook and not launch and not slow
 unit: install
 	@start=$$(date +%s); $(BIN)/python -m pytest -m "$(UNIT)" $(ARGS); code=$$?; \
 	echo "== make unit: $$(( $$(date +%s) - start ))s"; exit $$code
 
-test: install
-	@start=$$(date +%s); $(BIN)/python -m pytest -m "not slow" $(ARGS); code=$$?; \
-	echo "== make test (unit, launches, notebooks; one pytest session): $$(( $$(date +%s) - start ))s"; exit $$code
+test: unit
+	@start=$$(date +%s); $(BIN)/python -m pytest -m "(notebook or launch) and not slow" $(ARGS); code=$$?; \
+	echo "== notebooks and launches: $$(( $$(date +%s) - start ))s"; exit $$code
 
 test-all: install
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(ARGS)

@@ -11,11 +11,3 @@ import tempfile
 os.environ["MUXL_OUTPUTS"] = tempfile.mkdtemp(prefix="muxl-test-outputs-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Cheapest tier first, in one session (one start, one collection): unit tests, then the launches, then
-    the notebooks (`make test`). A stable sort: every module keeps its order, so a module-scoped fixture (the
-    smoke run) is set up once."""
-    tier = {"launch": 1, "notebook": 2}
-    items.sort(key=lambda item: max((tier.get(m.name, 0) for m in item.iter_markers()), default=0))

@@ -218,13 +218,12 @@ def test_the_centralized_reference_trains_on_every_clients_training_slice_with_t
 
 
 def test_clients_evaluate_only_in_the_rounds_asked_for_and_a_node_subset_is_all_a_strategy_sees():
-    from flwr.app import ArrayRecord, ConfigRecord
-    from flwr.serverapp.strategy import FedAvg
+    class Strategy:  # stands in for Flower's: what it would ask, and of which nodes
+        def configure_evaluate(self, server_round, arrays, config, grid):
+            return [(server_round, tuple(grid.get_node_ids()))]
 
     grid = fl.Nodes(None, [11, 12, 13])  # three of the federation's nodes (the inner grid is never asked)
-    strategy = fl.evaluated_on_clients(FedAvg, {3})(min_evaluate_nodes=3, min_available_nodes=3)
-    arrays = ArrayRecord({"w": torch.zeros(2)})
-    assert list(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)) == []
-    asked = list(strategy.configure_evaluate(3, arrays, ConfigRecord(), grid))
-    assert sorted(m.metadata.dst_node_id for m in asked) == [11, 12, 13]
-    assert type(strategy).__name__ == "FedAvg" and isinstance(strategy, FedAvg)
+    only_3 = fl.evaluated_on_clients(Strategy, {3})()
+    assert only_3.configure_evaluate(1, None, None, grid) == []
+    assert only_3.configure_evaluate(3, None, None, grid) == [(3, (11, 12, 13))]
+    assert type(only_3).__name__ == "Strategy" and isinstance(only_3, Strategy)
