@@ -1,11 +1,13 @@
 """Starting a module's workers under ``torchrun`` and watching them: a free rendezvous port, the exact command
 for one machine or several, the output streamed line by line, a watchdog that kills the whole launch, and the
-failing worker's own error in the exception. Process management only: what the workers do is their module's
-(e.g. :mod:`lib.techniques.distributed`).
+failing worker's own error in the exception; servers started and waited for until they listen, and whole
+process families stopped (:func:`start_server`, :func:`stop_all`: the Flower Deployment Engine). Process
+management only: what the workers do is their module's (e.g. :mod:`lib.techniques.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -13,8 +15,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import psutil
 
 from .errors import LabError
 from .utils import num_threads
@@ -163,3 +169,55 @@ def worker_error(stderr: str) -> str:
         and "ChildFailedError" not in ln
     ]
     return errors[-1] if errors else (lines[-1] if lines else "no output")
+
+
+def start_server(
+    procs: list[subprocess.Popen],
+    name: str,
+    cmd: Sequence[str],
+    port: int,
+    logs: Path,
+    env: Mapping[str, str],
+    timeout: float = 120.0,
+) -> subprocess.Popen:
+    """Start ``cmd`` in a session of its own, its output in ``logs/<name>.log``, add it to ``procs`` (so the
+    caller's ``finally: stop_all(procs)`` stops it, also when it never comes up) and wait until it listens on
+    127.0.0.1:``port``; a :class:`LaunchError` with the log's tail if it exits or ``timeout`` passes first."""
+    log = open(logs / f"{name}.log", "w")  # noqa: SIM115 (the process writes it until stopped)
+    proc = subprocess.Popen(
+        list(cmd), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    procs.append(proc)
+    deadline = time.monotonic() + timeout
+    while not port_in_use("127.0.0.1", port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise LaunchError(
+                f"{name} did not start listening on 127.0.0.1:{port}:\n{tail(logs / f'{name}.log')}"
+            )
+        time.sleep(0.2)
+    return proc
+
+
+def stop_all(procs: Sequence[subprocess.Popen], grace: float = 5.0) -> None:
+    """Stop processes and everything they started: SIGTERM, then SIGKILL whatever is left after ``grace``."""
+    family = []
+    for p in procs:
+        try:
+            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    for p in procs:
+        p.wait(timeout=grace)
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a log, for an error message."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"

@@ -4,6 +4,7 @@ process."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -377,3 +378,17 @@ def test_runs_sharing_a_launch_train_what_separate_launches_train(tmp_path, tiny
     )
     assert lib.distributed.max_weight_diff(alone["out"], shared["second"]["out"])[0] == 0.0
     assert shared["first"]["comm_hook"] == "by_hand" and shared["second"]["comm_hook"] == "allreduce"
+
+
+@pytest.mark.launch
+def test_a_server_that_never_listens_fails_with_its_log_and_is_stopped(tmp_path):
+    procs = []
+    cmd = [sys.executable, "-c", "print('no port for me'); import time; time.sleep(30)"]
+    with pytest.raises(LaunchError, match="did not start listening(.|\n)*no port for me"):
+        try:
+            lib.launch.start_server(
+                procs, "deaf", cmd, lib.launch.free_port(), tmp_path, os.environ, timeout=1.5
+            )
+        finally:
+            lib.launch.stop_all(procs)
+    assert len(procs) == 1 and procs[0].poll() is not None  # started, then stopped with its family

@@ -22,7 +22,6 @@ The mechanism, in four pieces:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -37,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -48,7 +46,7 @@ from flwr.simulation import run_simulation
 from torch import nn
 
 from ..errors import ArtifactError, DataError, ParamError
-from ..launch import LaunchError, free_port, port_in_use
+from ..launch import LaunchError, free_port, start_server, stop_all, tail
 from ..utils import atomic_path, atomic_write_json, atomic_write_text
 
 # ------------------------------------------------------------------------ clients
@@ -685,33 +683,14 @@ def deploy(work: Path, settings: Mapping[str, object], nodes: int = 2, timeout: 
         return found
 
     procs: list[subprocess.Popen] = []
-
-    def start(name: str, cmd: list[str]) -> None:
-        log = open(logs / f"{name}.log", "w")  # noqa: SIM115 (the process writes it until stopped)
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        )
-
-    def listening(names: Sequence[str], ports: Sequence[int], started: Sequence[subprocess.Popen]) -> None:
-        deadline = time.monotonic() + 120
-        for name, port, proc in zip(names, ports, started, strict=True):
-            while not port_in_use("127.0.0.1", port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise LaunchError(
-                        f"{name} did not start listening on 127.0.0.1:{port}:\n{_tail(logs / f'{name}.log')}"
-                    )
-                time.sleep(0.2)
-
     try:
-        start("superlink", [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                            str(link), "--database", str(work / "superlink.db")])  # fmt: skip
-        listening(["superlink"], [link], procs)
-        names = [f"supernode{i}" for i in range(nodes)]
-        for i, (name, port) in enumerate(zip(names, node_ports, strict=True)):  # all at once, then waited for
-            start(name, [tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}", "--host",
-                         "127.0.0.1", "--port", str(port), "--node-config",
-                         f"partition-id={i} num-partitions={nodes}"])  # fmt: skip
-        listening(names, node_ports, procs[1:])
+        superlink = [tool("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(link),
+                     "--database", str(work / "superlink.db")]  # fmt: skip
+        start_server(procs, "superlink", superlink, link, logs, env)
+        for i, port in enumerate(node_ports):
+            start_server(procs, f"supernode{i}", [tool("flower-supernode"), "--insecure", "--superlink",
+                         f"127.0.0.1:{link}", "--host", "127.0.0.1", "--port", str(port), "--node-config",
+                         f"partition-id={i} num-partitions={nodes}"], port, logs, env)  # fmt: skip
         run = subprocess.run(
             [tool("flwr"), "run", str(app), "loopback", "--stream"],
             env=env, capture_output=True, text=True, timeout=timeout,
@@ -719,36 +698,12 @@ def deploy(work: Path, settings: Mapping[str, object], nodes: int = 2, timeout: 
         atomic_write_text(logs / "flwr-run.log", run.stdout + run.stderr)
         result = out / "run" / "result.json"
         if run.returncode != 0 or not result.exists():
-            raise LaunchError(f"flwr run did not finish the federation:\n{_tail(logs / 'flwr-run.log')}")
+            raise LaunchError(f"flwr run did not finish the federation:\n{tail(logs / 'flwr-run.log')}")
         return json.loads(result.read_text())
     except subprocess.TimeoutExpired as e:
         raise LaunchError(f"the federation took more than {timeout:.0f} s: logs in {logs}") from e
     finally:
-        stop(procs)
-
-
-def stop(procs: Sequence[subprocess.Popen], grace: float = 5.0) -> None:
-    """Stop processes and everything they started: SIGTERM, then SIGKILL whatever is left after ``grace``."""
-    family = []
-    for p in procs:
-        try:
-            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    for proc in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.terminate()
-    _, alive = psutil.wait_procs(family, timeout=grace)
-    for proc in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(alive, timeout=grace)
-    for p in procs:
-        p.wait(timeout=grace)
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+        stop_all(procs)
 
 
 # What a Flower App names in its pyproject.toml ([tool.flwr.app.components]) for the Deployment Engine.
