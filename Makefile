@@ -43,15 +43,19 @@ smoke: install
 
 # Test tiers (markers in pyproject.toml): `notebook` runs notebooks through papermill, `launch` starts processes
 # (torchrun workers, a fresh process per timing), `slow` is only for test-all.
-# `make test` is the two tiers one after the other, each timed (the unit tier fails fast, before any notebook runs).
+# `make test` runs both tiers side by side in two pytest workers, one test file per worker at a time (pytest-xdist,
+# --dist loadfile): the smoke run (tests/test_notebooks.py) on one, every other file on the other; each worker and
+# every notebook it runs uses one thread (MUXL_THREADS=1: two workers of two threads each would oversubscribe the
+# two cores, 4x slower in a probe). Measured on a 2-core Zen 4: see DEVELOPERS.md.
 UNIT := not notebook and not launch and not slow
 unit: install
 	@start=$$(date +%s); $(BIN)/python -m pytest -m "$(UNIT)" $(ARGS); code=$$?; \
 	echo "== make unit: $$(( $$(date +%s) - start ))s"; exit $$code
 
-test: unit
-	@start=$$(date +%s); $(BIN)/python -m pytest -m "(notebook or launch) and not slow" $(ARGS); code=$$?; \
-	echo "== notebooks and launches: $$(( $$(date +%s) - start ))s"; exit $$code
+test: install
+	@start=$$(date +%s); MUXL_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n 2 \
+	--dist loadfile $(ARGS); code=$$?; echo "== make test (unit, launches and notebooks): $$(( $$(date +%s) - start ))s"; \
+	exit $$code
 
 test-all: install
 	$(BIN)/python -m pytest tests notebooks --nbval-lax $(ARGS)

@@ -764,3 +764,62 @@ def client_spread(table: Any, profile: str, name: str = "federated_clients"):
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def behaviour_heatmap(table: Any, profile: str, name: str = "behaviour_tests"):
+    """Failure rate of every behaviour test (rows, with its type) for every variant (columns), as a heatmap
+    with the rates written in."""
+    fig, ax = plt.subplots(figsize=(1.3 * table.shape[1] + 4.5, 0.38 * table.shape[0] + 1.5))
+    im = ax.imshow(table.to_numpy(dtype=float), cmap="Reds", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(np.arange(table.shape[1]), table.columns, rotation=20, ha="right")
+    ax.set_yticks(np.arange(table.shape[0]), table.index)
+    ax.grid(False)
+    for (i, j), v in np.ndenumerate(table.to_numpy(dtype=float)):
+        ax.text(j, i, "–" if np.isnan(v) else f"{v:.0%}", ha="center", va="center", fontsize=8,
+                color="white" if v > 0.6 else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax, label="failure rate", fraction=0.03)
+    ax.set_title("Behaviour tests: share of cases failed")
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def robustness_bars(table: Any, profile: str, name: str = "robustness"):
+    """Per variant: clean accuracy on the attacked texts, accuracy under each attack, and accuracy on the
+    teacher's adversarial texts (transfer), side by side."""
+    columns = {"clean_accuracy": "clean", "robust_accuracy_char": "char attack",
+               "robust_accuracy_word": "word attack",
+               "transfer_accuracy": "teacher's attacks replayed"}  # fmt: skip
+    columns = {c: label for c, label in columns.items() if c in table}
+    fig, ax = plt.subplots(figsize=(1.4 * len(table) + 3, 3.8))
+    width = 0.8 / len(columns)
+    for j, (c, label) in enumerate(columns.items()):
+        x = np.arange(len(table)) + (j - (len(columns) - 1) / 2) * width
+        ax.bar(x, table[c].astype(float), width, label=label, color=f"C{j}")
+    ax.set_xticks(np.arange(len(table)), table.index, rotation=15, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy, clean and under attack (the same texts for every variant)")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def fairness_gaps(table: Any, profile: str, name: str = "fairness"):
+    """Each variant's gap in mean P(positive) between two groups, per attribute, with its 95% interval; the
+    dotted line is no gap."""
+    attrs, variants = list(dict.fromkeys(table["attribute"])), list(dict.fromkeys(table["variant"]))
+    fig, axes = plt.subplots(
+        1, len(attrs), figsize=(3.6 * len(attrs), 0.35 * len(variants) + 1.8), sharey=True
+    )
+    for ax, attr in zip(np.atleast_1d(axes), attrs):
+        rows = table[table["attribute"] == attr].set_index("variant").reindex(variants)
+        y = np.arange(len(variants))
+        err = np.vstack([rows["gap"] - rows["low"], rows["high"] - rows["gap"]]).astype(float)
+        ax.errorbar(rows["gap"].astype(float), y, xerr=err, fmt="o", capsize=3)
+        ax.axvline(0, color="k", ls=":", lw=1)
+        ax.set_yticks(y, variants)
+        ax.set_title(attr, fontsize=9)
+        ax.set_xlabel("gap in mean P(positive), A − B")
+    fig.suptitle("Counterfactual fairness gaps with 95% intervals", y=1.02)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

@@ -96,7 +96,8 @@ def weighted_choice(
 TEACHER = "teacher"  # the artifact every speed-up of the report is relative to
 # What a row that measured no accuracy may tell about the artifact it names (e.g. an explanation's
 # faithfulness): it is added to that artifact's row instead of standing as a row of its own.
-ANNOTATIONS = ("faithfulness", "epsilon", "trainable_params")
+ANNOTATIONS = ("faithfulness", "epsilon", "trainable_params", "robust_accuracy", "checklist_failure_rate",
+               "attack_success_rate", "fairness_gap")  # fmt: skip
 # Variant fields that say how a row was made (shown in its provenance note when present).
 DESCRIPTORS = (
     "method",
@@ -120,6 +121,10 @@ COLUMNS = (
     "trainable_params",
     "epsilon",
     "faithfulness",
+    "robust_accuracy",
+    "checklist_failure_rate",
+    "attack_success_rate",
+    "fairness_gap",
     "provenance",
 )
 REPORT_COLUMNS = tuple(c for c in COLUMNS if c not in ("source", "num_params"))  # what report.html shows
@@ -231,7 +236,7 @@ def run_records(profile: str, run: str = "") -> tuple[Path, list[dict]]:
 
 # ------------------------------------------------------------------------ the user's choice
 
-OBJECTIVES = {"speed": "max", "cost": "min", "explainability": "max", "privacy": "max"}
+OBJECTIVES = {"speed": "max", "cost": "min", "explainability": "max", "privacy": "max", "robustness": "max"}
 
 
 def objectives(table: pd.DataFrame) -> pd.DataFrame:
@@ -241,7 +246,9 @@ def objectives(table: pd.DataFrame) -> pd.DataFrame:
     - ``cost``: size on disk in MB (what a deployment stores and loads);
     - ``explainability``: the ``faithfulness`` an explanation notebook recorded for the model (LIME's
       comprehensiveness: how much the prediction drops when the words it ranks highest are removed);
-    - ``privacy``: ``1 / (1 + ε)`` for a model trained with (ε, δ)-DP, 0 for one without a guarantee.
+    - ``privacy``: ``1 / (1 + ε)`` for a model trained with (ε, δ)-DP, 0 for one without a guarantee;
+    - ``robustness``: the share of attacked test texts a model gets right and no attack breaks
+      (09_robustness's ``robust_accuracy``).
     Unmeasured values stay missing and score 0 (the worst) once normalised."""
     eps = table["epsilon"].astype(float)
     return pd.DataFrame(
@@ -250,6 +257,7 @@ def objectives(table: pd.DataFrame) -> pd.DataFrame:
             "cost": table["size_mb"].astype(float),
             "explainability": table["faithfulness"].astype(float),
             "privacy": (1.0 / (1.0 + eps)).fillna(0.0),
+            "robustness": table["robust_accuracy"].astype(float),
         },
         index=table.index,
     )
@@ -316,6 +324,7 @@ def with_rows(
             "speedup_vs_teacher": rows["speedup_vs_reference"],
             "trainable_params": None,
             "epsilon": None,
+            **dict.fromkeys(ANNOTATIONS[3:]),
             "faithfulness": None,
             "provenance": [provenance.get(n, source) for n in rows.index],
             "artifact": rows.get("artifact"),

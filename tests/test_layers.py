@@ -169,6 +169,7 @@ def test_each_technique_notebook_teaches_its_mechanism():
         "06_explain",
         "07_privacy",
         "08_federated",
+        "09_robustness",
     ):
         assert by_notebook.get(nb), f"{nb} defines no # @save mechanism cell"
 

@@ -58,7 +58,8 @@ SECTION_REFS = {
         6: "costs",
         7: "Deployment",
     },
-    "10_report": {2: "table", 4: "Pareto", 5: "choice"},
+    "09_robustness": {2: "Behaviour", 3: "attacks", 5: "Adversarial training"},
+    "10_report": {2: "table", 3: "stacked", 4: "Pareto", 5: "choice"},
 }
 
 
@@ -94,6 +95,7 @@ FIXED_FACTS = {
         "0.1%": "the same",
     },
     "08_federated": {"95%": "the level of every interval (lib.verdict.LEVEL)"},
+    "09_robustness": {"95%": "the level of every interval (lib.verdict.LEVEL)"},
 }
 FIGURE = re.compile(
     r"(?<![\w.`/-])\d+(?:[.,]\d+)?\s*(?:%|×|x\b|M\b|MB|GB|KB|ms|s\b|sec|seconds?|min\b|minutes?|hours?|points?"
@@ -371,6 +373,36 @@ def test_smoke_08_federation_on_both_engines_aggregates_as_flower_does_and_stops
 
 
 @pytest.mark.notebook
+def test_smoke_09_every_variant_is_tested_attacked_and_checked_for_fairness(smoke):
+    rec = smoke.rec["09_robustness"]
+    f, v = rec["findings"], by_name(rec)
+    assert set(f["variants"]) == {"teacher", "lora", "pruned", "quantized", "student"} and not f["absent"]
+    for name in f["variants"]:  # the same texts for all: behaviour tests, attacks, fairness
+        row = v[name]
+        assert (
+            row["artifact"] == name and row["accuracy"] is None
+        )  # a column of the model's row in the report
+        assert (
+            0 <= row["robust_accuracy"] <= min(row["robust_accuracy_char"], row["robust_accuracy_word"]) <= 1
+        )
+        assert 0 <= row["checklist_failure_rate"] <= 1 and row["fairness_gap_low"] <= row["fairness_gap_high"]
+        assert set(f["behaviour"][name]) == set(f["behaviour"]["teacher"])
+        assert f["robustness"][name]["transfer_accuracy"] is not None
+    assert {r["attribute"] for r in f["fairness"]} >= {"gender (names)", "race (names)"}
+    shares = [
+        a["words_changed_share"]
+        for a in f["attacks"].values()
+        if a["words_changed_share"] == a["words_changed_share"]
+    ]
+    assert all(
+        s <= rec["params"]["attack_max_share"] + 1e-9 or s <= 1 / 3 for s in shares
+    )  # 1 word of 3: at least 1
+    adv = v["student + adversarial training"]
+    assert adv["accuracy"] is not None and f["adversarial_copies"] <= f["adversarial_crafted_from"]
+    assert set(f["adversarial_robust_points"]) == {"char", "word", "both"}
+
+
+@pytest.mark.notebook
 def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
     rec = smoke.rec["10_report"]
     f, v = rec["findings"], by_name(rec)
@@ -390,6 +422,7 @@ def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
     assert set(f["best_variant"]) == {"yours", "explanations first", "privacy required"}
     assert all(b in v for b in f["best_variant"].values())
     assert v["teacher"]["faithfulness"] is not None and v["dp-eps-8"]["epsilon"] is not None
+    assert v["teacher"]["robust_accuracy"] is not None and v[f["stacked_name"]]["robust_accuracy"] is None
     page = (smoke.root / "report.html").read_text(encoding="utf-8")
     assert f["stacked_name"] in page and 'src="figures/pareto.png"' in page
     assert all(f'href="html/{nb.name}.html"' in page for nb in lib.runner.catalog.NOTEBOOKS)
@@ -600,6 +633,64 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
             }
         },
         "**2 still running**",
+    ),
+    (
+        "09_robustness",
+        {"adversarial_robust_points": {"char": {**NOISE, "points": 1.0}}},
+        {"adversarial_robust_points": {"char": {**UP, "points": 4.0}}},
+        "it **raised** accuracy",
+    ),
+    (
+        "09_robustness",
+        {"adversarial_robust_points": {"char": {**UP, "points": 4.0}}},
+        {"adversarial_robust_points": {"char": {**NOISE, "points": 1.0}}},
+        "changed, **within noise**,",
+    ),
+    (
+        "09_robustness",
+        {
+            "adversarial_robust_points": {"char": {"low": 12.0, "high": 20.0, "points": 16.0}},
+            "adversarial_clean_points": {"low": -0.5, "high": 0.5, "points": 0.0},
+        },
+        {
+            "adversarial_robust_points": {"char": {"low": 2.0, "high": 6.0, "points": 4.0}},
+            "adversarial_clean_points": {"low": -0.5, "high": 0.5, "points": 0.0},
+        },
+        "does **not** meet the goal",
+    ),
+    (
+        "09_robustness",
+        {"adversarial_clean_points": {"low": -0.5, "high": 0.5, "points": 0.0}},
+        {"adversarial_clean_points": {"low": -3.0, "high": -1.5, "points": -2.2}},
+        "lost 2.20 points",
+    ),
+    (
+        "09_robustness",
+        {
+            "fairness": [
+                {
+                    "variant": "teacher",
+                    "attribute": "a",
+                    "gap": 0.0,
+                    "low": -0.01,
+                    "high": 0.01,
+                    "within_noise": True,
+                }
+            ]
+        },
+        {
+            "fairness": [
+                {
+                    "variant": "teacher",
+                    "attribute": "a",
+                    "gap": 0.03,
+                    "low": 0.01,
+                    "high": 0.05,
+                    "within_noise": False,
+                }
+            ]
+        },
+        "A gap outside noise: teacher.",
     ),
     ("10_report", {"stacked_goal": "meets"}, {"stacked_goal": "misses"}, "does **not** meet"),
     (

@@ -31,7 +31,7 @@ class Notebook:
 
 # 05, 07 and 08 start from the public pretrained model (a teacher fine-tuned on all the data without DP
 # would carry its leak into 07 and undo 08's point); 06 also loads the student (04) and the int8 model (03)
-# when asked, 10 the student: checked there.
+# when asked, 09 every variant of the run it finds (LoRA, pruned, int8), 10 the student: checked there.
 NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("00_baseline", produces=("teacher",)),
     Notebook("01_lora_finetune", needs=("teacher",), produces=("lora",)),
@@ -42,6 +42,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("06_explain", needs=("teacher",)),
     Notebook("07_privacy"),
     Notebook("08_federated"),
+    Notebook("09_robustness", needs=("teacher", "student")),
     Notebook("10_report", needs=("teacher",), produces=("stacked",)),
 )
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}
@@ -118,3 +119,17 @@ def require_artifact(profile: str, name: str, run: str = "") -> Path:
     if problem := check_artifact(path):
         raise ArtifactError(f"{what} {problem}. {fix}")
     return path
+
+
+def available_artifacts(
+    profile: str, names: list[str], run: str = ""
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """For a notebook that compares whatever a run has: ``(found, absent)`` — the folder of each artifact in
+    ``names`` that :func:`require_artifact` finds, and for each other one why not and how to get it."""
+    found, absent = {}, {}
+    for name in names:
+        try:
+            found[name] = require_artifact(profile, name, run)
+        except ArtifactError as e:
+            absent[name] = str(e)
+    return found, absent

@@ -77,8 +77,9 @@ def declared(notebook: str | Path) -> dict[str, Decl]:
 COUNTS = ("batch_size", "num_epochs", "tfidf_max_features", "compare_steps", "compare_rounds", "speed_steps",
           "bench_repeats", "bench_probe_size", "recovery_steps", "recovery_epochs", "sweep_epochs",
           "train_steps", "equivalence_steps", "equivalence_batch_size", "global_min_count",
-          "overfit_epochs", "num_rounds", "local_epochs")  # fmt: skip
-WEIGHTS = ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy")
+          "overfit_epochs", "num_rounds", "local_epochs", "attack_texts", "attack_max_words",
+          "word_neighbours", "adversarial_craft_texts")  # fmt: skip
+WEIGHTS = ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy", "weight_robustness")
 
 
 class _Described(BaseModel):
@@ -134,6 +135,17 @@ class _Described(BaseModel):
     stack_base: Literal["student", "teacher"]
     stack_prune_fractions: float = Field(ge=0, lt=1, description="fractions of units to remove, e.g. [0.1]")
     stack_max_val_points: float = Field(ge=0, le=100, description="validation points the pruning may cost")
+    attack_max_share: float = Field(gt=0, le=1, description="a share of a text's words, e.g. 0.2")
+    word_min_similarity: float = Field(ge=-1, le=1, description="a cosine similarity, e.g. 0.5")
+    behaviour_scale: float = Field(gt=0, description="a multiplier of the tests' cases, e.g. 0.5")
+    adversarial_clean_texts: float = Field(
+        ge=0, description="0: the attacked copies and their originals only"
+    )
+    adversarial_learning_rate: float = Field(gt=0, le=1, description="typical rates are 1.0e-5 to 1.0e-4")
+    adversarial_precision: Literal["fp32", "bf16", "auto"]
+    fairness_people: float = Field(ge=0, description="0: every person of each list")
+    fairness_bootstrap: float = Field(ge=100, description="an interval from fewer resamples is noise itself")
+    variants: Literal["teacher", "lora", "pruned", "quantized", "student"]
 
 
 # The rule of every parameter, by name: a name means the same in every notebook that declares it.
