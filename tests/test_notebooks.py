@@ -387,16 +387,11 @@ def test_smoke_09_every_variant_is_tested_attacked_and_checked_for_fairness(smok
         )
         assert 0 <= row["checklist_failure_rate"] <= 1 and row["fairness_gap_low"] <= row["fairness_gap_high"]
         assert set(f["behaviour"][name]) == set(f["behaviour"]["teacher"])
-        assert f["robustness"][name]["transfer_accuracy"] is not None
+        replayed = f["transfer"][f"{name}/char"]  # the teacher's successful attacks, the same strings for all
+        assert replayed["transfer_texts"] == f["transfer"]["teacher/char"]["transfer_texts"]
     assert {r["attribute"] for r in f["fairness"]} >= {"gender (names)", "race (names)"}
-    shares = [
-        a["words_changed_share"]
-        for a in f["attacks"].values()
-        if a["words_changed_share"] == a["words_changed_share"]
-    ]
-    assert all(
-        s <= rec["params"]["attack_max_share"] + 1e-9 or s <= 1 / 3 for s in shares
-    )  # 1 word of 3: at least 1
+    most = max(a["most_words_changed"] for a in f["attacks"].values())
+    assert most <= rec["params"]["attack_max_words"]  # no attack went over its budget
     adv = v["student + adversarial training"]
     assert adv["accuracy"] is not None and f["adversarial_copies"] <= f["adversarial_crafted_from"]
     assert set(f["adversarial_robust_points"]) == {"char", "word", "both"}

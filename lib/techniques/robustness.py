@@ -115,7 +115,8 @@ def greedy_attack(
 
 def attack_summary(attacked: pd.DataFrame) -> dict[str, float]:
     """Per attack on one model: clean accuracy, accuracy under attack, success rate (over the texts it got
-    right), queries per attacked text and the share of words changed by a successful attack."""
+    right), queries per attacked text, the most words one text had changed and the share of words changed by a
+    successful attack."""
     right = attacked[attacked["clean_correct"]]
     won = right[right["success"]]
     return {
@@ -124,6 +125,7 @@ def attack_summary(attacked: pd.DataFrame) -> dict[str, float]:
         "robust_accuracy": float((attacked["clean_correct"] & ~attacked["success"]).mean()),
         "attack_success_rate": float(won.shape[0] / right.shape[0]) if len(right) else float("nan"),
         "queries_per_text": float(right["queries"].mean()) if len(right) else float("nan"),
+        "most_words_changed": int(attacked["words_changed"].max()) if len(attacked) else 0,
         "words_changed_share": float((won["words_changed"] / won["words_total"]).mean())
         if len(won)
         else float("nan"),
