@@ -9,7 +9,6 @@ view.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -130,10 +129,3 @@ def by_group(
     )
     mean_p = pd.Series(p_positive[group.notna().to_numpy()]).groupby(group[group.notna()].to_numpy()).mean()
     return mf.by_group.assign(mean_p_positive=mean_p)
-
-
-def scorer(
-    proba: Callable[[Sequence[str]], np.ndarray], positive: int
-) -> Callable[[Sequence[str]], np.ndarray]:
-    """``texts -> P(positive)`` from a ``texts -> probabilities`` function."""
-    return lambda texts: proba(list(texts))[:, positive]
