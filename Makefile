@@ -10,6 +10,8 @@
 #   make clean-notebooks       strip outputs / execution counts from notebooks/ (before committing)
 #   make clean                 remove outputs/ run results (keeps outputs/README.md)
 #   make readme [RUN=id]       regenerate the README results block from a clean complete default run
+#   make serve [ARGS=...]      serve the newest default run's chosen variant on http://127.0.0.1:8000 (11_serve's
+#                              best settings for it; ARGS="--variant teacher --port 8001"; python -m lib.serve --help)
 #   make runs                  list the runs (python -m lib.runner --runs; --compare A B; --delete ID; --html ID)
 #                              every run folder gets report.html: the whole run on one page
 #   make mlflow-ui             browse the MLflow store of `make run MLFLOW=1` runs
@@ -24,7 +26,7 @@ PIP_ARGS := -c requirements/constraints.txt -e .[dev]
 # A kernel name per clone (a hash of its path): registering a second clone never re-points the first one's kernel.
 KERNEL := model-ux-lab-$(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
 
-.PHONY: install run smoke unit test test-all lint format lab kernel clean clean-notebooks lock readme runs mlflow-ui
+.PHONY: install run smoke unit test test-all lint format lab kernel clean clean-notebooks lock readme runs mlflow-ui serve
 
 $(BIN)/.installed: pyproject.toml requirements/constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -40,6 +42,9 @@ run: install
 
 smoke: install
 	$(BIN)/python -m lib.runner --profile smoke
+
+serve: install
+	$(BIN)/python -m lib.serve $(ARGS)
 
 # Test tiers (markers in pyproject.toml): `notebook` runs notebooks through papermill, `launch` starts processes
 # (torchrun workers, a fresh process per timing), `slow` is only for test-all.

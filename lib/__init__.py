@@ -26,8 +26,8 @@ __version__ = "0.1.0"
 CORE = ("errors", "utils", "data", "heads", "models", "predict", "artifacts", "train", "evaluate", "verdict",
         "bench", "baselines", "experiment", "report", "launch", "plots")  # fmt: skip
 TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain", "privacy", "federated",
-              "behaviour", "robustness", "fairness")  # fmt: skip
-__all__ = [*CORE, *TECHNIQUES, "runner", "techniques", "setup", "__version__"]
+              "behaviour", "robustness", "fairness", "serving", "loadgen")  # fmt: skip
+__all__ = [*CORE, *TECHNIQUES, "runner", "techniques", "serve", "setup", "__version__"]
 
 
 def _show_project_errors_briefly() -> None:
@@ -45,7 +45,7 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f"{__name__}.utils").setup
     if name in TECHNIQUES:
         module = importlib.import_module(f"{__name__}.techniques.{name}")
-    elif name in CORE or name in ("runner", "techniques"):
+    elif name in CORE or name in ("runner", "techniques", "serve"):
         module = importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module 'lib' has no attribute {name!r}")

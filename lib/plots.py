@@ -823,3 +823,59 @@ def fairness_gaps(table: Any, profile: str, name: str = "fairness"):
     fig.suptitle("Counterfactual fairness gaps with 95% intervals", y=1.02)
     fig.tight_layout()
     return fig, save(fig, profile, name)
+
+
+def latency_vs_load(
+    sweeps: Mapping[tuple[str, str], Any], slo_ms: float, profile: str, name: str = "serve_latency"
+):
+    """One column per served model: top, p99 (solid) and p50 (dotted) latency against the offered rate, one
+    colour per configuration, the SLO dashed; bottom, the answered rate against the offered one."""
+    models = list(dict.fromkeys(m for m, _ in sweeps))
+    fig, axes = plt.subplots(2, len(models), figsize=(5.6 * len(models), 7.2), squeeze=False)
+    for j, model in enumerate(models):
+        top, bottom = axes[0, j], axes[1, j]
+        mine = {c: t for (m, c), t in sweeps.items() if m == model}
+        for config, t in mine.items():
+            (line,) = top.plot(t.index, t["p99_ms"], marker="o", label=f"{config}")
+            top.plot(t.index, t["p50_ms"], ls=":", color=line.get_color())
+            bottom.plot(t.index, t["achieved_rps"], marker="o", color=line.get_color(), label=config)
+        top.axhline(slo_ms, color="k", ls="--", lw=1, label=f"SLO: p99 ≤ {slo_ms:g} ms")
+        top.set_yscale("log")
+        top.set_ylabel("latency from the scheduled send (ms)\np99 solid, p50 dotted")
+        top.set_title(f"{model}: latency against offered load")
+        top.legend(fontsize=8)
+        most = max(float(t.index.max()) for t in mine.values())
+        bottom.plot([0, most], [0, most], color="grey", ls="--", lw=1, label="answered = offered")
+        bottom.set_xlabel("offered requests/s (open loop, Poisson)")
+        bottom.set_ylabel("answered requests/s")
+        bottom.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)
+
+
+def serve_metrics(
+    batch_sizes: Mapping[str, Any], depth: Any, queue_limit: int, profile: str, name: str = "serve_metrics"
+):
+    """Left: the share of model calls per batch-size bucket, per configuration (scraped from ``/metrics``).
+    Right: the queue depth over time under overload (``depth``: rows of seconds and texts waiting), with the
+    admission limit."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 3.8))
+    labels = [f"≤{int(le)}" if np.isfinite(le) else "more" for le in next(iter(batch_sizes.values())).index]
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(batch_sizes), 1)
+    for i, (config, counts) in enumerate(batch_sizes.items()):
+        a.bar(x + i * width - 0.4 + width / 2, counts / max(counts.sum(), 1), width, label=config)
+    a.set_xticks(x, labels)
+    a.set_xlabel("texts per model call")
+    a.set_ylabel("share of model calls")
+    a.set_title("Batch sizes the batcher formed (over each sweep)")
+    a.legend(fontsize=7)
+    for label, series in depth.items():
+        b.plot(series[:, 0], series[:, 1], label=label)
+    b.axhline(queue_limit, color="k", ls="--", lw=1, label=f"admission limit ({queue_limit} texts)")
+    b.set_xlabel("seconds into the run")
+    b.set_ylabel("texts waiting (scraped /metrics)")
+    b.set_title("Queue depth under overload")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig, save(fig, profile, name)

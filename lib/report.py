@@ -287,6 +287,16 @@ def choose(
     return best, out
 
 
+def best_saved(ranked: pd.DataFrame, table: pd.DataFrame) -> str | None:
+    """The artifact of the best-ranked candidate (``ranked``: :func:`choose`'s table, best first) that was
+    saved, i.e. can be served (a variant measured but not saved, e.g. a bf16 cast, cannot); ``None`` if
+    none was."""
+    saved = [
+        table.loc[name, "artifact"] for name in ranked.index if isinstance(table.loc[name, "artifact"], str)
+    ]
+    return saved[0] if saved else None
+
+
 # ------------------------------------------------------------------------ helpers of the report notebook
 
 

@@ -18,8 +18,14 @@ FOUNDATION = [LIB / "errors.py", LIB / "utils.py"]
 RUNNER = sorted(p for p in (LIB / "runner").glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
 CORE = sorted(p for p in LIB.glob("*.py") if p.name != "__init__.py" and p not in FOUNDATION)
 TECHNIQUES = sorted(p for p in (LIB / "techniques").glob("*.py") if p.name != "__init__.py")
-EVERY = FOUNDATION + RUNNER + CORE + TECHNIQUES
-PACKAGES = ("lib", "lib.runner", "lib.techniques")  # `from lib import models`: the imported names are modules
+APPS = sorted((LIB / "serve").glob("*.py"))  # applications on top: the HTTP server
+EVERY = FOUNDATION + RUNNER + CORE + TECHNIQUES + APPS
+PACKAGES = (
+    "lib",
+    "lib.runner",
+    "lib.techniques",
+    "lib.serve",
+)  # `from lib import models`: the imported names are modules
 
 
 def lib_imports(path: Path) -> list[tuple[str, int, bool]]:
@@ -46,10 +52,11 @@ def module_name(path: Path) -> str:
 
 
 def tier(module: str) -> str:
-    """``foundation``, ``runner``, ``core`` or ``techniques``: where a ``lib`` module sits."""
+    """``foundation``, ``runner``, ``core``, ``techniques`` or ``serve`` (an application): where a ``lib``
+    module sits."""
     if module in ("lib.errors", "lib.utils"):
         return "foundation"
-    if module.startswith(("lib.runner", "lib.techniques")):
+    if module.startswith(("lib.runner", "lib.techniques", "lib.serve")):
         return module.split(".")[1]
     return "core"
 
@@ -59,6 +66,7 @@ ALLOWED = {
     "runner": {"foundation", "runner"},
     "core": {"foundation", "runner", "core"},
     "techniques": {"foundation", "runner", "core"},
+    "serve": {"foundation", "runner", "core", "techniques", "serve"},
 }
 
 

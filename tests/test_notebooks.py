@@ -60,6 +60,7 @@ SECTION_REFS = {
     },
     "09_robustness": {2: "Behaviour", 3: "attacks", 5: "Adversarial training"},
     "10_report": {2: "table", 3: "stacked", 4: "Pareto", 5: "choice"},
+    "11_serve": {1: "What is served", 3: "Latency under load", 5: "cache", 6: "Overload"},
 }
 
 
@@ -96,6 +97,7 @@ FIXED_FACTS = {
     },
     "08_federated": {"95%": "the level of every interval (lib.verdict.LEVEL)"},
     "09_robustness": {"95%": "the level of every interval (lib.verdict.LEVEL)"},
+    "11_serve": {"0.1 s": "the scrape interval of /metrics (lib.loadgen.open_loop's scrape_every default)"},
 }
 FIGURE = re.compile(
     r"(?<![\w.`/-])\d+(?:[.,]\d+)?\s*(?:%|×|x\b|M\b|MB|GB|KB|ms|s\b|sec|seconds?|min\b|minutes?|hours?|points?"
@@ -364,11 +366,15 @@ def test_smoke_08_federation_on_both_engines_aggregates_as_flower_does_and_stops
     d = f["deployment"]
     assert d["processes_left"] == 0 and d["deployed_accuracy"] == d["simulated_accuracy"]
     assert d["max_abs_weight_diff"] < 1e-6  # the same seeds on both engines: the same training
-    engines = ("flower-super", "flwr-", "raylet", "gcs_server")
-    assert not [
+    assert not engines_left(["flower-super", "flwr-", "raylet", "gcs_server"])
+
+
+def engines_left(names):
+    """Processes still running whose command line holds any of ``names`` (servers and engines)."""
+    return [
         q
         for q in psutil.process_iter(["cmdline"])
-        if any(e in " ".join(q.info["cmdline"] or []) for e in engines)
+        if any(e in " ".join(q.info["cmdline"] or []) for e in names)
     ]
 
 
@@ -398,14 +404,37 @@ def test_smoke_09_every_variant_is_tested_attacked_and_checked_for_fairness(smok
 
 
 @pytest.mark.notebook
+def test_smoke_11_serves_the_choice_measures_every_config_and_stops_every_server(smoke):
+    rec = smoke.rec["11_serve"]
+    f, report = rec["findings"], smoke.rec["10_report"]["findings"]
+    assert f["chosen"] == report["best_artifact"]["yours"]  # what the report chose, served
+    configs = {v["config"] for v in rec["variants"]}
+    assert {"unbatched", "batched, wait 2 ms"} <= configs and any("one group" in c for c in configs)
+    for v in rec["variants"]:  # every served config has its knee, whatever it is
+        assert v["max_rps_at_slo"] >= 0 and v["in_process_rps"] > 0 and 0 <= v["served_share"]
+    assert f["best_config"][f["chosen"]] in configs and f["docs_status"] == 200
+    assert (
+        f["cache"]["cache on"]["hit_ratio"] > 0 and f["cache"]["cache off"]["hit_ratio"] == 0
+    )  # no-cache honoured
+    assert f["cache"]["cache on"]["errors"] == 0 and f["overload"]["unbounded queue"]["refused_share"] == 0
+    assert 1 <= f["overload"]["limit"]
+    assert [b["model calls"] for b in f["bursts"]] == [
+        64,
+        2,
+    ]  # 64 texts: one call each, then two batches of 32
+    assert not engines_left(["-m lib.serve", "lib.techniques.loadgen"])  # every server and generator stopped
+
+
+@pytest.mark.notebook
 def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
     rec = smoke.rec["10_report"]
     f, v = rec["findings"], by_name(rec)
     sources = {x["source"] for x in rec["variants"]}
-    assert sources == {
-        nb.name for nb in lib.runner.catalog.NOTEBOOKS if nb.name != "06_explain"
-    }  # 06 adds a column
-    assert f["missing_notebooks"] == [] and len(f["records"]) == len(lib.runner.catalog.NOTEBOOKS) - 1
+    before = [nb.name for nb in lib.runner.catalog.NOTEBOOKS][
+        : [nb.name for nb in lib.runner.catalog.NOTEBOOKS].index("10_report") + 1
+    ]
+    assert sources == set(before) - {"06_explain"}  # 06 adds a column
+    assert f["missing_notebooks"] == [] and f["records"] == before[:-1]
     stacked = [n for n in v if n.startswith("stacked")]
     assert stacked == [f["stacked_name"]] and v[stacked[0]]["source"] == "10_report"
     s = v[stacked[0]]
@@ -686,6 +715,14 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
             ]
         },
         "A gap outside noise: teacher.",
+    ),
+    ("11_serve", {"chosen_served_share": 0.3}, {"chosen_served_share": 0.7}, "it meets the goal of 50%"),
+    ("11_serve", {"chosen_served_share": 0.7}, {"chosen_served_share": 0.3}, "does **not** meet the goal"),
+    (
+        "11_serve",
+        {"grouping": {"grouped": 100.0, "one group": 120.0}},
+        {"grouping": {"grouped": 120.0, "one group": 100.0}},
+        "length groups raised the knee",
     ),
     ("10_report", {"stacked_goal": "meets"}, {"stacked_goal": "misses"}, "does **not** meet"),
     (

@@ -260,3 +260,39 @@ def test_report_html_groups_an_aggregating_record_and_marks_the_choice(outputs):
     marked = {r["name"]: r["chosen"] for g in groups[1:] for r in g["rows"] if r["chosen"]}
     assert marked == {"ort int8": ["yours"], "dp-eps-1": ["privacy first"]}
     assert "faithfulness (LIME comprehensiveness)" in groups[0]["headers"]
+
+
+def test_the_served_choice_is_the_best_ranked_saved_variant():
+    t = lib.report.variants_table(RECORDS)
+    best, ranked = lib.report.choose(t, {"speed": 1, "cost": 1}, 20.0, 0.83)
+    saved = lib.report.best_saved(ranked, t)
+    assert saved == next(t.loc[n, "artifact"] for n in ranked.index if isinstance(t.loc[n, "artifact"], str))
+    assert (
+        lib.report.best_saved(
+            ranked.loc[[n for n in ranked.index if not isinstance(t.loc[n, "artifact"], str)]], t
+        )
+        is None
+    )
+
+
+def test_report_html_shows_the_served_rows_after_the_aggregate(outputs):
+    """A notebook after the aggregating one (11_serve measures what 10_report chose) adds its own rows and
+    columns to the page."""
+    run_dir = lib.runner.folders.start("smoke", by="test", notebooks=[])
+    (run_dir / "metrics").mkdir()
+    rows = lib.report.record_variants(lib.report.variants_table(RECORDS))
+    summary = {**RECORDS[0], "notebook": "10_report", "variants": rows, "findings": {"best_variant": {}}}
+    served = {
+        **RECORDS[0],
+        "notebook": "11_serve",
+        "variants": [{"name": "teacher · served, unbatched", "role": "reference", "max_rps_at_slo": 60.0,
+                      "p99_ms": 41.0, "served_share": 0.8}],
+    }  # fmt: skip
+    for rec in [summary, served]:
+        lib.utils.atomic_write_json(run_dir / "metrics" / f"{rec['notebook']}.json", rec)
+    header, *groups = lib.runner.page.groups(lib.runner.records.load_run(run_dir), {})
+    assert (
+        groups[-1]["notebook"] == "11_serve"
+        and groups[-1]["rows"][0]["name"] == "teacher · served, unbatched"
+    )
+    assert "served requests/s at the SLO" in header["headers"] and "80%" in groups[-1]["rows"][0]["cells"]

@@ -31,7 +31,8 @@ class Notebook:
 
 # 05, 07 and 08 start from the public pretrained model (a teacher fine-tuned on all the data without DP
 # would carry its leak into 07 and undo 08's point); 06 also loads the student (04) and the int8 model (03)
-# when asked, 09 every variant of the run it finds (LoRA, pruned, int8), 10 the student: checked there.
+# when asked, 09 every variant of the run it finds (LoRA, pruned, int8), 10 the student, 11 the variant 10
+# chose: checked there.
 NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("00_baseline", produces=("teacher",)),
     Notebook("01_lora_finetune", needs=("teacher",), produces=("lora",)),
@@ -44,6 +45,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("08_federated"),
     Notebook("09_robustness", needs=("teacher", "student")),
     Notebook("10_report", needs=("teacher",), produces=("stacked",)),
+    Notebook("11_serve", needs=("teacher",)),
 )
 BY_NAME = {nb.name: nb for nb in NOTEBOOKS}
 

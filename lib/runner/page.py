@@ -24,7 +24,9 @@ COLUMNS = (  # (record key, header with its unit, format), in order; a column no
     ("throughput_b32", "throughput, batch 32 (samples/s)", ".1f"),
     ("speedup_vs_teacher", "speed-up over the teacher (×)", ".2f"),
     ("trainable_params", "trainable parameters", ",d"), ("epsilon", "privacy ε", ".2f"),
-    ("faithfulness", "faithfulness (LIME comprehensiveness)", ".3f"), ("provenance", "how it was made", ""),
+    ("faithfulness", "faithfulness (LIME comprehensiveness)", ".3f"),
+    ("max_rps_at_slo", "served requests/s at the SLO", ".0f"), ("p99_ms", "served p99 there (ms)", ".1f"),
+    ("served_share", "served share of in-process speed", ".0%"), ("provenance", "how it was made", ""),
 )  # fmt: skip
 
 
@@ -46,10 +48,14 @@ def groups(records: Sequence[Mapping[str, Any]], chosen: Mapping[str, str]) -> l
     """The headers, then the rows grouped by source notebook in notebook order, each with its cells and the
     settings that chose it."""
     summary = aggregate(records)
-    own = [{**v, "source": r["notebook"]} for r in records for v in own_variants(r)]
-    rows = [dict(v) for v in summary["variants"]] if summary else own
-    keys = [c for c in COLUMNS if any(row.get(c[0]) is not None for row in rows)]
     order = [nb.name for nb in NOTEBOOKS]
+    own = [{**v, "source": r["notebook"]} for r in records for v in own_variants(r)]
+    after = [  # notebooks after the aggregator (11_serve) measured what it chose: their rows come on top
+        v for v in own if summary and v["source"] in order and summary["notebook"] in order
+        and order.index(v["source"]) > order.index(summary["notebook"])
+    ]  # fmt: skip
+    rows = [dict(v) for v in summary["variants"]] + after if summary else own
+    keys = [c for c in COLUMNS if any(row.get(c[0]) is not None for row in rows)]
     out: dict[str, dict[str, Any]] = {}
     for row in sorted(rows, key=lambda r: order.index(r["source"]) if r["source"] in order else len(order)):
         out.setdefault(row["source"], {"notebook": row["source"], "rows": []})["rows"].append({

@@ -78,7 +78,8 @@ COUNTS = ("batch_size", "num_epochs", "tfidf_max_features", "compare_steps", "co
           "bench_repeats", "bench_probe_size", "recovery_steps", "recovery_epochs", "sweep_epochs",
           "train_steps", "equivalence_steps", "equivalence_batch_size", "global_min_count",
           "overfit_epochs", "num_rounds", "local_epochs", "attack_texts", "attack_max_words",
-          "word_neighbours", "adversarial_craft_texts")  # fmt: skip
+          "word_neighbours", "adversarial_craft_texts", "serve_max_batch_size", "load_max_requests",
+          "serve_threads", "cache_pool")  # fmt: skip
 WEIGHTS = ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy", "weight_robustness")
 
 
@@ -146,6 +147,16 @@ class _Described(BaseModel):
     fairness_people: float = Field(ge=0, description="0: every person of each list")
     fairness_bootstrap: float = Field(ge=100, description="an interval from fewer resamples is noise itself")
     variants: Literal["teacher", "lora", "pruned", "quantized", "student"]
+    slo_ms: float = Field(gt=0, description="a latency in milliseconds, e.g. 50.0")
+    serve_wait_ms: float = Field(ge=0, le=1000, description="milliseconds a batch waits, e.g. [0.0, 5.0]")
+    serve_max_padding: float = Field(ge=-1, description="a share of real tokens, e.g. 0.25 (-1: no grouping)")
+    rate_fractions: float = Field(gt=0, le=10, description="shares of in-process throughput, e.g. [0.5, 1.0]")
+    load_seconds: float = Field(gt=0, le=60, description="a load run stays short: at most 60 s")
+    cache_size: float = Field(ge=0, description="answers kept; 0 turns the cache off")
+    serve_queue: float = Field(ge=0, description="texts waiting; 0 sizes the queue from the knee and the SLO")
+    cache_zipf: float = Field(gt=0, description="Zipf's exponent, e.g. 1.1 (larger: fewer texts repeat more)")
+    overload_factor: float = Field(gt=1, description="more than the knee's rate, e.g. 2.0")
+    serve_variant: str = Field(pattern=r"^[A-Za-z0-9_-]*$", description="an artifact name, e.g. student")
 
 
 # The rule of every parameter, by name: a name means the same in every notebook that declares it.

@@ -1,0 +1,248 @@
+"""The HTTP app (FastAPI) around :mod:`lib.techniques.serving`'s batcher, classifier and cache.
+
+``POST /predict`` takes ``{"text": "..."}`` or ``{"text": ["...", ...]}`` and answers every text's label and
+probabilities, the model's name and the run it came from. A request is checked before anything else happens
+(422 naming the field: not JSON, a missing or empty text, a text over ``max_chars``, more than ``max_texts``
+texts, a wrong type, an unknown field); cached answers are returned at once (unless the request says
+``Cache-Control: no-cache``); the rest go to the batcher, or, if its queue cannot take them all, the request
+is refused at once with 429 and a ``Retry-After``. Until the model is warmed up, and while the server shuts
+down, ``/predict`` answers 503 (also with ``Retry-After``). ``/healthz``: the process is alive; ``/readyz``:
+the model is loaded and warmed up; ``/metrics``: Prometheus' text format; ``/docs``: the OpenAPI page. Each
+answer carries a ``Server-Timing`` header (``app;dur=`` ms from the request's arrival to its answer) so that
+a client can tell server time from network and queueing.
+"""
+
+# no `from __future__ import annotations`: FastAPI reads /predict's body type, built in make_app, at run time
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Union
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from ..techniques.serving import MicroBatcher, Overloaded, ResponseCache
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the server batches, caches and refuses (``python -m lib.serve --help`` says each)."""
+
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_queue: int = 256
+    cache_size: int = 4096
+    max_texts: int = 32
+    max_chars: int = 2000
+    max_padding: float = 0.25
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be {rule}"
+            for name, ok, rule in (
+                ("max_batch_size", self.max_batch_size >= 1, ">= 1"),
+                ("max_wait_ms", self.max_wait_ms >= 0, ">= 0"),
+                ("max_queue", self.max_queue >= self.max_texts, f">= max_texts ({self.max_texts})"),
+                ("cache_size", self.cache_size >= 0, ">= 0 (0: no cache)"),
+                ("max_texts", self.max_texts >= 1, ">= 1"),
+                ("max_chars", self.max_chars >= 1, ">= 1"),
+                ("threads", self.threads >= 1, ">= 1"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("bad server settings: " + "; ".join(problems))
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (several apps in one process stay apart)."""
+
+    def __init__(self, queue_depth: Callable[[], int], hit_ratio: Callable[[], float]):
+        self.registry = r = CollectorRegistry()
+        self.latency = Histogram(
+            "muxl_request_seconds",
+            "Time from a /predict request's arrival to its answer, by outcome",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "muxl_batch_size", "Texts per model call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "muxl_batch_seconds", "Time of one batch in the model", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.rejected = Counter("muxl_rejected", "Requests refused, by reason", ["reason"], registry=r)
+        self.texts = Counter("muxl_texts", "Texts answered, by source", ["source"], registry=r)
+        Gauge("muxl_queue_depth", "Texts waiting for the model now", registry=r).set_function(queue_depth)
+        Gauge("muxl_cache_hit_ratio", "Share of texts answered from the cache", registry=r).set_function(
+            hit_ratio
+        )
+
+    def on_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+
+def request_model(max_texts: int, max_chars: int) -> type[BaseModel]:
+    """The body of ``POST /predict``: one text or a list of texts, each non-empty after stripping and at most
+    ``max_chars`` characters, at most ``max_texts`` texts; strict types, no other field."""
+    one = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_chars)]
+    many = Annotated[list[one], Field(min_length=1, max_length=max_texts)]
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        text=(
+            Union[one, many],  # noqa: UP007 (the types are built here, at run time)
+            Field(
+                description=f"a text, or a list of at most {max_texts} texts, of 1 to {max_chars} characters",
+                examples=["a gripping, funny and humane film", ["dull.", "a small gem"]],
+            ),
+        ),
+    )
+
+
+def refuse(status: int, reason: str, message: str, retry_after_s: float) -> JSONResponse:
+    return JSONResponse(
+        {"detail": message, "reason": reason},
+        status_code=status,
+        headers={"Retry-After": str(max(1, round(retry_after_s)))},
+    )
+
+
+def make_app(
+    classify: Callable[[list[str]], list[dict[str, Any]]],
+    settings: Settings,
+    model: str,
+    run: str,
+    warm_up: Callable[[], Any] = lambda: None,
+    lowercase: bool = False,
+) -> FastAPI:
+    """The app serving ``classify`` (texts → ``[{"label", "probabilities"}]``, e.g. a
+    :class:`lib.techniques.serving.Classifier`). ``warm_up`` runs in a thread once the server listens;
+    ``/readyz`` says ready when it has finished. ``lowercase``: the model ignores case (cache keys too)."""
+    cache = ResponseCache(settings.cache_size, lowercase)
+    state: dict[str, Any] = {"ready": False, "stopping": False, "warm_up_error": None}
+    batcher: MicroBatcher
+    metrics: Metrics
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal batcher, metrics
+        batcher = MicroBatcher(classify, settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
+        metrics = Metrics(batcher.queue.qsize, lambda: cache.hit_ratio)
+        batcher.on_batch = metrics.on_batch
+        app.state.metrics, app.state.batcher, app.state.cache = metrics, batcher, cache
+
+        async def warm() -> None:
+            try:
+                await asyncio.to_thread(warm_up)
+                state["ready"] = True
+            except Exception as e:  # /readyz says why; /predict keeps refusing
+                state["warm_up_error"] = f"{type(e).__name__}: {e}"
+
+        tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(warm())]
+        try:
+            yield
+        finally:  # uvicorn has let in-flight requests finish before it gets here
+            state["stopping"], state["ready"] = True, False
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(
+        title="Model UX Lab classifier",
+        summary=f"{model} from run {run}",
+        description="Sentiment of review snippets; see notebooks/11_serve.ipynb.",
+        lifespan=lifespan,
+    )
+    body = request_model(settings.max_texts, settings.max_chars)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(exc.errors())
+
+        def where(e: dict) -> str:  # "text", "text.1" (the second text), or "body" (not JSON, not an object)
+            path = [str(p) for p in e["loc"][1:]] if e["type"] != "json_invalid" else []
+            return ".".join(p for p in path if not p.startswith(("str", "list["))) or "body"
+
+        names = sorted({where(e).split(".")[0] for e in errors})
+        message = "; ".join(f"{where(e)}: {e['msg']}" for e in errors)
+        if request.url.path == "/predict":
+            app.state.metrics.rejected.labels("invalid").inc()
+        return JSONResponse({"detail": errors, "fields": names, "message": message}, status_code=422)
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/readyz", summary="The model is loaded and warmed up")
+    async def readyz() -> JSONResponse:
+        ready = state["ready"] and not state["stopping"]
+        status = "ready" if ready else ("stopping" if state["stopping"] else "warming up")
+        if state["warm_up_error"]:
+            status = f"failed to warm up: {state['warm_up_error']}"
+        payload = {"status": status, "model": model, "run": run, "settings": asdict(settings)}
+        return JSONResponse(payload, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict", summary="Label one text or a list of texts")
+    async def predict(req: body, http: Request) -> JSONResponse:  # type: ignore[valid-type]
+        start = time.perf_counter()
+        m = app.state.metrics
+        if not state["ready"] or state["stopping"]:
+            m.rejected.labels("not_ready").inc()
+            why = "shutting down" if state["stopping"] else "warming up"
+            return refuse(503, "not_ready", f"the server is {why}: retry shortly", 1.0)
+        texts = [req.text] if isinstance(req.text, str) else list(req.text)
+        fresh_only = "no-cache" in http.headers.get(
+            "cache-control", ""
+        )  # the client asks for the model's answer
+        answers: list[Any] = [None if fresh_only else cache.get(t) for t in texts]
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if len(missing) > settings.max_queue - batcher.queue.qsize():
+            m.rejected.labels("overloaded").inc()
+            m.latency.labels("rejected").observe(time.perf_counter() - start)
+            return refuse(429, "overloaded", "too many texts waiting: retry later", batcher.retry_after_s())
+        try:
+            fresh = await asyncio.gather(*(batcher.submit(texts[i]) for i in missing))
+        except Overloaded as e:  # another request took the last places between the check and the submit
+            m.rejected.labels("overloaded").inc()
+            return refuse(429, "overloaded", str(e), e.retry_after_s)
+        except Exception as e:  # the model failed on this batch: this request fails, the server goes on
+            m.latency.labels("error").observe(time.perf_counter() - start)
+            return JSONResponse({"detail": f"the model failed: {type(e).__name__}: {e}"}, status_code=500)
+        for i, answer in zip(missing, fresh, strict=True):
+            cache.put(texts[i], answer)
+            answers[i] = answer
+        m.texts.labels("cache").inc(len(texts) - len(missing))
+        m.texts.labels("model").inc(len(missing))
+        seconds = time.perf_counter() - start
+        m.latency.labels("cached" if not missing else "model").observe(seconds)
+        out = [{**a, "cached": i not in missing} for i, a in enumerate(answers)]
+        return JSONResponse(
+            {"model": model, "run": run, "predictions": out},
+            headers={"Server-Timing": f"app;dur={1000 * seconds:.3f}"},
+        )
+
+    return app

@@ -1,0 +1,303 @@
+"""An open-loop load generator that tells the truth about tails.
+
+A closed-loop tester (N users, each sending its next request when the last one returns) slows down when the
+server does: the requests that would have waited are never sent, and the tail it reports hides the queueing
+("coordinated omission", Gil Tene). Here requests leave on a schedule fixed in advance — Poisson arrivals at
+the offered rate (exponential gaps, seeded) — whether or not earlier ones have returned, and each latency is
+measured from the request's **scheduled** send time: a generator that falls behind shows up as latency, not as
+a gentler load. Percentiles are taken over every sample of a run (never averages of per-second percentiles).
+
+It runs in a process of its own (:func:`spawn` starts ``python -m lib.techniques.loadgen SPEC OUT``), so
+that its event loop and the server's never share a GIL, with ``httpx``'s asyncio client and no connection
+limit (a pool that makes requests wait for a connection would be a closed loop again). Loopback only, and
+bounded: at most ``max_requests`` requests and ``seconds`` of sending. It can also scrape the server's
+``/metrics`` during the run (the queue depth over time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pandas as pd
+from prometheus_client.parser import text_string_to_metric_families
+
+from ..errors import LabError
+
+try:  # a faster event loop (uvicorn[standard] installs it; not on Windows)
+    import uvloop
+except ImportError:
+    uvloop = None
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class LoadError(LabError, RuntimeError):
+    """A load run could not be done (a non-loopback URL, a bad spec, the generator failed)."""
+
+
+def poisson_schedule(rate: float, seconds: float, max_requests: int, seed: int) -> np.ndarray:
+    """Send times (seconds from the start) of a Poisson stream at ``rate`` requests/s: exponential gaps,
+    cut at ``seconds`` and at ``max_requests``."""
+    if rate <= 0 or seconds <= 0 or max_requests < 1:
+        raise LoadError(f"rate, seconds and max_requests must be > 0 (got {rate}, {seconds}, {max_requests})")
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, size=int(rate * seconds * 1.5) + 20)
+    times = np.cumsum(gaps) - gaps[0]  # the first request leaves at once
+    return times[times < seconds][:max_requests]
+
+
+def zipf_draws(n: int, pool: int, exponent: float, seed: int) -> np.ndarray:
+    """``n`` indices into a pool of ``pool`` texts, text ``k`` (0-based) drawn with probability
+    ∝ 1 / (k + 1)^exponent: a few texts very often, most rarely (what a cache meets in practice)."""
+    p = 1.0 / np.arange(1, pool + 1) ** exponent
+    return np.random.default_rng(seed).choice(pool, size=n, p=p / p.sum())
+
+
+def repeat_share(indices: Sequence[int]) -> float:
+    """The share of requests whose text was already sent earlier in the stream (an unbounded cache's hit
+    ratio)."""
+    return 1.0 - len(set(indices)) / len(indices) if len(indices) else 0.0
+
+
+def check_loopback(url: str) -> None:
+    host = urlsplit(url).hostname
+    if host not in LOOPBACK:
+        raise LoadError(f"load runs stay on this machine: {url} is not a loopback address (use 127.0.0.1)")
+
+
+def queue_depth(metrics_text: str) -> float | None:
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "muxl_queue_depth":
+            return float(family.samples[0].value)
+    return None
+
+
+def histogram(metrics_text: str, name: str) -> pd.Series:
+    """A Prometheus histogram of ``/metrics`` text as counts per bucket (not cumulative), indexed by each
+    bucket's upper bound (``le``)."""
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            buckets = [(float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")]
+            le, cumulative = zip(*sorted(buckets), strict=True)
+            return pd.Series(np.diff([0.0, *cumulative]), index=list(le))
+    raise LoadError(f"no histogram {name} in the metrics")
+
+
+async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    """One open-loop run: ``spec`` holds ``url``, ``texts`` (one per request, in order), ``offsets`` (their
+    send times), ``timeout`` and optionally ``metrics_url`` / ``scrape_every``."""
+    texts, offsets, n = spec["texts"], spec["offsets"], len(spec["offsets"])
+    scheduled, lag, latency = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    status, server_ms, cached = np.zeros(n, dtype=int), np.full(n, np.nan), np.zeros(n, dtype=bool)
+    depth: list[tuple[float, float]] = []
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=limits, timeout=spec["timeout"]) as client:
+        await client.get(
+            spec["url"].rsplit("/", 1)[0] + "/healthz"
+        )  # one connection up before the clock starts
+        t0 = time.perf_counter() + 0.05
+
+        async def one(i: int) -> None:
+            scheduled[i] = t0 + offsets[i]
+            lag[i] = time.perf_counter() - scheduled[i]
+            try:
+                r = await client.post(spec["url"], json={"text": texts[i]}, headers=spec.get("headers"))
+                status[i] = r.status_code
+                if r.status_code == 200:
+                    timing = r.headers.get("server-timing", "")
+                    server_ms[i] = float(timing.split("dur=")[1]) if "dur=" in timing else np.nan
+                    cached[i] = bool(r.json()["predictions"][0].get("cached"))
+            except httpx.HTTPError:
+                status[i] = -1  # no answer (timeout, connection refused)
+            latency[i] = 1000 * (time.perf_counter() - scheduled[i])
+
+        async def scrape() -> None:
+            while True:
+                try:
+                    r = await client.get(spec["metrics_url"])
+                    depth.append((time.perf_counter() - t0, queue_depth(r.text) or 0.0))
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(spec.get("scrape_every", 0.1))
+
+        scraper = asyncio.create_task(scrape()) if spec.get("metrics_url") else None
+        tasks = []
+        for i in range(n):  # the schedule never waits for an answer
+            delay = t0 + offsets[i] - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        send_seconds = time.perf_counter() - t0
+        await asyncio.gather(*tasks)
+        finish_seconds = time.perf_counter() - t0  # until the last answer
+        if scraper is not None:
+            scraper.cancel()
+    return {
+        "latency_ms": latency.tolist(),
+        "send_lag_ms": (1000 * lag).tolist(),
+        "status": status.tolist(),
+        "server_ms": server_ms.tolist(),
+        "cached": cached.tolist(),
+        "send_seconds": send_seconds,
+        "finish_seconds": finish_seconds,
+        "queue_depth": depth,
+    }
+
+
+def pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def summary(result: dict[str, Any], offered_rps: float) -> dict[str, Any]:
+    """Percentiles (ms, over every answered request), throughput and refusals of one run."""
+    status = np.asarray(result["status"])
+    latency = np.asarray(result["latency_ms"], dtype=float)
+    ok = status == 200
+    refused = np.isin(status, (429, 503))
+    return {
+        "offered_rps": offered_rps,
+        "requests": int(len(status)),
+        "achieved_rps": float(
+            ok.sum() / max(result["finish_seconds"], 1e-9)
+        ),  # answered/s, to the last answer
+        "p50_ms": pct(latency[ok], 50),
+        "p95_ms": pct(latency[ok], 95),
+        "p99_ms": pct(latency[ok], 99),
+        "max_ms": float(latency[ok].max()) if ok.any() else float("nan"),
+        "refused_share": float(refused.mean()) if len(status) else 0.0,
+        "refused_p99_ms": pct(latency[refused], 99),
+        "refused_max_ms": float(latency[refused].max()) if refused.any() else float("nan"),
+        "errors": int((~ok & ~refused).sum()),
+        "send_lag_p99_ms": pct(np.asarray(result["send_lag_ms"], dtype=float), 99),
+    }
+
+
+def run_spec(
+    url: str,
+    texts: Sequence[str],
+    rate: float,
+    seconds: float,
+    max_requests: int,
+    seed: int,
+    draws: Sequence[int] | None = None,
+    timeout: float = 10.0,
+    metrics_url: str = "",
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One open-loop run, planned: its schedule (seeded) and the text of each request — ``texts[draws[i]]``
+    if ``draws`` is given (e.g. :func:`zipf_draws`), else ``texts`` in turn."""
+    check_loopback(url)
+    most = min(max_requests, len(draws)) if draws is not None else max_requests
+    offsets = poisson_schedule(rate, seconds, most, seed)
+    picks = [int(d) for d in draws[: len(offsets)]] if draws is not None else list(range(len(offsets)))
+    picks = [i % len(texts) for i in picks]
+    return {
+        "url": url, "rate": rate, "texts": [texts[i] for i in picks], "draws": picks,
+        "offsets": offsets.tolist(), "timeout": timeout, "metrics_url": metrics_url, "headers": headers or {},
+    }  # fmt: skip
+
+
+def spawn(runs: Sequence[dict[str, Any]], stop_p99_ms: float = float("inf")) -> list[dict[str, Any]]:
+    """Do ``runs`` (:func:`run_spec`) one after the other in a fresh process (``python -m
+    lib.techniques.loadgen``), stopping after the first whose p99 is over ``stop_p99_ms``; their raw
+    results."""
+    with tempfile.TemporaryDirectory(prefix="muxl-load-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps({"runs": list(runs), "stop_p99_ms": stop_p99_ms}), encoding="utf-8")
+        seconds = sum(r["offsets"][-1] + r["timeout"] for r in runs if r["offsets"])
+        proc = subprocess.run(
+            [sys.executable, "-m", "lib.techniques.loadgen", str(spec_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=seconds + 60,
+        )
+        if proc.returncode != 0 or not out_path.exists():
+            raise LoadError(
+                f"the load generator failed (exit {proc.returncode}): {proc.stderr.strip()[-800:]}"
+            )
+        return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+def measure(url: str, texts: Sequence[str], rate: float, seconds: float, max_requests: int, seed: int,
+            **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Offer ``rate`` requests/s (Poisson) of one text each to ``url`` for ``seconds`` (at most
+    ``max_requests``), from a process of its own (``options``: those of :func:`run_spec`, e.g. ``draws``,
+    ``headers``, ``metrics_url``). Returns ``(summary, raw result)``."""
+    spec = run_spec(url, texts, rate, seconds, max_requests, seed, **options)
+    result = {**spawn([spec])[0], "draws": spec["draws"]}
+    return summary(result, rate), result
+
+
+def sweep(
+    url: str,
+    texts: Sequence[str],
+    rates: Sequence[float],
+    seconds: float,
+    max_requests: int,
+    seed: int,
+    slo_ms: float,
+    stop_past: float = 4.0,
+) -> pd.DataFrame:
+    """Open-loop runs at each offered rate, lowest first, in one generator process, one row each; it stops
+    after the first rate whose p99 is over ``stop_past`` times the SLO (past saturation a higher rate only
+    makes the queue longer)."""
+    rates = sorted(rates)
+    runs = [run_spec(url, texts, r, seconds, max_requests, seed + k) for k, r in enumerate(rates)]
+    results = spawn(runs, stop_past * slo_ms)
+    return pd.DataFrame([summary(res, r) for res, r in zip(results, rates, strict=False)]).set_index(
+        "offered_rps"
+    )
+
+
+def knee(table: pd.DataFrame, slo_ms: float) -> dict[str, float]:
+    """The highest offered rate of a :func:`sweep` whose p99 stays within ``slo_ms`` with nothing refused or
+    failed, and what was achieved there (``max_rps_at_slo``: requests answered per second); zeros and NaNs if
+    no rate met the SLO."""
+    ok = table[(table["p99_ms"] <= slo_ms) & (table["refused_share"] == 0) & (table["errors"] == 0)]
+    if ok.empty:
+        nan = float("nan")
+        return {"offered_rps": 0.0, "max_rps_at_slo": 0.0, "p50_ms": nan, "p95_ms": nan, "p99_ms": nan}
+    best = ok.index.max()
+    row = ok.loc[best]
+    return {
+        "offered_rps": float(best),
+        "max_rps_at_slo": float(row["achieved_rps"]),
+        **{k: float(row[k]) for k in ("p50_ms", "p95_ms", "p99_ms")},
+    }
+
+
+async def run_all(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a :func:`spawn` spec in turn, up to the first whose p99 is over ``stop_p99_ms``."""
+    results = []
+    for run in spec["runs"]:
+        check_loopback(run["url"])
+        results.append(await open_loop(run))
+        if (
+            not summary(results[-1], run["rate"])["p99_ms"] <= spec["stop_p99_ms"]
+        ):  # NaN (no answer) stops too
+            break
+    return results
+
+
+def main(argv: Sequence[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    results = uvloop.run(run_all(spec)) if uvloop is not None else asyncio.run(run_all(spec))
+    Path(argv[1]).write_text(json.dumps(results), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
