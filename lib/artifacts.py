@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -103,6 +102,8 @@ def _load_adapter(path: Path, metadata: dict[str, Any]) -> Any:
             f"adapter in {path} does not name its base model (metadata params.model, label_names); "
             "re-run the notebook that saves it"
         )
+    from peft import PeftModel  # only adapters need it: importing peft costs seconds (every server start)
+
     names = metadata["label_names"]
     base = load_model(params["model"], len(names), names, params.get("pooling", "cls"))[0]
     return PeftModel.from_pretrained(base, str(path))

@@ -239,9 +239,10 @@ def serve_in_thread(app: FastAPI, port: int, ready: bool = True) -> tuple[uvicor
 def test_a_full_queue_answers_429_at_once_with_retry_after():
     """One batch held in the model, the queue (2 texts) full behind it: the next request is refused within
     milliseconds, with Retry-After, and counted; the held ones are answered once the model goes on."""
-    release = threading.Event()
+    release, in_model = threading.Event(), threading.Event()
 
     def held(texts):
+        in_model.set()
         release.wait(10)
         return [ANSWER for _ in texts]
 
@@ -253,7 +254,9 @@ def test_a_full_queue_answers_429_at_once_with_retry_after():
 
     async def main():
         async with httpx.AsyncClient(timeout=10) as c:
-            busy = [asyncio.create_task(c.post(f"{url}/predict", json={"text": str(i)})) for i in range(3)]
+            busy = [asyncio.create_task(c.post(f"{url}/predict", json={"text": "0"}))]
+            await asyncio.to_thread(in_model.wait, 10)  # the first is in the model ...
+            busy += [asyncio.create_task(c.post(f"{url}/predict", json={"text": str(i)})) for i in (1, 2)]
             deadline = time.monotonic() + 10
             while "muxl_queue_depth 2.0" not in (await c.get(f"{url}/metrics")).text:  # one held, two queued
                 assert time.monotonic() < deadline

@@ -39,6 +39,10 @@ try:  # a faster event loop (uvicorn[standard] installs it; not on Windows)
     import uvloop
 except ImportError:
     uvloop = None
+try:  # the open-files limit (POSIX)
+    import resource
+except ImportError:
+    resource = None
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -293,6 +297,12 @@ async def run_all(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str]) -> int:
+    # a socket per request in flight: past saturation that can pass 1024 (a usual limit of open files)
+    if resource is not None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else hard
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     results = uvloop.run(run_all(spec)) if uvloop is not None else asyncio.run(run_all(spec))
     Path(argv[1]).write_text(json.dumps(results), encoding="utf-8")
