@@ -8,8 +8,8 @@ texts, a wrong type, an unknown field); cached answers are returned at once (unl
 is refused at once with 429 and a ``Retry-After``. Until the model is warmed up, and while the server shuts
 down, ``/predict`` answers 503 (also with ``Retry-After``). ``/healthz``: the process is alive; ``/readyz``:
 the model is loaded and warmed up; ``/metrics``: Prometheus' text format; ``/docs``: the OpenAPI page. Each
-answer carries a ``Server-Timing`` header (``app;dur=`` ms from the request's arrival to its answer) so that
-a client can tell server time from network and queueing.
+answer carries a ``Server-Timing`` header (``app;dur=``: ms from the handler's start, the body parsed and
+checked, to its answer) so that a client can tell the server's time from the network's and its own.
 """
 
 # no `from __future__ import annotations`: FastAPI reads /predict's body type, built in make_app, at run time
@@ -78,7 +78,7 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.latency = Histogram(
             "muxl_request_seconds",
-            "Time from a /predict request's arrival to its answer, by outcome",
+            "Time of a /predict request in its handler (body parsed) to its answer, by outcome",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
             registry=r,
