@@ -213,7 +213,7 @@ def test_bad_requests_get_422_naming_the_field_and_never_reach_the_model(client,
 
 def test_not_ready_until_warmed_up_then_ready():
     release = threading.Event()
-    app = make_app(counting_model([]), Settings(), "toy", "r", warm_up=lambda: release.wait(5))
+    app = make_app(counting_model([]), Settings(), "toy", "r", warm_up=lambda max_batch_size: release.wait(5))
     with TestClient(app) as c:
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").status_code == 503
@@ -279,6 +279,41 @@ def test_a_full_queue_answers_429_at_once_with_retry_after():
     assert done == [200, 200, 200]
     assert 'muxl_rejected_total{reason="overloaded"} 1.0' in metrics
     assert "muxl_batch_size_bucket" in metrics
+
+
+def test_a_reconfigurable_server_changes_its_settings_between_loads():
+    calls: list[list[str]] = []
+    warmed: list[int] = []
+    app = make_app(counting_model(calls), Settings(max_batch_size=8, cache_size=0), "toy", "r",
+                   warm_up=warmed.append, allow_reconfigure=True)  # fmt: skip
+    port = lib.launch.free_port()
+    server, thread = serve_in_thread(app, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ok = httpx.put(f"{url}/admin/settings", json={"max_batch_size": 2, "max_wait_ms": 20.0})
+        assert ok.status_code == 200 and ok.json()["settings"]["max_batch_size"] == 2
+        assert httpx.get(f"{url}/readyz").json()["settings"]["max_wait_ms"] == 20.0
+        with httpx.Client() as c:  # 5 texts in one request: batches of at most 2 now
+            assert c.post(f"{url}/predict", json={"text": list("abcde")}).status_code == 200
+        assert max(len(b) for b in calls) == 2 and sum(len(b) for b in calls) == 5
+        assert warmed == [8]  # smaller batches were warmed up already ...
+        assert httpx.put(f"{url}/admin/settings", json={"max_batch_size": 16}).status_code == 200
+        assert warmed == [8, 16]  # ... larger ones are run before any client meets them
+        for bad in ({"threads": 2}, {"max_queue": 1}, {"no_such_setting": 1}, {"max_wait_ms": "soon"}):
+            assert httpx.put(f"{url}/admin/settings", json=bad).status_code == 422, bad
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    closed = make_app(counting_model([]), Settings(), "toy", "r")  # the default: no changes while serving
+    port = lib.launch.free_port()
+    server, thread = serve_in_thread(closed, port)
+    try:
+        assert (
+            httpx.put(f"http://127.0.0.1:{port}/admin/settings", json={"max_wait_ms": 0}).status_code == 403
+        )
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_graceful_shutdown_lets_in_flight_requests_finish():

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Any, Union
 
 from fastapi import FastAPI, Request
@@ -127,38 +127,54 @@ def refuse(status: int, reason: str, message: str, retry_after_s: float) -> JSON
     )
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")  # who may change a running server's settings
+FIXED = (
+    "max_texts",
+    "max_chars",
+    "threads",
+)  # settings a running server cannot change (its request schema, pools)
+
+
 def make_app(
     classify: Callable[[list[str]], list[dict[str, Any]]],
     settings: Settings,
     model: str,
     run: str,
-    warm_up: Callable[[], Any] = lambda: None,
+    warm_up: Callable[[int], Any] = lambda max_batch_size: None,
     lowercase: bool = False,
+    allow_reconfigure: bool = False,
 ) -> FastAPI:
     """The app serving ``classify`` (texts → ``[{"label", "probabilities"}]``, e.g. a
-    :class:`lib.techniques.serving.Classifier`). ``warm_up`` runs in a thread once the server listens;
-    ``/readyz`` says ready when it has finished. ``lowercase``: the model ignores case (cache keys too)."""
-    cache = ResponseCache(settings.cache_size, lowercase)
-    state: dict[str, Any] = {"ready": False, "stopping": False, "warm_up_error": None}
-    batcher: MicroBatcher
-    metrics: Metrics
+    :class:`lib.techniques.serving.Classifier`). ``warm_up(max_batch_size)`` runs in a thread once the server
+    listens; ``/readyz`` says ready when it has finished. ``lowercase``: the model ignores case (cache keys
+    too). ``allow_reconfigure``: ``PUT /admin/settings`` from this machine changes the batching, queue and
+    cache settings of the running server (what 11_serve does between load runs instead of a restart)."""
+    state: dict[str, Any] = {"ready": False, "stopping": False, "warm_up_error": None, "warmed": 0}
+    live: dict[str, Any] = {"settings": settings, "cache": ResponseCache(settings.cache_size, lowercase)}
+    tasks: list[asyncio.Task] = []
+
+    def start_batcher(s: Settings) -> None:
+        """A batcher for ``s`` takes every new request; the one before, if any, finishes what it holds and
+        idles (cancelling it mid-batch would leave its callers without an answer)."""
+        batcher = MicroBatcher(
+            classify, s.max_batch_size, s.max_wait_ms, s.max_queue, app.state.metrics.on_batch
+        )
+        live["batcher"] = batcher
+        tasks.append(asyncio.create_task(batcher.run()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal batcher, metrics
-        batcher = MicroBatcher(classify, settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
-        metrics = Metrics(batcher.queue.qsize, lambda: cache.hit_ratio)
-        batcher.on_batch = metrics.on_batch
-        app.state.metrics, app.state.batcher, app.state.cache = metrics, batcher, cache
+        app.state.metrics = Metrics(lambda: live["batcher"].queue.qsize(), lambda: live["cache"].hit_ratio)
+        start_batcher(settings)
 
         async def warm() -> None:
             try:
-                await asyncio.to_thread(warm_up)
-                state["ready"] = True
+                await asyncio.to_thread(warm_up, settings.max_batch_size)
+                state["ready"], state["warmed"] = True, settings.max_batch_size
             except Exception as e:  # /readyz says why; /predict keeps refusing
                 state["warm_up_error"] = f"{type(e).__name__}: {e}"
 
-        tasks = [asyncio.create_task(batcher.run()), asyncio.create_task(warm())]
+        tasks.append(asyncio.create_task(warm()))
         try:
             yield
         finally:  # uvicorn has let in-flight requests finish before it gets here
@@ -199,17 +215,40 @@ def make_app(
         status = "ready" if ready else ("stopping" if state["stopping"] else "warming up")
         if state["warm_up_error"]:
             status = f"failed to warm up: {state['warm_up_error']}"
-        payload = {"status": status, "model": model, "run": run, "settings": asdict(settings)}
+        payload = {"status": status, "model": model, "run": run, "settings": asdict(live["settings"])}
         return JSONResponse(payload, status_code=200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.put("/admin/settings", summary="Change batching, queue and cache settings (--allow-reconfigure)")
+    async def reconfigure(changes: dict[str, Any], http: Request) -> JSONResponse:
+        if not allow_reconfigure or (http.client and http.client.host) not in LOOPBACK:
+            return JSONResponse(
+                {"detail": "start the server with --allow-reconfigure; from this machine"}, 403
+            )
+        if fixed := sorted(set(changes) & set(FIXED)):
+            return JSONResponse({"detail": f"{', '.join(fixed)} cannot change while serving: restart"}, 422)
+        try:
+            new = replace(live["settings"], **changes)
+        except (TypeError, ValueError) as e:  # an unknown name, or a value Settings refuses
+            return JSONResponse({"detail": str(e)}, 422)
+        if new.max_batch_size > state["warmed"]:  # new batch shapes: run them before any client does
+            await asyncio.to_thread(warm_up, new.max_batch_size)
+            state["warmed"] = new.max_batch_size
+        if hasattr(classify, "max_padding"):
+            classify.max_padding = new.max_padding
+        if new.cache_size != live["settings"].cache_size:
+            live["cache"] = ResponseCache(new.cache_size, lowercase)
+        live["settings"] = new
+        start_batcher(new)
+        return JSONResponse({"settings": asdict(new)})
+
     @app.post("/predict", summary="Label one text or a list of texts")
     async def predict(req: body, http: Request) -> JSONResponse:  # type: ignore[valid-type]
         start = time.perf_counter()
-        m = app.state.metrics
+        m, batcher, cache, s = app.state.metrics, live["batcher"], live["cache"], live["settings"]
         if not state["ready"] or state["stopping"]:
             m.rejected.labels("not_ready").inc()
             why = "shutting down" if state["stopping"] else "warming up"
@@ -217,10 +256,10 @@ def make_app(
         texts = [req.text] if isinstance(req.text, str) else list(req.text)
         fresh_only = "no-cache" in http.headers.get(
             "cache-control", ""
-        )  # the client asks for the model's answer
+        )  # the client wants the model's answer
         answers: list[Any] = [None if fresh_only else cache.get(t) for t in texts]
         missing = [i for i, a in enumerate(answers) if a is None]
-        if len(missing) > settings.max_queue - batcher.queue.qsize():
+        if len(missing) > s.max_queue - batcher.queue.qsize():
             m.rejected.labels("overloaded").inc()
             m.latency.labels("rejected").observe(time.perf_counter() - start)
             return refuse(429, "overloaded", "too many texts waiting: retry later", batcher.retry_after_s())

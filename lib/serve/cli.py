@@ -100,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", default="", help="serve this artifact folder instead")
     p.add_argument("--host", default="127.0.0.1", help="interface (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--allow-reconfigure",
+        action="store_true",
+        help="let PUT /admin/settings from this machine change batching, queue and cache while serving",
+    )
     for f in fields(Settings):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None, help=HELP[f.name])
     return p
@@ -123,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         name,
         run_id,
-        warm_up=lambda: classifier.warm_up(settings.max_batch_size),
+        warm_up=classifier.warm_up,
         lowercase=lowercase,
+        allow_reconfigure=args.allow_reconfigure,
     )
     config = uvicorn.Config(
         app,

@@ -13,12 +13,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import launch
-from .app import Settings
+from .app import FIXED, Settings
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,42 @@ class Running:
         return f"{self.url}/metrics"
 
 
-def command(model_dir: Path, port: int, settings: Settings) -> list[str]:
+def command(model_dir: Path, port: int, settings: Settings, reconfigurable: bool = False) -> list[str]:
     """The ``python -m lib.serve`` command serving ``model_dir`` with ``settings`` on 127.0.0.1:``port``."""
     flags = [x for k, v in asdict(settings).items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    return [sys.executable, "-m", "lib.serve", "--model-dir", str(model_dir), "--port", str(port), *flags]
+    extra = ["--allow-reconfigure"] if reconfigurable else []
+    return [
+        sys.executable,
+        "-m",
+        "lib.serve",
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        *flags,
+        *extra,
+    ]
+
+
+def reconfigure(server: Running, **changes: Any) -> Running:
+    """Change a running server's batching, queue or cache settings (it was started ``reconfigurable``; the
+    settings it cannot change may be given at their present values); the server as it now is. Settings it
+    refuses are a :class:`lib.launch.LaunchError` with its reason."""
+    changes = {k: v for k, v in changes.items() if k not in FIXED or v != getattr(server.settings, k)}
+    request = urllib.request.Request(
+        f"{server.url}/admin/settings",
+        data=json.dumps(changes).encode(),
+        method="PUT",
+        headers={"content-type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            new = json.loads(r.read())["settings"]
+    except urllib.error.HTTPError as e:
+        raise launch.LaunchError(
+            f"the server refused {changes}: {e.read().decode(errors='replace')}"
+        ) from None
+    return replace(server, settings=Settings(**new))
 
 
 def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
@@ -58,10 +90,15 @@ def get_json(url: str, timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
 
 @contextlib.contextmanager
 def running(
-    model_dir: Path | str, settings: Settings, logs: Path | str, timeout: float = 180.0
+    model_dir: Path | str,
+    settings: Settings,
+    logs: Path | str,
+    reconfigurable: bool = False,
+    timeout: float = 180.0,
 ) -> Iterator[Running]:
     """Serve ``model_dir`` with ``settings`` for the duration of the ``with`` block (see the module's doc);
-    a :class:`lib.launch.LaunchError` with the log's tail if it never gets ready."""
+    ``reconfigurable``: :func:`reconfigure` may change its settings. A :class:`lib.launch.LaunchError` with
+    the log's tail if it never gets ready."""
     logs = Path(logs)
     logs.mkdir(parents=True, exist_ok=True)
     port = launch.free_port()
@@ -70,7 +107,7 @@ def running(
     env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "MUXL_THREADS": str(settings.threads)}
     try:
         proc = launch.start_server(
-            procs, name, command(Path(model_dir), port, settings), port, logs, env, timeout
+            procs, name, command(Path(model_dir), port, settings, reconfigurable), port, logs, env, timeout
         )
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
         while (ready := get_json(f"{url}/readyz"))[0] != 200:
