@@ -197,7 +197,7 @@ def make_app(
 
         def where(e: dict) -> str:  # "text", "text.1" (the second text), or "body" (not JSON, not an object)
             path = [str(p) for p in e["loc"][1:]] if e["type"] != "json_invalid" else []
-            return ".".join(p for p in path if not p.startswith(("str", "list["))) or "body"
+            return ".".join(p for p in path if not p.startswith(("str", "list[", "constrained-"))) or "body"
 
         names = sorted({where(e).split(".")[0] for e in errors})
         message = "; ".join(f"{where(e)}: {e['msg']}" for e in errors)
