@@ -109,6 +109,12 @@ def as_predictor(obj: Any) -> Predictor:
     return obj
 
 
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> Any:
+    """One batch of ``texts``, truncated to ``max_length`` tokens and padded to its longest, as torch tensors:
+    in one call of the tokenizer (its Rust code for a fast tokenizer)."""
+    return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+
+
 class TextProba:
     """``texts -> class probabilities`` for any model or predictor: tokenizes and predicts in length-sorted
     batches of ``batch_size`` (LIME passes all its ``num_samples`` perturbed texts in one call; one batch of
@@ -126,13 +132,7 @@ class TextProba:
         out: np.ndarray | None = None
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in idx],
-                truncation=True,
-                max_length=self.max_length,
-                padding=True,
-                return_tensors="pt",
-            )
+            batch = encode(self.tokenizer, [texts[i] for i in idx], self.max_length)
             logits = np.asarray(self.call(dict(batch)), dtype=np.float64)
             if out is None:
                 out = np.empty((len(texts), logits.shape[-1]))

@@ -61,3 +61,10 @@ def train_save_reload(model, tokenizer, loaders, path, epochs=1):
     lib.train.fit(model, loaders.train, loaders.val, config)
     again, _, _ = lib.artifacts.load(lib.artifacts.save(path, model, tokenizer, {"epochs": epochs}))
     return again, lib.evaluate.compare_predictions(model, again, loaders.test)["max_abs_logit_diff"]
+
+
+def pytest_collection_modifyitems(items):
+    """The smoke run (``tests/test_notebooks.py``, by far the longest file) first: under ``make test``'s two
+    workers (``--dist loadfile`` hands out files in this order) it starts at once on one worker, and the other
+    takes every other file meanwhile."""
+    items.sort(key=lambda item: item.path.name != "test_notebooks.py")  # stable: the rest keep their order

@@ -214,6 +214,29 @@ def test_cpu_support_reads_flags():
     assert s["int8_vnni"] and s["bf16"] and s["avx512"]
 
 
+CPUINFO = (
+    "processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\nmodel name\t: x\n\n"
+)
+
+
+@pytest.mark.parametrize(
+    "vendor, family, model, generation",
+    [
+        ("AuthenticAMD", 25, 1, "Zen 3"),  # Milan
+        ("AuthenticAMD", 25, 17, "Zen 4"),  # Genoa: the machine the budgets are set on
+        ("AuthenticAMD", 26, 2, "Zen 5"),  # Turin
+        ("GenuineIntel", 6, 143, "Intel family 6 model 143"),
+    ],
+)
+def test_the_cpu_generation_is_named_from_family_and_model(vendor, family, model, generation):
+    text = CPUINFO.format(vendor=vendor, family=family, model=model)
+    assert lib.utils.cpu_generation(text) == generation
+    assert lib.utils.cpu_generation("") == ""  # unknown: no name rather than a wrong one
+    flags = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}
+    assert lib.utils.isa(flags, generation) == f"{generation}, AVX-512 VNNI BF16"
+    assert lib.utils.isa({"avx2"}) == "AVX2"  # flags alone: only the flags
+
+
 def test_embedding_share_of_tiny_bert(tiny):
     model = tiny[0]()
     e = lib.quantize.embedding_share(model)

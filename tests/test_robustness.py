@@ -145,6 +145,7 @@ def test_the_attack_never_exceeds_its_budget_and_skips_wrong_answers():
     out = robustness.greedy_attack([text, text], [1, 0], stubborn, robustness.CharEdits(0), 0.25, 2)
     assert out.loc[0, "words_changed"] == 2 and not out.loc[0, "success"]  # 25% of 12 is 3, capped at 2
     assert out.loc[1, "words_changed"] == 0 and not out.loc[1, "clean_correct"]  # wrong already: not attacked
+    assert out.loc[1, "queries"] == 1  # ... nor its words ranked: one query, the clean one
     summary = robustness.attack_summary(out)
     assert summary["clean_accuracy"] == 0.5 and summary["robust_accuracy"] == 0.5
     assert summary["attack_success_rate"] == 0.0 and math.isnan(summary["words_changed_share"])

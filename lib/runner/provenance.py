@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from ..utils import cpu_flags, cpu_model, isa
+from ..utils import cpu_flags, cpu_generation, cpu_id, cpu_model, isa
 from . import paths
 
 PACKAGES = ("torch", "transformers", "peft", "onnxruntime", "onnx", "numpy", "scikit-learn", "pandas",
@@ -49,7 +49,8 @@ def machine() -> dict[str, Any]:
     """This machine as speed figures need it: CPU model and class, the flags that matter, cores, memory."""
     flags = cpu_flags()
     return {
-        "cpu": cpu_model(), "isa": isa(flags), "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(), "isa": isa(flags, cpu_generation()), "cpu_generation": cpu_generation(),
+        "cpu_id": cpu_id(), "cpu_count": os.cpu_count(),
         "memory_bytes": psutil.virtual_memory().total,
         "flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4"))),
         "platform": platform.platform(), "python": platform.python_version(), "host": socket.gethostname(),

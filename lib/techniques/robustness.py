@@ -72,8 +72,9 @@ def greedy_attack(
     slots = [[i for i in range(1, len(p), 2) if attackable(p[i])] for p in parts]
     first = proba(texts)
     p_true, queries = first[np.arange(len(texts)), labels], np.ones(len(texts), dtype=int)
+    correct = first.argmax(-1) == labels
     # 1 · importance of each word: the drop of p(true label) when it is deleted, for all texts in one call
-    cut = [(k, i) for k, s in enumerate(slots) for i in s]
+    cut = [(k, i) for k, s in enumerate(slots) if correct[k] for i in s]
     deleted = proba([replaced(parts[k], i, "") for k, i in cut]) if cut else first[:0]
     drops: dict[int, list[tuple[float, int]]] = {k: [] for k in range(len(texts))}
     for (k, i), p in zip(cut, deleted):
@@ -83,7 +84,6 @@ def greedy_attack(
     # 2 · greedy substitution, most important word first
     words_total = np.array([(len(p) - 1) // 2 for p in parts])
     budget = np.minimum(max_words, np.maximum(1, (max_share * words_total).astype(int)))
-    correct = first.argmax(-1) == labels
     changed, flipped = np.zeros(len(texts), dtype=int), np.zeros(len(texts), dtype=bool)
     active, step = [k for k in range(len(texts)) if correct[k] and order[k]], 0
     while active:

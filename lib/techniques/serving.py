@@ -25,7 +25,7 @@ import numpy as np
 from scipy.special import softmax
 
 from ..errors import LabError
-from ..predict import as_predictor
+from ..predict import as_predictor, encode
 
 
 class Overloaded(LabError, RuntimeError):
@@ -127,15 +127,20 @@ class Classifier:
         self.calls = self.padded_tokens = self.real_tokens = 0
 
     def __call__(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        encoded = enc["input_ids"]
+        texts = list(texts)
+        if len(texts) == 1 or self.max_padding < 0:  # nothing to group: no length pass
+            groups = [list(range(len(texts)))]
+        else:
+            lengths = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+            groups = length_groups([len(ids) for ids in lengths], self.max_padding)
         out: list[dict[str, Any]] = [{}] * len(texts)
-        for group in length_groups([len(ids) for ids in encoded], self.max_padding):
-            batch = self.tokenizer.pad({k: [enc[k][i] for i in group] for k in enc}, return_tensors="pt")
+        for group in groups:  # each group tokenized and padded in one call (the tokenizer's Rust code, not a
+            # Python loop: that would hold the GIL the event loop's thread needs to take new requests)
+            batch = encode(self.tokenizer, [texts[i] for i in group], self.max_length)
             proba = softmax(np.asarray(self.predict(dict(batch)), dtype=np.float64), axis=-1)
             self.calls += 1
             self.padded_tokens += int(batch["input_ids"].numel())
-            self.real_tokens += sum(len(encoded[i]) for i in group)
+            self.real_tokens += int(batch["attention_mask"].sum())
             for row, i in enumerate(group):
                 p = proba[row]
                 out[i] = {
