@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runner import folders
+from .runner import contract, folders
 from .runner.catalog import NOTEBOOKS, producer_of
 from .runner.records import METRICS, load, load_run
 
@@ -217,14 +217,22 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
     )
 
 
-def run_records(profile: str, run: str = "") -> tuple[Path, list[dict]]:
+def run_records(profile: str, run: str = "", fill_before: str = "") -> tuple[Path, list[dict]]:
     """The run folder to report on and its records: ``run`` if named, else this run (the runner's), else
     the newest complete run of ``profile`` with a record of the notebook that makes the teacher. Notebooks
     run by hand (profile ``lab``) each make a run of their own, so there every notebook's newest record is
-    taken (each record names its ``run``)."""
+    taken (each record names its ``run``). ``fill_before`` (a notebook's name; not with a named ``run``):
+    each notebook before it that the run lacks is taken from the newest complete run that has it, if that
+    record was made under the same data contract as the teacher's (e.g. notebooks run in another run side by
+    side); the table then names each row's run."""
     run_dir = folders.source(profile, f"metrics/{producer_of(TEACHER)}.json", run)
     if run or profile != folders.HAND_PROFILE:
-        return run_dir, load_run(run_dir)
+        recs = load_run(run_dir)
+        if run or not fill_before:
+            return run_dir, recs
+        order = {nb.name: i for i, nb in enumerate(NOTEBOOKS)}
+        every = recs + borrowed(profile, recs, fill_before)
+        return run_dir, sorted(every, key=lambda r: order.get(r["notebook"], len(order)))
     recs = []
     for nb in NOTEBOOKS:
         try:
@@ -232,6 +240,27 @@ def run_records(profile: str, run: str = "") -> tuple[Path, list[dict]]:
         except FileNotFoundError:
             continue
     return run_dir, recs
+
+
+def borrowed(profile: str, records: Sequence[Mapping], before: str) -> list[dict]:
+    """For each notebook before ``before`` without a record in ``records``: the newest complete run's record
+    of it, if it was made under the data contract of ``records``' teacher (none if there is no teacher)."""
+    have = {r["notebook"]: r for r in records}
+    teacher = have.get(producer_of(TEACHER))
+    names = [nb.name for nb in NOTEBOOKS]
+    if teacher is None or before not in names:
+        return []
+    out = []
+    for name in names[: names.index(before)]:
+        if name in have:
+            continue
+        try:
+            rec = load(profile, name)
+        except FileNotFoundError:
+            continue
+        if contract.of(rec["params"]) == contract.of(teacher["params"]):
+            out.append(rec)
+    return out
 
 
 # ------------------------------------------------------------------------ the user's choice

@@ -296,3 +296,31 @@ def test_report_html_shows_the_served_rows_after_the_aggregate(outputs):
         and groups[-1]["rows"][0]["name"] == "teacher · served, unbatched"
     )
     assert "served requests/s at the SLO" in header["headers"] and "80%" in groups[-1]["rows"][0]["cells"]
+
+
+def test_the_report_takes_a_notebook_its_run_lacks_from_another_run_of_the_same_data(outputs):
+    def run_with(*recs):
+        run_dir = lib.runner.folders.start("smoke", by="test", notebooks=[r["notebook"] for r in recs])
+        (run_dir / "metrics").mkdir()
+        for rec in recs:
+            lib.utils.atomic_write_json(
+                run_dir / "metrics" / f"{rec['notebook']}.json", {**rec, "run": run_dir.name}
+            )
+        lib.runner.folders.finish(run_dir, "complete")
+        return run_dir
+
+    contract = {"seed": 42, "dataset": "rotten_tomatoes"}
+    rec = lambda name, **params: {"notebook": name, "variants": [], "params": {**contract, **params}}  # noqa: E731
+    side = run_with(rec("07_privacy"), rec("05_distributed", seed=1))  # 05 on another split
+    main = run_with(rec("00_baseline"), rec("03_quantize"))
+    run_dir, recs = lib.report.run_records("smoke", "", fill_before="10_report")
+    assert run_dir == main
+    assert [(r["notebook"], r["run"]) for r in recs] == [
+        ("00_baseline", main.name),
+        ("03_quantize", main.name),
+        ("07_privacy", side.name),  # borrowed, in the catalog's order; 05 (another seed) is not
+    ]
+    assert [r["notebook"] for r in lib.report.run_records("smoke", main.name, "10_report")[1]] == [
+        "00_baseline",
+        "03_quantize",
+    ]  # a named run: exactly its records
