@@ -233,34 +233,31 @@ def run_records(profile: str, run: str = "", fill_before: str = "") -> tuple[Pat
         order = {nb.name: i for i, nb in enumerate(NOTEBOOKS)}
         every = recs + borrowed(profile, recs, fill_before)
         return run_dir, sorted(every, key=lambda r: order.get(r["notebook"], len(order)))
-    recs = []
-    for nb in NOTEBOOKS:
+    return run_dir, newest(profile, [nb.name for nb in NOTEBOOKS])
+
+
+def newest(profile: str, names: Sequence[str]) -> list[dict]:
+    """The newest record of each notebook in ``names`` that has one (this run's, else the newest complete
+    run's: :func:`lib.runner.records.load`)."""
+    out = []
+    for name in names:
         try:
-            recs.append(load(profile, nb.name))
+            out.append(load(profile, name))
         except FileNotFoundError:
             continue
-    return run_dir, recs
+    return out
 
 
 def borrowed(profile: str, records: Sequence[Mapping], before: str) -> list[dict]:
-    """For each notebook before ``before`` without a record in ``records``: the newest complete run's record
-    of it, if it was made under the data contract of ``records``' teacher (none if there is no teacher)."""
+    """For each notebook before ``before`` without a record in ``records``: its :func:`newest` record, if it
+    was made under the data contract of ``records``' teacher (none if there is no teacher)."""
     have = {r["notebook"]: r for r in records}
     teacher = have.get(producer_of(TEACHER))
     names = [nb.name for nb in NOTEBOOKS]
     if teacher is None or before not in names:
         return []
-    out = []
-    for name in names[: names.index(before)]:
-        if name in have:
-            continue
-        try:
-            rec = load(profile, name)
-        except FileNotFoundError:
-            continue
-        if contract.of(rec["params"]) == contract.of(teacher["params"]):
-            out.append(rec)
-    return out
+    lacking = [n for n in names[: names.index(before)] if n not in have]
+    return [r for r in newest(profile, lacking) if contract.of(r["params"]) == contract.of(teacher["params"])]
 
 
 # ------------------------------------------------------------------------ the user's choice

@@ -146,20 +146,19 @@ ZEN_25 = {"Zen 3": (range(0x00, 0x10), range(0x20, 0x30), range(0x40, 0x60)),
 
 
 def cpu_id(text: str | None = None) -> dict[str, Any]:
-    """Vendor, family and model of the first CPU in ``/proc/cpuinfo`` (``text``: its contents; empty if
-    unknown)."""
+    """Vendor, family, model and model name of the first CPU in ``/proc/cpuinfo`` (``text``: its contents;
+    empty if unknown)."""
     if text is None:
         try:
             text = Path("/proc/cpuinfo").read_text()
         except OSError:
             return {}
+    keys = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "model name": "name"}
     out: dict[str, Any] = {}
     for line in text.splitlines():
         key, _, value = (part.strip() for part in line.partition(":"))
-        if key == "vendor_id":
-            out["vendor"] = value
-        elif key in ("cpu family", "model") and value.isdigit():
-            out["family" if key == "cpu family" else "model"] = int(value)
+        if key in keys:
+            out[keys[key]] = int(value) if key in ("cpu family", "model") and value.isdigit() else value
         if not line.strip() and out:  # the first processor's block is enough
             break
     return out
@@ -171,7 +170,7 @@ def cpu_generation(text: str | None = None) -> str:
     (Zen, Zen 2), 25 (Zen 3 / Zen 4 by model) and 26 (Zen 5); otherwise vendor, family and model; ``""`` if
     unknown."""
     c = cpu_id(text)
-    if "family" not in c:
+    if not isinstance(c.get("family"), int):
         return ""
     family, model = c["family"], c.get("model", -1)
     if c.get("vendor") == "AuthenticAMD":
@@ -199,16 +198,9 @@ def isa(flags: Iterable[str] | None = None, generation: str | None = None) -> st
 def cpu_model() -> str:
     """The CPU's model name with its generation, family and model: virtual machines often name only the
     brand ("AMD EPYC"), which says nothing about the speed to expect."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     c, generation = cpu_id(), cpu_generation()
-    ident = f"family {c['family']} model {c.get('model', '?')}" if "family" in c else ""
+    name = c.get("name") or platform.processor() or platform.machine()
+    ident = f"family {c['family']} model {c.get('model', '?')}" if isinstance(c.get("family"), int) else ""
     extra = ", ".join(x for x in (generation, ident) if x and x not in name)
     return f"{name} ({extra})" if extra else name
 
