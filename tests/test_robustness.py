@@ -151,6 +151,56 @@ def test_the_attack_never_exceeds_its_budget_and_skips_wrong_answers():
     assert summary["attack_success_rate"] == 0.0 and math.isnan(summary["words_changed_share"])
 
 
+class OneToken(torch.nn.Module):
+    """A torch classifier that sees one token: the logit of positive is the sum of its tokens' squared
+    (one-number) embeddings, 4 for ``token``, 0 for all others: only ``token``'s embedding has a gradient."""
+
+    def __init__(self, vocab_size: int, token: int):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 1)
+        with torch.no_grad():
+            self.embed.weight.zero_()
+            self.embed.weight[token] = 2.0
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        positive = (self.embed(input_ids)[..., 0] ** 2 * attention_mask).sum(-1)
+        return type("Out", (), {"logits": torch.stack([torch.zeros_like(positive), positive], -1) - 1.0})
+
+
+def test_the_gradient_ranking_finds_the_one_word_the_model_sees(tiny):
+    _, tokenizer = tiny
+    model = OneToken(tokenizer.vocab_size, tokenizer.convert_tokens_to_ids("great")).train()
+    texts = ["the acting was great and the story moved along", "a long film, great music"]
+    parts = [robustness.pieces(t) for t in texts]
+    scores = robustness.GradientRank(model, tokenizer, max_length=32, batch_size=1)(parts, np.array([1, 1]))
+    for p, s in zip(parts, scores):
+        assert max(s, key=s.get) == p.index("great") and set(s) <= set(range(1, len(p), 2))
+        assert sum(v > 0 for v in s.values()) == 1  # only the word the model sees has a gradient
+    assert model.training and model.embed.weight.grad is None  # mode restored, no weight gradients
+    cut = robustness.GradientRank(model, tokenizer, max_length=4)(parts[:1], np.array([1]))[0]
+    assert max(cut) < parts[0].index("great")  # words past max_length tokens get no score
+
+
+def test_the_attack_ranked_by_gradient_asks_one_query_per_text_to_rank(tiny):
+    _, tokenizer = tiny
+    model = OneToken(tokenizer.vocab_size, tokenizer.convert_tokens_to_ids("great"))
+    proba = lib.predict.TextProba(model, tokenizer, 32)
+    texts = ["the acting was great and the story moved along", "great"]
+    by_deletion = robustness.greedy_attack(texts, [1, 1], proba, robustness.CharEdits(0), 0.2, 4)
+    ranked = robustness.GradientRank(model, tokenizer, 32)
+    by_gradient = robustness.greedy_attack(texts, [1, 1], proba, robustness.CharEdits(0), 0.2, 4, rank=ranked)
+    assert by_gradient["success"].all() and list(by_gradient["adversarial"]) == list(
+        by_deletion["adversarial"]
+    )
+    edits = len(robustness.CharEdits(0)("great"))  # the candidates of the one word tried
+    assert list(by_gradient["queries"]) == [1 + 1 + edits] * 2  # clean, the ranking, the candidates
+    words = sum(robustness.attackable(w) for w in texts[0].split())  # acting, great, story, moved
+    assert by_deletion.loc[0, "queries"] == 1 + words + edits  # one deletion per attackable word instead
+
+
 def test_stop_words_and_negations_are_never_changed():
     parts = robustness.pieces("It is not a good film, never.")
     assert "".join(parts) == "It is not a good film, never."

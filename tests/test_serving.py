@@ -276,6 +276,7 @@ def test_a_full_queue_answers_429_at_once_with_retry_after():
         server.should_exit = True
         thread.join(10)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1 and took < 0.1
+    assert 0 <= float(refused.headers["server-timing"].split("dur=")[1]) < 1000 * took  # its own time, told
     assert done == [200, 200, 200]
     assert 'muxl_rejected_total{reason="overloaded"} 1.0' in metrics
     assert "muxl_batch_size_bucket" in metrics
@@ -396,6 +397,30 @@ def test_open_loop_a_slow_server_does_not_slow_the_schedule():
     assert result["send_seconds"] < 0.6 and s["send_lag_p99_ms"] < 50  # sent on schedule
     assert s["requests"] == len(offsets) and s["errors"] == 0
     assert s["max_ms"] > 0.5 * 50 * len(offsets)  # the last one waited for (almost) all the others
+
+
+def test_the_sweep_bisects_towards_the_knee(monkeypatch):
+    """A fake server whose p99 crosses the SLO at 130 req/s: a sweep of 50, 100, 150, 200 brackets the knee
+    between 100 and 150 and each refining step halves the bracket (125 met, 137.5 missed), one run each."""
+    spawned = []
+
+    def fake_spawn(runs, stop_p99_ms=float("inf")):
+        spawned.append([r["rate"] for r in runs])
+        return [
+            {"status": [200] * 10, "latency_ms": [20.0 if r["rate"] <= 130 else 90.0] * 10,
+             "server_ms": [1.0] * 10, "send_lag_ms": [0.0] * 10, "finish_seconds": 1.0}
+            for r in runs
+        ]  # fmt: skip
+
+    monkeypatch.setattr(loadgen, "spawn", fake_spawn)
+    url = "http://127.0.0.1:1/predict"
+    table = loadgen.sweep(url, ["x"], [200, 50, 150, 100], 1.0, 50, 0, slo_ms=50.0, refine=2)
+    assert spawned == [[50, 100, 150, 200], [125.0], [137.5]]
+    assert list(table.index) == [50, 100, 125, 137.5, 150, 200]
+    k = loadgen.knee(table, 50.0)
+    assert k["offered_rps"] == 125 and k["next_rps"] == 137.5 and k["max_rps_at_slo"] == 10.0
+    top = loadgen.sweep(url, ["x"], [50, 100], 1.0, 50, 0, slo_ms=50.0, refine=2)
+    assert list(top.index) == [50, 100] and np.isnan(loadgen.knee(top, 50.0)["next_rps"])  # none above
 
 
 # ------------------------------------------------------------------------ the real server, as a process

@@ -151,6 +151,7 @@ class _Described(BaseModel):
     serve_wait_ms: float = Field(ge=0, le=1000, description="milliseconds a batch waits, e.g. [0.0, 5.0]")
     serve_max_padding: float = Field(ge=-1, description="a share of real tokens, e.g. 0.25 (-1: no grouping)")
     rate_fractions: float = Field(gt=0, le=10, description="shares of in-process throughput, e.g. [0.5, 1.0]")
+    knee_refine: float = Field(ge=0, le=6, description="bisection steps, 0 to 6 (each one more load run)")
     load_seconds: float = Field(gt=0, le=60, description="a load run stays short: at most 60 s")
     cache_size: float = Field(ge=0, description="answers kept; 0 turns the cache off")
     serve_queue: float = Field(ge=0, description="texts waiting; 0 sizes the queue from the knee and the SLO")

@@ -119,11 +119,16 @@ def request_model(max_texts: int, max_chars: int) -> type[BaseModel]:
     )
 
 
-def refuse(status: int, reason: str, message: str, retry_after_s: float) -> JSONResponse:
+def refuse(status: int, reason: str, message: str, retry_after_s: float, start: float) -> JSONResponse:
+    """A refusal at once: ``Retry-After`` (whole seconds, at least 1) and, like every answer, the server's
+    own time since the handler started (``Server-Timing``)."""
     return JSONResponse(
         {"detail": message, "reason": reason},
         status_code=status,
-        headers={"Retry-After": str(max(1, round(retry_after_s)))},
+        headers={
+            "Retry-After": str(max(1, round(retry_after_s))),
+            "Server-Timing": f"app;dur={1000 * (time.perf_counter() - start):.3f}",
+        },
     )
 
 
@@ -252,7 +257,7 @@ def make_app(
         if not state["ready"] or state["stopping"]:
             m.rejected.labels("not_ready").inc()
             why = "shutting down" if state["stopping"] else "warming up"
-            return refuse(503, "not_ready", f"the server is {why}: retry shortly", 1.0)
+            return refuse(503, "not_ready", f"the server is {why}: retry shortly", 1.0, start)
         texts = [req.text] if isinstance(req.text, str) else list(req.text)
         fresh_only = "no-cache" in http.headers.get(
             "cache-control", ""
@@ -262,12 +267,14 @@ def make_app(
         if len(missing) > s.max_queue - batcher.queue.qsize():
             m.rejected.labels("overloaded").inc()
             m.latency.labels("rejected").observe(time.perf_counter() - start)
-            return refuse(429, "overloaded", "too many texts waiting: retry later", batcher.retry_after_s())
+            return refuse(
+                429, "overloaded", "too many texts waiting: retry later", batcher.retry_after_s(), start
+            )
         try:
             fresh = await asyncio.gather(*(batcher.submit(texts[i]) for i in missing))
         except Overloaded as e:  # another request took the last places between the check and the submit
             m.rejected.labels("overloaded").inc()
-            return refuse(429, "overloaded", str(e), e.retry_after_s)
+            return refuse(429, "overloaded", str(e), e.retry_after_s, start)
         except Exception as e:  # the model failed on this batch: this request fails, the server goes on
             m.latency.labels("error").observe(time.perf_counter() - start)
             return JSONResponse({"detail": f"the model failed: {type(e).__name__}: {e}"}, status_code=500)

@@ -119,9 +119,9 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
             try:
                 r = await client.post(spec["url"], json={"text": texts[i]}, headers=spec.get("headers"))
                 status[i] = r.status_code
+                timing = r.headers.get("server-timing", "")  # answers and refusals both carry it
+                server_ms[i] = float(timing.split("dur=")[1]) if "dur=" in timing else np.nan
                 if r.status_code == 200:
-                    timing = r.headers.get("server-timing", "")
-                    server_ms[i] = float(timing.split("dur=")[1]) if "dur=" in timing else np.nan
                     cached[i] = bool(r.json()["predictions"][0].get("cached"))
             except httpx.HTTPError:
                 status[i] = -1  # no answer (timeout, connection refused)
@@ -170,6 +170,7 @@ def summary(result: dict[str, Any], offered_rps: float) -> dict[str, Any]:
     latency = np.asarray(result["latency_ms"], dtype=float)
     ok = status == 200
     refused = np.isin(status, (429, 503))
+    server = np.asarray(result["server_ms"], dtype=float)
     return {
         "offered_rps": offered_rps,
         "requests": int(len(status)),
@@ -183,6 +184,9 @@ def summary(result: dict[str, Any], offered_rps: float) -> dict[str, Any]:
         "refused_share": float(refused.mean()) if len(status) else 0.0,
         "refused_p99_ms": pct(latency[refused], 99),
         "refused_max_ms": float(latency[refused].max()) if refused.any() else float("nan"),
+        "refused_server_p99_ms": pct(
+            server[refused & ~np.isnan(server)], 99
+        ),  # the server's own time to refuse
         "errors": int((~ok & ~refused).sum()),
         "send_lag_p99_ms": pct(np.asarray(result["send_lag_ms"], dtype=float), 99),
     }
@@ -254,32 +258,49 @@ def sweep(
     seed: int,
     slo_ms: float,
     stop_past: float = 4.0,
+    refine: int = 0,
 ) -> pd.DataFrame:
     """Open-loop runs at each offered rate, lowest first, in one generator process, one row each; it stops
     after the first rate whose p99 is over ``stop_past`` times the SLO (past saturation a higher rate only
-    makes the queue longer)."""
+    makes the queue longer). Then ``refine`` bisection steps between the knee and the next rate up (one run,
+    one process each): each halves the interval the true knee lies in."""
     rates = sorted(rates)
     runs = [run_spec(url, texts, r, seconds, max_requests, seed + k) for k, r in enumerate(rates)]
     results = spawn(runs, stop_past * slo_ms)
-    return pd.DataFrame([summary(res, r) for res, r in zip(results, rates, strict=False)]).set_index(
-        "offered_rps"
-    )
+    table = pd.DataFrame([summary(res, r) for res, r in zip(results, rates, strict=False)])
+    for step in range(refine):
+        bracket = knee(table.set_index("offered_rps"), slo_ms)
+        if np.isnan(bracket["next_rps"]):  # the highest rate tried met the SLO: nothing above to bisect to
+            break
+        rate = (bracket["offered_rps"] + bracket["next_rps"]) / 2
+        spec = run_spec(url, texts, rate, seconds, max_requests, seed + len(rates) + step)
+        table = pd.concat([table, pd.DataFrame([summary(spawn([spec])[0], rate)])], ignore_index=True)
+    return table.sort_values("offered_rps").set_index("offered_rps")
+
+
+def within_slo(table: pd.DataFrame, slo_ms: float) -> pd.Series:
+    """The rows of a :func:`sweep` whose p99 is within ``slo_ms`` with nothing refused or failed."""
+    return (table["p99_ms"] <= slo_ms) & (table["refused_share"] == 0) & (table["errors"] == 0)
 
 
 def knee(table: pd.DataFrame, slo_ms: float) -> dict[str, float]:
-    """The highest offered rate of a :func:`sweep` whose p99 stays within ``slo_ms`` with nothing refused or
-    failed, and what was achieved there (``max_rps_at_slo``: requests answered per second); zeros and NaNs if
-    no rate met the SLO."""
-    ok = table[(table["p99_ms"] <= slo_ms) & (table["refused_share"] == 0) & (table["errors"] == 0)]
+    """The highest offered rate of a :func:`sweep` within the SLO (:func:`within_slo`), what was achieved
+    there (``max_rps_at_slo``: requests answered per second), and ``next_rps``, the lowest rate tried above it
+    (the true knee lies between; NaN if none was tried). Zeros and NaNs if no rate met the SLO."""
+    ok = table[within_slo(table, slo_ms)]
+    nan = float("nan")
+    above = table.index[table.index > (ok.index.max() if len(ok) else 0.0)]
+    next_rps = float(above.min()) if len(above) else nan
     if ok.empty:
-        nan = float("nan")
-        return {"offered_rps": 0.0, "max_rps_at_slo": 0.0, "p50_ms": nan, "p95_ms": nan, "p99_ms": nan}
+        return {"offered_rps": 0.0, "max_rps_at_slo": 0.0, "p50_ms": nan, "p95_ms": nan, "p99_ms": nan,
+                "next_rps": next_rps}  # fmt: skip
     best = ok.index.max()
     row = ok.loc[best]
     return {
         "offered_rps": float(best),
         "max_rps_at_slo": float(row["achieved_rps"]),
         **{k: float(row[k]) for k in ("p50_ms", "p95_ms", "p99_ms")},
+        "next_rps": next_rps,
     }
 
 

@@ -5,7 +5,9 @@ Both attacks share one search (:func:`greedy_attack`, the ``# @save`` mechanism 
 text's words by how much the true class's probability drops when the word is deleted (DeepWordBug's scoring,
 Gao et al. 2018), then, most important first, replace each word by whichever of its substitutes lowers that
 probability most, until the label flips or the budget of changed words is spent (TextAttack's greedy search
-with word importance ranking, Morris et al. 2020). They differ in the substitutes:
+with word importance ranking, Morris et al. 2020). Where the model is a torch model and queries are what
+costs, :class:`GradientRank` ranks the words by one backward pass per text instead (TextAttack's gradient
+ranking). The attacks differ in the substitutes:
 
 - **character level** (:class:`CharEdits`): DeepWordBug's four edits of one word — swap two adjacent letters,
   substitute, delete or insert a letter — at seeded random positions;
@@ -33,10 +35,14 @@ import torch
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from ..errors import LabError
+from ..utils import to_device
 
 WORD = re.compile(r"([A-Za-z]+)")  # re.split with a group keeps the text between words: "".join() restores it
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 Proba = Callable[[Sequence[str]], np.ndarray]  # texts -> class probabilities (lib.predict.TextProba)
+Rank = Callable[
+    [list[list[str]], np.ndarray], list[dict[int, float]]
+]  # (pieces, labels) -> {position: score}
 
 
 def pieces(text: str) -> list[str]:
@@ -62,30 +68,36 @@ def greedy_attack(
     substitutes: Callable[[str], list[str]],
     max_share: float,
     max_words: int,
+    rank: Rank | None = None,
 ) -> pd.DataFrame:
-    """Attack every text at once: rank its words by how much p(true label) drops when the word is deleted,
-    then, most important first, swap each word for the substitute that lowers p(true label) most, until the
-    label flips or ``max_share`` of the words (at most ``max_words``, at least 1) are changed. Texts the model
-    gets wrong are not attacked. One batched ``proba`` call per step for all texts still being attacked."""
+    """Attack every text at once: rank its words by how much p(true label) drops when the word is deleted
+    (or by ``rank``'s scores: one query per text), then, most important first, swap each word for the
+    substitute that lowers p(true label) most, until the label flips or ``max_share`` of the words (at most
+    ``max_words``, at least 1) are changed. Texts the model gets wrong are not attacked. One batched
+    ``proba`` call per step for all texts still being attacked."""
     labels = np.asarray(labels)
     parts = [pieces(t) for t in texts]
     slots = [[i for i in range(1, len(p), 2) if attackable(p[i])] for p in parts]
     first = proba(texts)
     p_true, queries = first[np.arange(len(texts)), labels], np.ones(len(texts), dtype=int)
     correct = first.argmax(-1) == labels
+    right = [k for k in range(len(texts)) if correct[k]]
     # 1 · importance of each word: the drop of p(true label) when it is deleted, for all texts in one call
-    cut = [(k, i) for k, s in enumerate(slots) if correct[k] for i in s]
-    deleted = proba([replaced(parts[k], i, "") for k, i in cut]) if cut else first[:0]
-    drops: dict[int, list[tuple[float, int]]] = {k: [] for k in range(len(texts))}
-    for (k, i), p in zip(cut, deleted):
-        drops[k].append((p_true[k] - p[labels[k]], i))
-        queries[k] += 1
-    order = {k: [i for _, i in sorted(d, key=lambda x: -x[0])] for k, d in drops.items()}
+    if rank is None:
+        cut = [(k, i) for k in right for i in slots[k]]
+        deleted = proba([replaced(parts[k], i, "") for k, i in cut]) if cut else first[:0]
+        score: dict[int, dict[int, float]] = {k: {} for k in right}
+        for (k, i), p in zip(cut, deleted):
+            score[k][i] = p_true[k] - p[labels[k]]
+    else:  # ... or a score per word from one call per text (a gradient: GradientRank)
+        score = dict(zip(right, rank([parts[k] for k in right], labels[right]))) if right else {}
+    queries += np.where(correct, [len(s) for s in slots] if rank is None else 1, 0)
+    order = {k: sorted(slots[k], key=lambda i: -score[k].get(i, 0.0)) for k in right}
     # 2 · greedy substitution, most important word first
     words_total = np.array([(len(p) - 1) // 2 for p in parts])
     budget = np.minimum(max_words, np.maximum(1, (max_share * words_total).astype(int)))
     changed, flipped = np.zeros(len(texts), dtype=int), np.zeros(len(texts), dtype=bool)
-    active, step = [k for k in range(len(texts)) if correct[k] and order[k]], 0
+    active, step = [k for k in right if order[k]], 0
     while active:
         jobs = [(k, order[k][step], w) for k in active for w in substitutes(parts[k][order[k][step]])]
         probs = proba([replaced(parts[k], i, w) for k, i, w in jobs]) if jobs else first[:0]
@@ -129,6 +141,70 @@ def attack_summary(attacked: pd.DataFrame) -> dict[str, float]:
         "words_changed_share": float((won["words_changed"] / won["words_total"]).mean())
         if len(won)
         else float("nan"),
+    }
+
+
+class GradientRank:
+    """Word importance from one forward and backward pass per text instead of one query per word: the
+    gradient of the loss at the true label with respect to the word embeddings, averaged over each word's
+    tokens, its L1 norm the word's score (TextAttack's ``gradient`` word-importance ranking, Morris et al.
+    2020). White-box: a torch model only. Words cut off by ``max_length`` get no score (ranked last). The
+    model's weights get no gradient and its train/eval mode is restored."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int, batch_size: int = 64):
+        self.model, self.tokenizer, self.max_length, self.batch_size = (
+            model,
+            tokenizer,
+            max_length,
+            batch_size,
+        )
+
+    def __call__(self, parts: Sequence[Sequence[str]], labels: np.ndarray) -> list[dict[int, float]]:
+        texts, out = ["".join(p) for p in parts], []
+        mode, dev = self.model.training, next(self.model.parameters()).device
+        leaf: list[torch.Tensor] = []
+
+        def capture(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            leaf.append(output.detach().requires_grad_(True))  # the embeddings, as a leaf to differentiate by
+            return leaf[-1]
+
+        hook = self.model.get_input_embeddings().register_forward_hook(capture)
+        self.model.eval()
+        try:
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_offsets_mapping=True,
+                    return_tensors="pt",
+                )
+                offsets = batch.pop("offset_mapping").numpy()
+                leaf.clear()
+                logits = self.model(**to_device(dict(batch), dev)).logits
+                target = torch.as_tensor(np.asarray(labels[start : start + self.batch_size]), device=dev)
+                loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+                (grads,) = torch.autograd.grad(loss, leaf[0])
+                grads = grads.float().cpu().numpy()
+                for row, p in enumerate(parts[start : start + self.batch_size]):
+                    out.append(word_gradients(p, offsets[row], grads[row]))
+        finally:
+            hook.remove()
+            self.model.train(mode)
+        return out
+
+
+def word_gradients(parts: Sequence[str], offsets: np.ndarray, grads: np.ndarray) -> dict[int, float]:
+    """Each word's score from its tokens' gradients: the L1 norm of their mean (``offsets``: each token's
+    character span, ``(0, 0)`` for special and padding tokens)."""
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    real = offsets[:, 1] > offsets[:, 0]
+    owner = np.searchsorted(starts, offsets[:, 0], side="right") - 1  # the piece each token starts in
+    return {
+        int(i): float(np.abs(grads[real & (owner == i)].mean(axis=0)).sum())
+        for i in np.unique(owner[real])
+        if i % 2 == 1
     }
 
 
