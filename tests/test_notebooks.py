@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import psutil
@@ -147,57 +148,103 @@ def test_every_parameter_rule_is_used_by_a_notebook():
 # ------------------------------------------------------------------------ the smoke run
 
 
-# Two lanes side by side, then the notebooks that read every earlier record: 05, 07 and 08 need no artifact
-# and make none, so they run beside the teacher's chain, each lane a run of its own (`--only`); 10 then takes
-# their records from that other run, as after any partial run. Measured on a 2-core Zen 4: the smoke run took
-# 549 s in two lanes, 633 s in one (DEVELOPERS.md).
-LANES = (
-    ("05_distributed", "07_privacy", "08_federated"),
-    (
-        "00_baseline",
-        "01_lora_finetune",
-        "02_prune",
-        "03_quantize",
-        "04_distill",
-        "06_explain",
-        "09_robustness",
-    ),
-)
-LAST = ("10_report", "11_serve")
+# The smoke run as runner invocations on two cores, each a run of its own (`--only`), started once a core is
+# free and the runs whose artifacts it reads have completed (a run takes artifacts from the newest complete
+# run that has them; 10_report takes a record its run lacks the same way). 01..04 need only the teacher, 06
+# needs 03 and 04, 09 needs 01..04: the chain is split so that it never waits for a free core. Each job: its
+# notebooks and the jobs it waits for, in order of priority. Measured on a 2-core Zen 4: DEVELOPERS.md.
+JOBS = {
+    "teacher": (("00_baseline",), ()),
+    "lora": (("01_lora_finetune",), ("teacher",)),
+    "prune": (("02_prune",), ("teacher",)),
+    "compress": (("03_quantize", "04_distill"), ("teacher",)),
+    "probe": (("06_explain", "09_robustness"), ("lora", "prune", "compress")),
+    "distributed": (("05_distributed",), ()),  # these three need no artifact: they fill the other core
+    "federated": (("08_federated",), ()),
+    "privacy": (("07_privacy",), ()),
+}
+JOBS["last"] = (("10_report", "11_serve"), tuple(JOBS))  # they read every record
+CORES = 2  # jobs at once (every notebook at one thread: MUXL_THREADS=1)
 
 
-def _run_lanes(out, lanes, last):
-    """Run the smoke profile's ``lanes`` side by side (one runner process each), then ``last``; returns each
-    invocation's exit code and log."""
+def _run_jobs(out, jobs, cores=CORES):
+    """Run the smoke profile's ``jobs`` (``name -> (notebooks, jobs it waits for)``), at most ``cores`` at a
+    time, each as soon as what it waits for has succeeded (a job whose input failed never starts); returns
+    each job's exit code (-1: not started) and log, in the order of ``jobs``. A job counts as done once its
+    run's manifest says complete: its runner then only writes the run's page, beside the next job."""
     env = {**os.environ, "MUXL_OUTPUTS": str(out)}
+    logs = {name: out / f"job-{name}.log" for name in jobs}
+    codes: dict[str, int] = {}
+    running: dict[str, subprocess.Popen] = {}
+    runs = {}  # job -> its run folder (its manifest names the runner's pid)
 
-    def start(names, log):
-        cmd = [sys.executable, "-m", "lib.runner", "--profile", "smoke", "--quiet", "--only", *names]
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=lib.runner.paths.ROOT)
+    def start(name):
+        cmd = [sys.executable, "-m", "lib.runner", "--profile", "smoke", "--quiet", "--only", *jobs[name][0]]
+        with logs[name].open("w") as log:  # the child keeps its own copy of the file
+            running[name] = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=lib.runner.paths.ROOT
+            )
 
-    logs = [out / f"lane-{i}.log" for i in range(len(lanes) + 1)]
-    handles = [log.open("w") for log in logs]
+    def complete(name):  # its run (found by the runner's pid in the manifest) has completed
+        if name not in runs:
+            pid = running[name].pid
+            found = [
+                d
+                for d in lib.runner.folders.all_runs("smoke")
+                if lib.runner.folders.peek(d).get("pid") == pid
+            ]
+            if not found:
+                return False
+            runs[name] = found[0]
+        return lib.runner.folders.peek(runs[name]).get("status") == "complete"
+
     try:
-        procs = [start(names, h) for names, h in zip(lanes, handles)]
-        codes = [p.wait() for p in procs]
-        codes.append(start(last, handles[-1]).wait() if not any(codes) else -1)
+        while len(codes) < len(jobs):
+            codes |= {name: p.returncode for name, p in running.items() if p.poll() is not None}
+            done = {n for n, c in codes.items() if c == 0} | {
+                n for n in running if n not in codes and complete(n)
+            }
+            busy = [n for n in running if n not in codes and n not in done]
+            for name, (_, needs) in jobs.items():
+                if name in codes or name in running:
+                    continue
+                if any(codes.get(n, 0) != 0 for n in needs):  # an input failed: this job cannot run
+                    codes[name] = -1
+                elif len(busy) < cores and all(n in done for n in needs):
+                    start(name)
+                    busy.append(name)
+            time.sleep(0.2)
     finally:
-        for h in handles:
-            h.close()
-    return codes, [log.read_text(encoding="utf-8") for log in logs]
+        for p in running.values():  # an error in this loop: stop what it started
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    texts = [logs[n].read_text(encoding="utf-8") if logs[n].exists() else "" for n in jobs]
+    return [codes[n] for n in jobs], texts
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     """Run every notebook once on the smoke profile (into a temp folder); the tests below read what it
     wrote. ``roots[name]``: the run folder that holds ``name``'s record, figures and models."""
-    every = sorted(n for lane in (*LANES, LAST) for n in lane)
-    assert every == [nb.name for nb in lib.runner.catalog.NOTEBOOKS]  # a new notebook joins a lane
+    every = sorted(n for names, _ in JOBS.values() for n in names)
+    assert every == [nb.name for nb in lib.runner.catalog.NOTEBOOKS]  # a new notebook joins a job
+    maker = {a: nb.name for nb in lib.runner.catalog.NOTEBOOKS for a in nb.produces}
+    job_of = {n: job for job, (names, _) in JOBS.items() for n in names}
+
+    def before(job):  # the jobs that finish before ``job`` starts
+        return {w for waits in JOBS[job][1] for w in (waits, *before(waits))}
+
+    for nb in lib.runner.catalog.NOTEBOOKS:  # each artifact a notebook needs is made before it starts
+        names, waits_for = JOBS[job_of[nb.name]][0], before(job_of[nb.name])
+        for made_by in (maker[need] for need in nb.needs):
+            same_job_before = made_by in names and names.index(made_by) < names.index(nb.name)
+            assert job_of[made_by] in waits_for or same_job_before, f"{nb.name}'s job must wait for {made_by}"
     out = tmp_path_factory.mktemp("smoke-outputs")
     old = os.environ.get("MUXL_OUTPUTS")
     os.environ["MUXL_OUTPUTS"] = str(out)
     try:
-        codes, logs = _run_lanes(out, LANES, LAST)
+        codes, logs = _run_jobs(out, JOBS)
         runs = lib.runner.folders.all_runs("smoke")
         roots = {
             nb.name: next((d for d in runs if (d / "metrics" / f"{nb.name}.json").exists()), out)
