@@ -24,7 +24,14 @@ from fastapi.testclient import TestClient
 import lib
 from lib.serve.app import Settings, make_app
 from lib.techniques import loadgen
-from lib.techniques.serving import Classifier, MicroBatcher, Overloaded, ResponseCache, length_groups
+from lib.techniques.serving import (
+    Classifier,
+    MicroBatcher,
+    Overloaded,
+    ResponseCache,
+    length_groups,
+    pad_rows,
+)
 
 ANSWER = {"label": "pos", "probabilities": {"neg": 0.25, "pos": 0.75}}
 
@@ -134,6 +141,23 @@ def test_classifier_answers_like_the_model_whatever_the_grouping(tiny):
     for g, w, p in zip(grouped, whole, direct, strict=True):
         assert g["label"] == w["label"] and np.allclose(list(g["probabilities"].values()), p, atol=1e-5)
         assert np.allclose(list(w["probabilities"].values()), p, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_rows_pads_like_the_tokenizer(tiny, side):
+    _, tok = tiny
+    texts = ["good", "a long and winding review", "bad film", "fine"]
+    encoded = tok(texts, truncation=True, max_length=16)
+    rows = [3, 1, 0]
+    tok.padding_side = side
+    try:
+        want = tok.pad({k: [encoded[k][i] for i in rows] for k in encoded.keys()}, return_tensors="pt")
+    finally:
+        tok.padding_side = "right"
+    got = pad_rows(encoded, rows, tok.pad_token_id, side)
+    assert set(got) == set(want.keys())
+    for key in got:
+        assert got[key].dtype == want[key].dtype and got[key].equal(want[key]), key
 
 
 def test_the_cache_is_lru_keyed_by_normalised_text():
@@ -363,10 +387,11 @@ def test_only_loopback_is_loaded():
     loadgen.check_loopback("http://127.0.0.1:8000/predict")
 
 
-def test_open_loop_a_slow_server_does_not_slow_the_schedule():
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_open_loop_a_slow_server_does_not_slow_the_schedule(client):
     """A server that answers one request at a time, 50 ms each (20/s), offered 100/s for 0.4 s: every
     request still leaves on schedule (a closed loop would have taken 2 s to send them), and the latency
-    from the scheduled time shows the queue that builds up."""
+    from the scheduled time shows the queue that builds up; with either client."""
     app = FastAPI()
     lock = asyncio.Lock()
 
@@ -389,7 +414,7 @@ def test_open_loop_a_slow_server_does_not_slow_the_schedule():
         "offsets": offsets.tolist(),
     }
     try:
-        result = asyncio.run(loadgen.open_loop({**spec, "timeout": 10}))
+        result = asyncio.run(loadgen.open_loop({**spec, "timeout": 10, "client": client}))
     finally:
         server.should_exit = True
         thread.join(10)
@@ -397,6 +422,11 @@ def test_open_loop_a_slow_server_does_not_slow_the_schedule():
     assert result["send_seconds"] < 0.6 and s["send_lag_p99_ms"] < 50  # sent on schedule
     assert s["requests"] == len(offsets) and s["errors"] == 0
     assert s["max_ms"] > 0.5 * 50 * len(offsets)  # the last one waited for (almost) all the others
+
+
+def test_an_unknown_client_is_refused_before_any_load():
+    with pytest.raises(loadgen.LoadError, match="aiohttp, httpx"):
+        loadgen.run_spec("http://127.0.0.1:8000/predict", ["x"], 10, 1, 10, 0, client="requests")
 
 
 def test_the_sweep_bisects_towards_the_knee(monkeypatch):

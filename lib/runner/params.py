@@ -153,6 +153,7 @@ class _Described(BaseModel):
     rate_fractions: float = Field(gt=0, le=10, description="shares of in-process throughput, e.g. [0.5, 1.0]")
     knee_refine: float = Field(ge=0, le=6, description="bisection steps, 0 to 6 (each one more load run)")
     load_seconds: float = Field(gt=0, le=60, description="a load run stays short: at most 60 s")
+    load_client: Literal["aiohttp", "httpx"]
     cache_size: float = Field(ge=0, description="answers kept; 0 turns the cache off")
     serve_queue: float = Field(ge=0, description="texts waiting; 0 sizes the queue from the knee and the SLO")
     cache_zipf: float = Field(gt=0, description="Zipf's exponent, e.g. 1.1 (larger: fewer texts repeat more)")

@@ -8,15 +8,20 @@ measured from the request's **scheduled** send time: a generator that falls behi
 a gentler load. Percentiles are taken over every sample of a run (never averages of per-second percentiles).
 
 It runs in a process of its own (:func:`spawn` starts ``python -m lib.techniques.loadgen SPEC OUT``), so
-that its event loop and the server's never share a GIL, with ``httpx``'s asyncio client and no connection
-limit (a pool that makes requests wait for a connection would be a closed loop again). Loopback only, and
-bounded: at most ``max_requests`` requests and ``seconds`` of sending. It can also scrape the server's
-``/metrics`` during the run (the queue depth over time).
+that its event loop and the server's never share a GIL, with an asyncio HTTP client and no connection limit (a
+pool that makes requests wait for a connection would be a closed loop again): ``aiohttp`` by default, or
+``httpx`` (``client=``). Where the generator and the server share the cores, the client's own CPU per
+request is taken from the server, and past its own limit the generator falls behind its schedule: against a
+server whose model does nothing, httpx's client fell behind at a lower rate than aiohttp's (DEVELOPERS.md has
+the measurement; ``send_lag_p99_ms`` shows it in every run). Loopback only, and bounded: at most
+``max_requests`` requests and ``seconds`` of sending. It can also scrape the server's ``/metrics`` during the
+run (the queue depth over time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import numpy as np
 import pandas as pd
@@ -45,6 +51,7 @@ except ImportError:
     resource = None
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+CLIENTS = ("aiohttp", "httpx")
 
 
 class LoadError(LabError, RuntimeError):
@@ -99,6 +106,54 @@ def histogram(metrics_text: str, name: str) -> pd.Series:
     raise LoadError(f"no histogram {name} in the metrics")
 
 
+@contextlib.asynccontextmanager
+async def http_client(kind: str, timeout: float):
+    """``get(url) -> text`` and ``post(url, body, headers) -> (status, headers, json or None)`` of one asyncio
+    client (``kind``: one of :data:`CLIENTS`), with no connection limit; a failed request (timeout, refused
+    connection) raises :class:`ConnectionError`."""
+    if kind == "httpx":
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
+            async def get(url: str) -> str:
+                try:
+                    return (await client.get(url)).text
+                except httpx.HTTPError as e:
+                    raise ConnectionError(str(e)) from e
+
+            async def post(url: str, body: Any, headers: dict[str, str]):
+                try:
+                    r = await client.post(url, json=body, headers=headers)
+                except httpx.HTTPError as e:
+                    raise ConnectionError(str(e)) from e
+                return r.status_code, r.headers, r.json() if r.status_code == 200 else None
+
+            yield get, post
+        return
+    if kind != "aiohttp":
+        raise LoadError(f"client must be one of {', '.join(CLIENTS)} (got {kind!r})")
+    connector = aiohttp.TCPConnector(limit=0)  # no pool limit: an open loop never waits for a connection
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as client:
+
+        async def get(url: str) -> str:
+            try:
+                async with client.get(url) as r:
+                    return await r.text()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise ConnectionError(str(e)) from e
+
+        async def post(url: str, body: Any, headers: dict[str, str]):
+            try:
+                async with client.post(url, json=body, headers=headers) as r:
+                    return r.status, r.headers, await r.json() if r.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise ConnectionError(str(e)) from e
+
+        yield get, post
+
+
 async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     """One open-loop run: ``spec`` holds ``url``, ``texts`` (one per request, in order), ``offsets`` (their
     send times), ``timeout`` and optionally ``metrics_url`` / ``scrape_every``."""
@@ -106,33 +161,32 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     scheduled, lag, latency = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     status, server_ms, cached = np.zeros(n, dtype=int), np.full(n, np.nan), np.zeros(n, dtype=bool)
     depth: list[tuple[float, float]] = []
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(limits=limits, timeout=spec["timeout"]) as client:
-        await client.get(
-            spec["url"].rsplit("/", 1)[0] + "/healthz"
-        )  # one connection up before the clock starts
+    async with http_client(spec.get("client", CLIENTS[0]), spec["timeout"]) as (get, post):
+        await get(spec["url"].rsplit("/", 1)[0] + "/healthz")  # one connection up before the clock starts
         t0 = time.perf_counter() + 0.05
 
         async def one(i: int) -> None:
             scheduled[i] = t0 + offsets[i]
             lag[i] = time.perf_counter() - scheduled[i]
             try:
-                r = await client.post(spec["url"], json={"text": texts[i]}, headers=spec.get("headers"))
-                status[i] = r.status_code
-                timing = r.headers.get("server-timing", "")  # answers and refusals both carry it
+                status[i], headers, body = await post(
+                    spec["url"], {"text": texts[i]}, spec.get("headers") or {}
+                )
+                timing = headers.get("server-timing", "")  # answers and refusals both carry it
                 server_ms[i] = float(timing.split("dur=")[1]) if "dur=" in timing else np.nan
-                if r.status_code == 200:
-                    cached[i] = bool(r.json()["predictions"][0].get("cached"))
-            except httpx.HTTPError:
+                if body is not None:
+                    cached[i] = bool(body["predictions"][0].get("cached"))
+            except ConnectionError:
                 status[i] = -1  # no answer (timeout, connection refused)
             latency[i] = 1000 * (time.perf_counter() - scheduled[i])
 
         async def scrape() -> None:
             while True:
                 try:
-                    r = await client.get(spec["metrics_url"])
-                    depth.append((time.perf_counter() - t0, queue_depth(r.text) or 0.0))
-                except httpx.HTTPError:
+                    depth.append(
+                        (time.perf_counter() - t0, queue_depth(await get(spec["metrics_url"])) or 0.0)
+                    )
+                except ConnectionError:
                     pass
                 await asyncio.sleep(spec.get("scrape_every", 0.1))
 
@@ -203,10 +257,14 @@ def run_spec(
     timeout: float = 10.0,
     metrics_url: str = "",
     headers: dict[str, str] | None = None,
+    client: str = CLIENTS[0],
 ) -> dict[str, Any]:
     """One open-loop run, planned: its schedule (seeded) and the text of each request — ``texts[draws[i]]``
-    if ``draws`` is given (e.g. :func:`zipf_draws`), else ``texts`` in turn."""
+    if ``draws`` is given (e.g. :func:`zipf_draws`), else ``texts`` in turn; ``client``: one of
+    :data:`CLIENTS`."""
     check_loopback(url)
+    if client not in CLIENTS:
+        raise LoadError(f"client must be one of {', '.join(CLIENTS)} (got {client!r})")
     most = min(max_requests, len(draws)) if draws is not None else max_requests
     offsets = poisson_schedule(rate, seconds, most, seed)
     picks = [int(d) for d in draws[: len(offsets)]] if draws is not None else list(range(len(offsets)))
@@ -214,6 +272,7 @@ def run_spec(
     return {
         "url": url, "rate": rate, "texts": [texts[i] for i in picks], "draws": picks,
         "offsets": offsets.tolist(), "timeout": timeout, "metrics_url": metrics_url, "headers": headers or {},
+        "client": client,
     }  # fmt: skip
 
 
@@ -259,13 +318,16 @@ def sweep(
     slo_ms: float,
     stop_past: float = 4.0,
     refine: int = 0,
+    client: str = CLIENTS[0],
 ) -> pd.DataFrame:
     """Open-loop runs at each offered rate, lowest first, in one generator process, one row each; it stops
     after the first rate whose p99 is over ``stop_past`` times the SLO (past saturation a higher rate only
     makes the queue longer). Then ``refine`` bisection steps between the knee and the next rate up (one run,
-    one process each): each halves the interval the true knee lies in."""
+    one process each): each halves the interval the true knee lies in. ``client``: one of :data:`CLIENTS`."""
     rates = sorted(rates)
-    runs = [run_spec(url, texts, r, seconds, max_requests, seed + k) for k, r in enumerate(rates)]
+    runs = [
+        run_spec(url, texts, r, seconds, max_requests, seed + k, client=client) for k, r in enumerate(rates)
+    ]
     results = spawn(runs, stop_past * slo_ms)
     table = pd.DataFrame([summary(res, r) for res, r in zip(results, rates, strict=False)])
     for step in range(refine):
@@ -273,7 +335,7 @@ def sweep(
         if np.isnan(bracket["next_rps"]):  # the highest rate tried met the SLO: nothing above to bisect to
             break
         rate = (bracket["offered_rps"] + bracket["next_rps"]) / 2
-        spec = run_spec(url, texts, rate, seconds, max_requests, seed + len(rates) + step)
+        spec = run_spec(url, texts, rate, seconds, max_requests, seed + len(rates) + step, client=client)
         table = pd.concat([table, pd.DataFrame([summary(spawn([spec])[0], rate)])], ignore_index=True)
     return table.sort_values("offered_rps").set_index("offered_rps")
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import cachetools
 import numpy as np
-from scipy.special import softmax
+import torch
 
 from ..errors import LabError
-from ..predict import as_predictor, encode
+from ..predict import as_predictor
 
 
 class Overloaded(LabError, RuntimeError):
@@ -114,38 +114,60 @@ def length_groups(lengths: Sequence[int], max_padding: float) -> list[list[int]]
     return groups
 
 
+def pad_rows(encoded: Any, rows: Sequence[int], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
+    """Rows of an unpadded tokenizer output (lists of token ids per text) as one batch padded to its longest
+    row, as int64 tensors: what ``tokenizer.pad`` returns, without tokenizing again (``input_ids`` padded with
+    ``pad_id``, every other field with 0, on the tokenizer's ``padding_side``)."""
+    longest = max(len(encoded["input_ids"][i]) for i in rows)
+    batch = {}
+    for key in encoded.keys():
+        out = np.full((len(rows), longest), pad_id if key == "input_ids" else 0, dtype=np.int64)
+        for r, i in enumerate(rows):
+            seq = encoded[key][i]
+            if side == "right":
+                out[r, : len(seq)] = seq
+            else:
+                out[r, longest - len(seq) :] = seq
+        batch[key] = torch.from_numpy(out)
+    return batch
+
+
 class Classifier:
     """``texts -> [{"label", "probabilities"}]`` for a model or predictor and its tokenizer: the batch
-    tokenized once, cut into :func:`length_groups`, each group padded to its own longest text. ``calls``
-    counts model calls and ``padded_tokens`` / ``real_tokens`` what they cost (the padding share)."""
+    tokenized once (one call of the tokenizer's Rust code), cut into :func:`length_groups`, each group padded
+    to its own longest text (:func:`pad_rows`). ``calls`` counts model calls and ``padded_tokens`` /
+    ``real_tokens`` what they cost (the padding share)."""
 
     def __init__(
         self, model: Any, tokenizer: Any, label_names: Sequence[str], max_length: int, max_padding: float
     ):
         self.predict, self.tokenizer = as_predictor(model), tokenizer
         self.label_names, self.max_length, self.max_padding = list(label_names), max_length, max_padding
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.calls = self.padded_tokens = self.real_tokens = 0
 
     def __call__(self, texts: Sequence[str]) -> list[dict[str, Any]]:
         texts = list(texts)
-        if len(texts) == 1 or self.max_padding < 0:  # nothing to group: no length pass
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        if len(texts) == 1 or self.max_padding < 0:  # nothing to group
             groups = [list(range(len(texts)))]
         else:
-            lengths = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-            groups = length_groups([len(ids) for ids in lengths], self.max_padding)
+            groups = length_groups(lengths, self.max_padding)
         out: list[dict[str, Any]] = [{}] * len(texts)
-        for group in groups:  # each group tokenized and padded in one call (the tokenizer's Rust code, not a
-            # Python loop: that would hold the GIL the event loop's thread needs to take new requests)
-            batch = encode(self.tokenizer, [texts[i] for i in group], self.max_length)
-            proba = softmax(np.asarray(self.predict(dict(batch)), dtype=np.float64), axis=-1)
+        for group in groups:
+            batch = pad_rows(encoded, group, self.pad_id, self.tokenizer.padding_side)
+            logits = np.asarray(self.predict(batch), dtype=np.float64)
+            proba = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            proba /= proba.sum(axis=-1, keepdims=True)
             self.calls += 1
-            self.padded_tokens += int(batch["input_ids"].numel())
-            self.real_tokens += int(batch["attention_mask"].sum())
+            self.padded_tokens += len(group) * max(lengths[i] for i in group)
+            self.real_tokens += sum(lengths[i] for i in group)
             for row, i in enumerate(group):
-                p = proba[row]
+                p = proba[row].tolist()
                 out[i] = {
-                    "label": self.label_names[int(p.argmax())],
-                    "probabilities": dict(zip(self.label_names, map(float, p), strict=True)),
+                    "label": self.label_names[max(range(len(p)), key=p.__getitem__)],
+                    "probabilities": dict(zip(self.label_names, p, strict=True)),
                 }
         return out
 
