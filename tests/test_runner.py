@@ -237,10 +237,11 @@ def test_interrupted_and_killed_runs_are_marked_and_the_next_start_sweeps_the_ki
 @pytest.mark.notebook
 def test_two_runs_two_folders_and_an_override_run_is_marked_and_refused_by_readme(capsys, outputs, tmp_path):
     tiny = ["-p", "model=tiny-bert"]  # the runner's behaviour does not depend on the model
-    for argv in (tiny, [*tiny, "-p", "num_epochs=2"]):
+    for argv in ([*tiny, "--no-html"], [*tiny, "-p", "num_epochs=2"]):
         code, out = run(capsys, "--profile", "smoke", "--only", "00_baseline", *argv)
         assert code == 0, out
     first, second = lib.runner.folders.all_runs("smoke")
+    assert not (first / "report.html").exists() and (second / "report.html").exists()  # --no-html: no page
     assert lib.runner.folders.latest("smoke") == second
     m1, m2 = lib.runner.folders.read_manifest(first), lib.runner.folders.read_manifest(second)
     assert m1["status"] == m2["status"] == "complete" and m1["overrides"] == {"model": "tiny-bert"}

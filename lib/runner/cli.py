@@ -40,6 +40,7 @@ OPTIONS = (  # (flags, argparse keywords): the command line, one line per option
     (("--html",), dict(metavar="RUN", help="(re)write a run's report.html (each run writes its own)")),
     (("--mlflow",), dict(action="store_true", help=f"also log every record to MLflow: {MLFLOW_UI}")),
     (("--quiet",), dict(action="store_true", help="do not stream the notebooks' output")),
+    (("--no-html",), dict(action="store_true", help="write no report.html (later: --html RUN)")),
     (("--results",), dict(metavar="RUN", help="print a run's results block (latest: the newest)")),
     (("--readme",), dict(metavar="RUN", help="publish a clean complete run's results block in README.md")),
 )
@@ -139,7 +140,13 @@ def _eta(profile: str, name: str) -> str:
 
 
 def run_notebooks(
-    profile: str, resolved: Plan, overrides: list, argv: list, timeout: int | None = None, stream: bool = True
+    profile: str,
+    resolved: Plan,
+    overrides: list,
+    argv: list,
+    timeout: int | None = None,
+    stream: bool = True,
+    html: bool = True,
 ) -> int:
     """Run ``resolved`` (see :func:`plan`) in a new run folder: 0 when all complete, 1 failed, 130 stopped."""
     parsed = dict(params.parse_override(o) for o in overrides)
@@ -194,7 +201,7 @@ def run_notebooks(
         folders.update(run_dir, inputs=taken)
         folders.finish(run_dir, final)
         os.environ.pop("JUPYTER_RUNTIME_DIR", None)
-        if final != "interrupted":  # a stopped run is left as it is; `--html RUN` writes its page later
+        if final != "interrupted" and html:  # a stopped run is left as it is; `--html RUN` writes it later
             try:
                 _say(f"  report: {page.write_html(run_dir)}")
             except Exception as e:  # noqa: BLE001 - the run's results are intact; say why the page is missing
@@ -260,4 +267,6 @@ def _main(argv: list[str]) -> int:
         return 0
     if args.mlflow:
         os.environ[tracking.ENV] = "1"  # the notebook kernels inherit it
-    return run_notebooks(profile, resolved, args.param, argv, args.execution_timeout, not args.quiet)
+    return run_notebooks(
+        profile, resolved, args.param, argv, args.execution_timeout, not args.quiet, not args.no_html
+    )
