@@ -235,6 +235,26 @@ def test_bad_requests_get_422_naming_the_field_and_never_reach_the_model(client,
     assert 'muxl_rejected_total{reason="invalid"} 1.0' in c.get("/metrics").text
 
 
+@pytest.mark.parametrize(
+    "body", [b'{"text": ["a fine film", "dull"]}', b"not json", b'{"text": ["a", 5]}', b'{"text": "x" }']
+)
+def test_the_short_way_in_answers_as_the_fastapi_route_does(body):
+    """POST /predict skips FastAPI's layers (lib.serve.app.make_app); its FastAPI route, still declared for
+    /docs, gives the same status, answer (a refusal: the same fields; the messages may word a JSON error
+    differently) and metrics."""
+    answers = {}
+    for door in ("short way", "fastapi route"):
+        app = make_app(counting_model([]), Settings(max_texts=3, max_chars=20), "toy", "run-1")
+        with TestClient(app if door == "short way" else app.fastapi) as c:
+            wait_ready(c)
+            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+            out = r.json() if r.status_code == 200 else (r.json()["fields"], bool(r.json()["message"]))
+            rejected = 'muxl_rejected_total{reason="invalid"} 1.0' in c.get("/metrics").text
+            answers[door] = (r.status_code, out, r.headers["content-type"], rejected)
+    assert answers["short way"] == answers["fastapi route"], answers
+    assert "predict" in TestClient(app.fastapi).get("/openapi.json").text  # documented at /docs
+
+
 def test_not_ready_until_warmed_up_then_ready():
     release = threading.Event()
     app = make_app(counting_model([]), Settings(), "toy", "r", warm_up=lambda max_batch_size: release.wait(5))
