@@ -51,7 +51,8 @@ serve: install
 # `make test` runs both tiers side by side in two pytest workers, one test file per worker at a time (pytest-xdist,
 # --dist loadfile): the smoke run (tests/test_notebooks.py) on one, every other file on the other; each worker and
 # every notebook it runs uses one thread (MUXL_THREADS=1: two workers of two threads each would oversubscribe the
-# two cores, 4x slower in a probe). Measured on a 2-core Zen 4: see DEVELOPERS.md.
+# two cores, 4x slower in a probe; the smoke run's last job, alone by then, at two). Measured on a 2-core Zen 4: see
+# DEVELOPERS.md.
 UNIT := not notebook and not launch and not slow
 unit: install
 	@start=$$(date +%s); $(BIN)/python -m pytest -m "$(UNIT)" $(ARGS); code=$$?; \
