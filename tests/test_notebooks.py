@@ -165,7 +165,7 @@ JOBS = {
 }
 JOBS["last"] = (("10_report", "11_serve"), tuple(JOBS))  # they read every record
 PAGE_JOB = "last"  # the one job whose run writes its report.html (the others run with --no-html)
-ALONE = "last"  # it waits for every other job, so it runs with both cores' threads (10_report: 42 -> 37 s)
+ALONE = "last"  # it waits for every other job, so it runs at both cores' threads (10_report 34 -> 29 s, CI)
 CORES = 2  # jobs at once (each notebook at one thread, MUXL_THREADS=1; the ALONE job at CORES threads)
 
 
