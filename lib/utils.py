@@ -112,6 +112,31 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_ticks(text: str | None = None) -> tuple[int, int] | None:
+    """This machine's CPU time so far, in clock ticks: ``(stolen, total)`` from Linux ``/proc/stat`` (or
+    ``text`` in its format), ``None`` where the OS does not say. *Stolen* time is time a virtual machine's
+    CPUs were ready to run but the hypervisor ran someone else: what makes a shared cloud machine slower one
+    hour than the next."""
+    if text is None:
+        try:
+            text = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+    fields = text.split("\n", 1)[0].split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the CPU time between two :func:`cpu_ticks` readings that the hypervisor took (stolen),
+    or ``None`` if either is unknown or no time passed."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 4)
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags of this machine (Linux ``/proc/cpuinfo``), empty where unknown."""
     try:

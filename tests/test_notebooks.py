@@ -822,9 +822,15 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
     ("11_serve", {"chosen_served_share": 0.7}, {"chosen_served_share": 0.3}, "does **not** meet the goal"),
     (
         "11_serve",
-        {"grouping": {"grouped": 100.0, "one group": 120.0}},
-        {"grouping": {"grouped": 120.0, "one group": 100.0}},
+        {"grouping": {"grouped": [100.0, 99.0], "one group": [120.0, 118.0]}},
+        {"grouping": {"grouped": [120.0, 117.0], "one group": [100.0, 99.0]}},
         "length groups raised the knee",
+    ),
+    (  # the same rate on the grid, answered at 99 or 101 per second: not a move
+        "11_serve",
+        {"grouping": {"grouped": [120.0, 117.0], "one group": [100.0, 99.0]}},
+        {"grouping": {"grouped": [100.0, 101.0], "one group": [100.0, 99.0]}},
+        "length groups did not move the knee",
     ),
     ("10_report", {"stacked_goal": "meets"}, {"stacked_goal": "misses"}, "does **not** meet"),
     (

@@ -175,6 +175,13 @@ def test_weights_that_are_all_zero_choose_nothing():
     assert validate("10_report", {**zero, "weight_privacy": 1.0})["weight_privacy"] == 1.0
 
 
+def test_a_load_run_needs_room_for_its_least_requests():
+    with pytest.raises(ParamError, match=r"load_min_requests \(500\) is over load_max_requests \(400\)"):
+        validate("11_serve", {"load_min_requests": 500, "load_max_requests": 400})
+    same = {"load_min_requests": 400, "load_max_requests": 400}
+    assert validate("11_serve", same)["load_min_requests"] == 400
+
+
 def test_all_problems_reported_at_once():
     with pytest.raises(ParamError) as e:
         validate(NB, {"bogus": 1, "num_epochs": "x", "test_frac": 2.0})

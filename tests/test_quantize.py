@@ -237,6 +237,17 @@ def test_the_cpu_generation_is_named_from_family_and_model(vendor, family, model
     assert lib.utils.isa({"avx2"}) == "AVX2"  # flags alone: only the flags
 
 
+def test_stolen_cpu_time_is_read_from_proc_stat():
+    before = lib.utils.cpu_ticks("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
+    after = lib.utils.cpu_ticks("cpu  300 0 90 1400 10 0 5 95 0 0\n")
+    assert before == (35, 1000) and after == (95, 1900)
+    assert lib.utils.steal_share(before, after) == round(60 / 900, 4)  # 60 of 900 ticks stolen
+    assert lib.utils.steal_share(after, before) is None and lib.utils.steal_share(None, after) is None
+    assert lib.utils.cpu_ticks("intr 1 2 3") is None
+    here = lib.utils.cpu_ticks()  # this machine, if it is Linux
+    assert here is None or 0 <= here[0] <= here[1]
+
+
 def test_embedding_share_of_tiny_bert(tiny):
     model = tiny[0]()
     e = lib.quantize.embedding_share(model)

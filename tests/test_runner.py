@@ -248,6 +248,8 @@ def test_two_runs_two_folders_and_an_override_run_is_marked_and_refused_by_readm
     assert m2["overrides"] == {"model": "tiny-bert", "num_epochs": 2}
     assert m2["override_diff"]["num_epochs"] == {"profile": 1, "run": 2}
     assert m2["notebooks"]["00_baseline"]["seconds"] > 0 and m2["machine"]["isa"] == lib.utils.isa()
+    stolen = m2["notebooks"]["00_baseline"]["steal_share"]  # the hypervisor's share of the CPU meanwhile
+    assert (stolen is None) == (lib.utils.cpu_ticks() is None) and (stolen is None or 0 <= stolen < 1)
     readme = tmp_path / "README.md"
     readme.write_text(f"{lib.runner.readme.README_START}\nold\n{lib.runner.readme.README_END}\n")
     with pytest.raises(lib.errors.LabError, match="num_epochs=2"):

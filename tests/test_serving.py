@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -396,6 +397,17 @@ def test_poisson_schedule_has_the_offered_rate_and_bounds():
         loadgen.poisson_schedule(0, 5, 10, 0)
 
 
+def test_a_low_rate_sends_longer_to_make_its_least_requests():
+    url = "http://127.0.0.1:8000/predict"
+    short = loadgen.run_spec(url, ["x"], 8, 2.5, 4000, 0)  # 20 requests in 2.5 s ...
+    long = loadgen.run_spec(url, ["x"], 8, 2.5, 4000, 0, min_requests=100)  # ... or 100 in 12.5 s
+    assert len(short["offsets"]) == 20 and len(long["offsets"]) == 100 and 10 < long["offsets"][-1] < 12.5
+    fast = loadgen.run_spec(url, ["x"], 400, 2.5, 4000, 0, min_requests=100)  # a high rate: no change
+    assert len(fast["offsets"]) == 1000
+    capped = loadgen.run_spec(url, ["x"], 8, 2.5, 50, 0, min_requests=100)  # load_max_requests still holds
+    assert len(capped["offsets"]) == 50
+
+
 def test_zipf_draws_repeat_the_popular_texts():
     draws = loadgen.zipf_draws(2000, 500, 1.1, seed=0)
     assert np.bincount(draws, minlength=500)[0] > np.bincount(draws, minlength=500)[100] * 10
@@ -443,6 +455,7 @@ def test_open_loop_a_slow_server_does_not_slow_the_schedule(client):
     assert result["send_seconds"] < 0.6 and s["send_lag_p99_ms"] < 50  # sent on schedule
     assert s["requests"] == len(offsets) and s["errors"] == 0
     assert s["max_ms"] > 0.5 * 50 * len(offsets)  # the last one waited for (almost) all the others
+    assert np.isnan(s["steal_share"]) or 0 <= s["steal_share"] < 1  # the hypervisor's share, where known
 
 
 def test_an_unknown_client_is_refused_before_any_load():
@@ -452,26 +465,33 @@ def test_an_unknown_client_is_refused_before_any_load():
 
 def test_the_sweep_bisects_towards_the_knee(monkeypatch):
     """A fake server whose p99 crosses the SLO at 130 req/s: a sweep of 50, 100, 150, 200 brackets the knee
-    between 100 and 150 and each refining step halves the bracket (125 met, 137.5 missed), one run each."""
-    spawned = []
+    between 100 and 150 and each refining step halves the bracket (125 met, 137.5 missed), one run each, all
+    in the one generator process."""
+    spawns, rates = [], []
 
-    def fake_spawn(runs, stop_p99_ms=float("inf")):
-        spawned.append([r["rate"] for r in runs])
-        return [
-            {"status": [200] * 10, "latency_ms": [20.0 if r["rate"] <= 130 else 90.0] * 10,
-             "server_ms": [1.0] * 10, "send_lag_ms": [0.0] * 10, "finish_seconds": 1.0}
-            for r in runs
-        ]  # fmt: skip
+    async def fake_run(spec):
+        rates.append(spec["rate"])
+        return {"status": [200] * 10, "latency_ms": [20.0 if spec["rate"] <= 130 else 90.0] * 10,
+                "server_ms": [1.0] * 10, "send_lag_ms": [0.0] * 10, "finish_seconds": 1.0}  # fmt: skip
+
+    def fake_spawn(runs, stop_p99_ms=float("inf"), refine=None):
+        spawns.append(len(runs))
+        spec = {"runs": runs, "stop_p99_ms": stop_p99_ms, "refine": refine}
+        return asyncio.run(loadgen.run_all(json.loads(json.dumps(spec)), run=fake_run))  # as the file has it
 
     monkeypatch.setattr(loadgen, "spawn", fake_spawn)
     url = "http://127.0.0.1:1/predict"
     table = loadgen.sweep(url, ["x"], [200, 50, 150, 100], 1.0, 50, 0, slo_ms=50.0, refine=2)
-    assert spawned == [[50, 100, 150, 200], [125.0], [137.5]]
+    assert rates == [50, 100, 150, 200, 125.0, 137.5] and spawns == [4]
     assert list(table.index) == [50, 100, 125, 137.5, 150, 200]
     k = loadgen.knee(table, 50.0)
     assert k["offered_rps"] == 125 and k["next_rps"] == 137.5 and k["max_rps_at_slo"] == 10.0
+    rates.clear()
     top = loadgen.sweep(url, ["x"], [50, 100], 1.0, 50, 0, slo_ms=50.0, refine=2)
     assert list(top.index) == [50, 100] and np.isnan(loadgen.knee(top, 50.0)["next_rps"])  # none above
+    rates.clear()
+    stopped = loadgen.sweep(url, ["x"], [100, 200, 300], 1.0, 50, 0, slo_ms=50.0, stop_past=1.0, refine=1)
+    assert rates == [100, 200, 150.0] and list(stopped.index) == [100, 150, 200]  # 300 never offered
 
 
 # ------------------------------------------------------------------------ the real server, as a process

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import ArtifactError, LabError, ParamError, listing
-from ..utils import load_average, resolve_device
+from ..utils import cpu_ticks, load_average, resolve_device, steal_share
 from . import catalog, contract, execute, folders, history, page, params, paths, readme, records, tracking
 
 Plan = list[tuple[catalog.Notebook, dict]]  # each notebook of a run with its resolved values
@@ -164,7 +164,7 @@ def run_notebooks(
         for i, (nb, values) in enumerate(resolved, 1):
             t0, wall = time.perf_counter(), datetime.now(UTC)
             _say(f"\n== [{i}/{len(resolved)}] {nb.name}: {_eta(profile, nb.name)}")
-            stamp, load = wall.isoformat(timespec="seconds"), load_average()
+            stamp, load, ticks = wall.isoformat(timespec="seconds"), load_average(), cpu_ticks()
             mark(nb.name, status="running", started=stamp, load_average_start=load)
             try:
                 execute.execute(nb, values, run_dir, timeout, stream)
@@ -174,11 +174,16 @@ def run_notebooks(
                 return 1
             timings[nb.name] = seconds = time.perf_counter() - t0
             records.stamp_run(profile, nb.name, seconds, wall)
-            mark(nb.name, status="complete", seconds=round(seconds, 1), load_average_end=load_average())
+            stolen = steal_share(ticks, cpu_ticks())  # the hypervisor's share of the CPU meanwhile
+            mark(nb.name, status="complete", seconds=round(seconds, 1), load_average_end=load_average(),
+                 steal_share=stolen)  # fmt: skip
             made = run_dir / "metrics" / f"{nb.name}.json"
             found = json.loads(made.read_text(encoding="utf-8"))["warnings"] if made.exists() else []
             warnings = [f"   WARNING ({nb.name}): {w}" for w in found]
-            _say(f"== {nb.name} done in {seconds / 60:.1f} min", *warnings)
+            steal = (
+                f" ({stolen:.0%} of the CPU time stolen by the hypervisor)" if (stolen or 0) >= 0.01 else ""
+            )
+            _say(f"== {nb.name} done in {seconds / 60:.1f} min{steal}", *warnings)
         final = "complete"
     except (KeyboardInterrupt, execute.Terminated) as e:
         final = "interrupted"

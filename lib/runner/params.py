@@ -79,6 +79,7 @@ COUNTS = ("batch_size", "num_epochs", "tfidf_max_features", "compare_steps", "co
           "train_steps", "equivalence_steps", "equivalence_batch_size", "global_min_count",
           "overfit_epochs", "num_rounds", "local_epochs", "attack_texts", "attack_max_words",
           "word_neighbours", "adversarial_craft_texts", "serve_max_batch_size", "load_max_requests",
+          "load_min_requests",
           "serve_threads", "cache_pool")  # fmt: skip
 WEIGHTS = ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy", "weight_robustness")
 
@@ -231,6 +232,9 @@ def validate(notebook: str, values: Mapping[str, Any], decls: Mapping | None = N
     weights = [resolved.get(w) for w in WEIGHTS]
     if all(isinstance(w, (int, float)) for w in weights) and not any(w > 0 for w in weights):
         errs.append(f"{', '.join(WEIGHTS)} are all 0: nothing to choose by; give one a positive weight")
+    least, most = resolved.get("load_min_requests"), resolved.get("load_max_requests")
+    if isinstance(least, int) and isinstance(most, int) and least > most:
+        errs.append(f"load_min_requests ({least}) is over load_max_requests ({most}): raise the second")
     if errs:
         raise ParamError(f"invalid parameters for {notebook}:{listing(errs)}")
     return resolved

@@ -40,6 +40,7 @@ import pandas as pd
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import LabError
+from ..utils import cpu_ticks, steal_share
 
 try:  # a faster event loop (uvicorn[standard] installs it; not on Windows)
     import uvloop
@@ -165,7 +166,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     depth: list[tuple[float, float]] = []
     async with http_client(spec.get("client", CLIENTS[0]), spec["timeout"]) as (get, post):
         await get(spec["url"].rsplit("/", 1)[0] + "/healthz")  # one connection up before the clock starts
-        t0 = time.perf_counter() + 0.05
+        t0, ticks = time.perf_counter() + 0.05, cpu_ticks()
 
         async def one(i: int) -> None:
             scheduled[i] = t0 + offsets[i]
@@ -202,6 +203,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
         send_seconds = time.perf_counter() - t0
         await asyncio.gather(*tasks)
         finish_seconds = time.perf_counter() - t0  # until the last answer
+        stolen = steal_share(ticks, cpu_ticks())  # the hypervisor's share of this machine's CPU meanwhile
         if scraper is not None:
             scraper.cancel()
     return {
@@ -213,6 +215,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
         "send_seconds": send_seconds,
         "finish_seconds": finish_seconds,
         "queue_depth": depth,
+        "steal_share": stolen,
     }
 
 
@@ -237,14 +240,19 @@ def summary(result: dict[str, Any], offered_rps: float) -> dict[str, Any]:
         "p95_ms": pct(latency[ok], 95),
         "p99_ms": pct(latency[ok], 99),
         "max_ms": float(latency[ok].max()) if ok.any() else float("nan"),
+        "server_p99_ms": pct(server[ok & ~np.isnan(server)], 99),  # the answered ones' time in the handler
         "refused_share": float(refused.mean()) if len(status) else 0.0,
         "refused_p99_ms": pct(latency[refused], 99),
         "refused_max_ms": float(latency[refused].max()) if refused.any() else float("nan"),
         "refused_server_p99_ms": pct(
             server[refused & ~np.isnan(server)], 99
         ),  # the server's own time to refuse
+        "refused_server_max_ms": float(np.nanmax(server[refused]))
+        if (refused & ~np.isnan(server)).any()
+        else float("nan"),
         "errors": int((~ok & ~refused).sum()),
         "send_lag_p99_ms": pct(np.asarray(result["send_lag_ms"], dtype=float), 99),
+        "steal_share": float("nan") if result.get("steal_share") is None else result["steal_share"],
     }
 
 
@@ -260,15 +268,17 @@ def run_spec(
     metrics_url: str = "",
     headers: dict[str, str] | None = None,
     client: str = CLIENTS[0],
+    min_requests: int = 1,
 ) -> dict[str, Any]:
     """One open-loop run, planned: its schedule (seeded) and the text of each request — ``texts[draws[i]]``
     if ``draws`` is given (e.g. :func:`zipf_draws`), else ``texts`` in turn; ``client``: one of
-    :data:`CLIENTS`."""
+    :data:`CLIENTS`. A low rate sends for longer than ``seconds`` to make ``min_requests`` requests (the p99
+    of a dozen requests is their maximum)."""
     check_loopback(url)
     if client not in CLIENTS:
         raise LoadError(f"client must be one of {', '.join(CLIENTS)} (got {client!r})")
     most = min(max_requests, len(draws)) if draws is not None else max_requests
-    offsets = poisson_schedule(rate, seconds, most, seed)
+    offsets = poisson_schedule(rate, max(seconds, min_requests / rate), most, seed)
     picks = [int(d) for d in draws[: len(offsets)]] if draws is not None else list(range(len(offsets)))
     picks = [i % len(texts) for i in picks]
     return {
@@ -278,14 +288,21 @@ def run_spec(
     }  # fmt: skip
 
 
-def spawn(runs: Sequence[dict[str, Any]], stop_p99_ms: float = float("inf")) -> list[dict[str, Any]]:
+def spawn(
+    runs: Sequence[dict[str, Any]], stop_p99_ms: float = float("inf"), refine: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Do ``runs`` (:func:`run_spec`) one after the other in a fresh process (``python -m
-    lib.techniques.loadgen``), stopping after the first whose p99 is over ``stop_p99_ms``; their raw
-    results."""
+    lib.techniques.loadgen``), stopping after the first whose p99 is over ``stop_p99_ms``, then the bisection
+    runs of ``refine`` (:func:`run_all`) in the same process; their raw results, each with its ``rate``."""
     with tempfile.TemporaryDirectory(prefix="muxl-load-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps({"runs": list(runs), "stop_p99_ms": stop_p99_ms}), encoding="utf-8")
+        spec = {"runs": list(runs), "stop_p99_ms": stop_p99_ms, "refine": refine}
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
         seconds = sum(r["offsets"][-1] + r["timeout"] for r in runs if r["offsets"])
+        if refine and runs:  # each bisection run sends for at most as long as the lowest rate's run
+            seconds += refine["steps"] * (
+                max(r["offsets"][-1] for r in runs if r["offsets"]) + runs[0]["timeout"]
+            )
         proc = subprocess.run(
             [sys.executable, "-m", "lib.techniques.loadgen", str(spec_path), str(out_path)],
             capture_output=True,
@@ -321,24 +338,22 @@ def sweep(
     stop_past: float = 4.0,
     refine: int = 0,
     client: str = CLIENTS[0],
+    min_requests: int = 1,
 ) -> pd.DataFrame:
     """Open-loop runs at each offered rate, lowest first, in one generator process, one row each; it stops
     after the first rate whose p99 is over ``stop_past`` times the SLO (past saturation a higher rate only
-    makes the queue longer). Then ``refine`` bisection steps between the knee and the next rate up (one run,
-    one process each): each halves the interval the true knee lies in. ``client``: one of :data:`CLIENTS`."""
+    makes the queue longer). Then ``refine`` bisection steps between the knee and the next rate up, in the
+    same process: each halves the interval the true knee lies in. ``client``, ``min_requests``: as for
+    :func:`run_spec`."""
     rates = sorted(rates)
-    runs = [
-        run_spec(url, texts, r, seconds, max_requests, seed + k, client=client) for k, r in enumerate(rates)
-    ]
-    results = spawn(runs, stop_past * slo_ms)
-    table = pd.DataFrame([summary(res, r) for res, r in zip(results, rates, strict=False)])
-    for step in range(refine):
-        bracket = knee(table.set_index("offered_rps"), slo_ms)
-        if np.isnan(bracket["next_rps"]):  # the highest rate tried met the SLO: nothing above to bisect to
-            break
-        rate = (bracket["offered_rps"] + bracket["next_rps"]) / 2
-        spec = run_spec(url, texts, rate, seconds, max_requests, seed + len(rates) + step, client=client)
-        table = pd.concat([table, pd.DataFrame([summary(spawn([spec])[0], rate)])], ignore_index=True)
+    plan = {"url": url, "texts": list(texts), "seconds": seconds, "max_requests": max_requests,
+            "client": client, "min_requests": min_requests}  # fmt: skip
+    runs = [run_spec(rate=r, seed=seed + k, **plan) for k, r in enumerate(rates)]
+    refining = (
+        {"steps": refine, "slo_ms": slo_ms, "seed": seed + len(rates), "plan": plan} if refine else None
+    )
+    results = spawn(runs, stop_past * slo_ms, refining)
+    table = pd.DataFrame([summary(res, res["rate"]) for res in results])
     return table.sort_values("offered_rps").set_index("offered_rps")
 
 
@@ -368,16 +383,34 @@ def knee(table: pd.DataFrame, slo_ms: float) -> dict[str, float]:
     }
 
 
-async def run_all(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs of a :func:`spawn` spec in turn, up to the first whose p99 is over ``stop_p99_ms``."""
+def bisect_rate(results: Sequence[dict[str, Any]], slo_ms: float) -> float | None:
+    """The next rate to try: halfway between the knee of ``results`` so far and the lowest rate tried above
+    it; ``None`` if the highest rate tried met the SLO (nothing above to bisect to)."""
+    table = pd.DataFrame([summary(res, res["rate"]) for res in results]).set_index("offered_rps")
+    bracket = knee(table, slo_ms)
+    return None if np.isnan(bracket["next_rps"]) else (bracket["offered_rps"] + bracket["next_rps"]) / 2
+
+
+async def run_all(spec: dict[str, Any], run: Any = None) -> list[dict[str, Any]]:
+    """The runs of a :func:`spawn` spec in turn, up to the first whose p99 is over ``stop_p99_ms``; then, if
+    the spec has ``refine`` (``steps``, ``slo_ms``, ``seed`` and the ``plan`` of :func:`run_spec`), that many
+    bisection runs (:func:`bisect_rate`). ``run``: the coroutine doing one run (:func:`open_loop`)."""
+    run = run or open_loop
     results = []
-    for run in spec["runs"]:
-        check_loopback(run["url"])
-        results.append(await open_loop(run))
+    for one in spec["runs"]:
+        check_loopback(one["url"])
+        results.append({**await run(one), "rate": one["rate"]})
         if (
-            not summary(results[-1], run["rate"])["p99_ms"] <= spec["stop_p99_ms"]
+            not summary(results[-1], one["rate"])["p99_ms"] <= spec["stop_p99_ms"]
         ):  # NaN (no answer) stops too
             break
+    refine = spec.get("refine") or {"steps": 0}
+    for step in range(refine["steps"] if results else 0):
+        rate = bisect_rate(results, refine["slo_ms"])
+        if rate is None:
+            break
+        one = run_spec(rate=rate, seed=refine["seed"] + step, **refine["plan"])
+        results.append({**await run(one), "rate": rate})
     return results
 
 
