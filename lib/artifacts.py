@@ -5,7 +5,7 @@ parameters and seed made it and what it scored. Three kinds (:data:`lib.runner.c
 
 - ``model``: a transformers classifier — the teacher, a student, a pruned model (whose per-layer shapes are
   stored in ``config.pruned_layout`` and rebuilt on load), the mean-pooling head rebuilt from
-  ``config.classifier_pooling``;
+  ``config.classifier_pooling``, a head with a hidden layer from ``config.classifier_hidden``;
 - ``adapter``: a LoRA adapter and its trained head (peft); loaded onto a fresh copy of the base model named in
   its metadata;
 - ``onnx``: one self-contained ``model.onnx`` for ONNX Runtime; loaded as an
@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from .errors import ArtifactError
-from .heads import MeanPoolingBertForSequenceClassification
+from .heads import MeanPoolingBertForSequenceClassification, set_hidden_head
 from .models import build_to_layout, load_model
 from .predict import OnnxPredictor
 from .runner.catalog import METADATA, artifact_kind, check_artifact, require_artifact
@@ -86,11 +86,16 @@ def _load_model(path: Path) -> Any:
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     mean = getattr(config, "classifier_pooling", None) == "mean"
     cls = MeanPoolingBertForSequenceClassification if mean else AutoModelForSequenceClassification
-    if not getattr(config, "pruned_layout", None):
+    layout, hidden = getattr(config, "pruned_layout", None), getattr(config, "classifier_hidden", 0)
+    if not layout and not hidden:
         return cls.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    # per-layer shapes differ from the config's: build the architecture, give it those shapes, load strictly
+    # shapes differ from the config's (pruned layers, a head with a hidden layer): build the architecture,
+    # give it those shapes, load strictly
     model = cls(config) if mean else cls.from_config(config)
-    build_to_layout(model, config.pruned_layout)
+    if layout:
+        build_to_layout(model, layout)
+    if hidden:
+        set_hidden_head(model, hidden)
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     return model.float()
 

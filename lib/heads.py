@@ -6,7 +6,9 @@ of its token vectors** meaningful; its ``[CLS]`` vector and pooler were never tr
 ``mean`` head below classifies that masked mean directly — the representation the model was built to give.
 
 The head is chosen by ``config.classifier_pooling`` (``"cls"`` or ``"mean"``), which ``save_pretrained``
-stores in ``config.json``, so :func:`lib.artifacts.load` rebuilds the right class.
+stores in ``config.json``, so :func:`lib.artifacts.load` rebuilds the right class. A classifier with one
+hidden layer (:func:`set_hidden_head`, what 07_privacy trains) is recorded as ``config.classifier_hidden``
+and rebuilt the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     ignored)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def set_hidden_head(model: nn.Module, hidden: int, seed: int | None = None) -> nn.Module:
+    """Replace ``model``'s linear classifier by one with a hidden layer of ``hidden`` units (Linear → GELU →
+    dropout → Linear; its initial weights seeded with ``seed`` if given), recorded in
+    ``model.config.classifier_hidden`` so that a saved model loads with the same head
+    (:func:`lib.artifacts.load`). Returns ``model``."""
+    width, labels = model.classifier.in_features, model.classifier.out_features
+    if seed is not None:
+        torch.manual_seed(seed)
+    model.classifier = nn.Sequential(
+        nn.Linear(width, hidden), nn.GELU(), nn.Dropout(model.dropout.p), nn.Linear(hidden, labels)
+    )
+    model.config.classifier_hidden = hidden
+    return model
 
 
 class MeanPoolingBertForSequenceClassification(BertPreTrainedModel):

@@ -176,7 +176,8 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
     - a row that measured no accuracy but names an artifact (an explanation of the teacher) adds its
       :data:`ANNOTATIONS` to that artifact's row;
     - ``speedup_vs_teacher`` is each notebook's own side-by-side ratio when that notebook's reference is the
-      teacher, and empty otherwise;
+      teacher, else the variant's own ``speedup_vs_teacher`` (a notebook whose reference is another model
+      timed it beside the teacher: 07_privacy), else empty;
     - records that gather others' variants (:func:`aggregates`) are left out."""
     skip, canon = aggregates(records), canonical(records)
     mixed = len({r.get("run") for r in records}) > 1  # records from several runs (made by hand): name each
@@ -200,7 +201,7 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
                 **{m: v.get(m) for m in METRICS[:-1]},
                 "speedup_vs_teacher": v.get("speedup_vs_reference")
                 if ref.get("artifact") == TEACHER
-                else None,
+                else v.get("speedup_vs_teacher"),
                 **{k: v.get(k) for k in ANNOTATIONS},
                 "provenance": _describe(v, rec) + (f" (run {rec.get('run')})" if mixed else ""),
             }

@@ -54,6 +54,24 @@ def test_mean_head_trains_and_round_trips_as_an_artifact(tmp_path):
     assert lib.evaluate.compare_predictions(model, again, loaders.test)["max_abs_logit_diff"] == 0.0
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_head_with_a_hidden_layer_round_trips_as_an_artifact(pooling, tmp_path):
+    """07_privacy's head (Linear → GELU → dropout → Linear) is recorded in the config and rebuilt on load,
+    whatever the pooling, with the trained weights."""
+    lib.utils.seed_everything(0)
+    model, tok = lib.models.load_model(lib.models.TINY, 2, pooling=pooling)
+    lib.heads.set_hidden_head(model, 16, seed=3)
+    with torch.no_grad():
+        model.classifier[3].bias.fill_(0.25)  # not what any fresh head starts with
+    path = lib.artifacts.save(tmp_path / "m", model, tok, {"seed": 0})
+    again, _, _ = lib.artifacts.load(path)
+    assert again.config.classifier_hidden == 16 and again.classifier[0].out_features == 16
+    assert torch.equal(again.classifier[3].bias, model.classifier[3].bias)
+    batch = tok(["a quietly moving film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(**batch).logits, again(**batch).logits, atol=1e-6)
+
+
 def test_packaged_model_mean_head_uses_every_pretrained_weight_but_the_pooler(recwarn):
     model, _ = lib.models.load_model("minilm-l6", 2, pooling="mean")
     assert isinstance(model, MeanPoolingBertForSequenceClassification)

@@ -150,18 +150,19 @@ def test_every_parameter_rule_is_used_by_a_notebook():
 
 # The smoke run as runner invocations on two cores, each a run of its own (`--only`), started once a core is
 # free and the runs whose artifacts it reads have completed (a run takes artifacts from the newest complete
-# run that has them; 10_report takes a record its run lacks the same way). 01..04 need only the teacher, 06
-# needs 03 and 04, 09 needs 01..04: the chain is split so that it never waits for a free core. Each job: its
-# notebooks and the jobs it waits for, in order of priority. Measured on a 2-core Zen 4: DEVELOPERS.md.
+# run that has them; 10_report takes a record its run lacks the same way). 01..04 and 07 need only the
+# teacher, 06 needs 03 and 04, 09 needs 01..04: the chain is split so that it never waits for a free core.
+# Each job: its notebooks and the jobs it waits for, in order of priority. Measured on a 2-core Zen 4:
+# DEVELOPERS.md.
 JOBS = {
     "teacher": (("00_baseline",), ()),
     "lora": (("01_lora_finetune",), ("teacher",)),
     "prune": (("02_prune",), ("teacher",)),
     "compress": (("03_quantize", "04_distill"), ("teacher",)),
     "probe": (("06_explain", "09_robustness"), ("lora", "prune", "compress")),
-    "distributed": (("05_distributed",), ()),  # these three need no artifact: they fill the other core
+    "distributed": (("05_distributed",), ()),  # these two need no artifact: they fill the other core
     "federated": (("08_federated",), ()),
-    "privacy": (("07_privacy",), ()),
+    "privacy": (("07_privacy",), ("teacher",)),  # it times its model beside the teacher
 }
 JOBS["last"] = (("10_report", "11_serve"), tuple(JOBS))  # they read every record
 PAGE_JOB = "last"  # the one job whose run writes its report.html (the others run with --no-html)
@@ -443,6 +444,17 @@ def test_smoke_07_private_models_spend_their_epsilon_and_are_audited(smoke):
         checks[0] < 1e-5 and checks[1] < 1e-5
     )  # per-example mean = batch gradient; the notebook's formula = Opacus
     assert v["overfit"]["epochs"] == 2 and v["dp-eps-8"]["epochs"] == 1
+    # the private model saved: it reloads, reads the text as the cached features did, is timed beside the
+    # teacher, and every model of the notebook (one architecture) carries that size and speed
+    assert v["dp-eps-8"]["artifact"] == "private" and f["private_artifact"]["variant"] == "dp-eps-8"
+    assert f["private_artifact"]["reload_max_abs_logit_diff"] < 1e-4
+    model, _, meta = lib.artifacts.load(smoke.roots["07_privacy"] / "models" / "private")
+    assert model.config.classifier_hidden == rec["params"]["head_hidden"] and meta["variant"] == "dp-eps-8"
+    for row in v.values():
+        assert row["size_mb"] == f["size_mb"] and row["speedup_vs_teacher"] == f["speedup_vs_teacher"] > 0
+        assert row["throughput_b32"] > 0 and row["timed_as"] == "dp-eps-8"
+    table = lib.report.variants_table([smoke.rec["00_baseline"], rec])
+    assert table.loc["dp-eps-8", "speedup_vs_teacher"] == f["speedup_vs_teacher"]  # the report sees it
 
 
 @pytest.mark.notebook

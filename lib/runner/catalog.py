@@ -30,9 +30,9 @@ class Notebook:
 
 
 # 05, 07 and 08 start from the public pretrained model (a teacher fine-tuned on all the data without DP
-# would carry its leak into 07 and undo 08's point); 06 also loads the student (04) and the int8 model (03)
-# when asked, 09 every variant of the run it finds (LoRA, pruned, int8), 10 the student, 11 the variant 10
-# chose: checked there.
+# would carry its leak into 07 and undo 08's point; 07 loads the teacher only to time its model beside it);
+# 06 also loads the student (04) and the int8 model (03) when asked, 09 every variant of the run it finds
+# (LoRA, pruned, int8), 10 the student, 11 the variant 10 chose: checked there.
 NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("00_baseline", produces=("teacher",)),
     Notebook("01_lora_finetune", needs=("teacher",), produces=("lora",)),
@@ -41,7 +41,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("04_distill", needs=("teacher",), produces=("student",)),
     Notebook("05_distributed"),
     Notebook("06_explain", needs=("teacher",)),
-    Notebook("07_privacy"),
+    Notebook("07_privacy", needs=("teacher",), produces=("private",)),
     Notebook("08_federated"),
     Notebook("09_robustness", needs=("teacher", "student")),
     Notebook("10_report", needs=("teacher",), produces=("stacked",)),

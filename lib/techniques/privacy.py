@@ -51,7 +51,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from ..data import Encoded, make_loader
 from ..errors import ParamError
 from ..evaluate import in_dataset_order
-from ..heads import masked_mean
+from ..heads import masked_mean, set_hidden_head
 from ..models import encoder_layers, pooling_of
 from ..train import History, TrainConfig, fit
 from ..utils import device, progress, to_device
@@ -146,14 +146,7 @@ class TopLayers(nn.Module):
                 f"{len(layers)}"
             )
         if head_hidden:
-            torch.manual_seed(seed)
-            width, labels = model.classifier.in_features, model.classifier.out_features
-            model.classifier = nn.Sequential(
-                nn.Linear(width, head_hidden),
-                nn.GELU(),
-                nn.Dropout(model.dropout.p),
-                nn.Linear(head_hidden, labels),
-            )
+            set_hidden_head(model, head_hidden, seed)
         self.config, self.k = model.config, k
         self.__dict__["model"] = model  # not a submodule
         self.layers = nn.ModuleList(layers[len(layers) - k :])
