@@ -49,7 +49,7 @@ SECTION_REFS = {
     "01_lora_finetune": {2: "mechanism", 3: "rank sweep", 5: "speed", 7: "Merge"},
     "05_distributed": {3: "Proof", 4: "Measured", 5: "evaluation", 6: "scaling model"},
     "06_explain": {5: "agree", 7: "Cost"},
-    "07_privacy": {2: "DP-SGD", 3: "Training", 5: "audit"},
+    "07_privacy": {2: "DP-SGD", 3: "Training", 5: "audit", 7: "saved and timed"},
     "08_federated": {
         1: "frozen encoder",
         2: "clients",

@@ -227,7 +227,8 @@ def test_a_notebook_on_the_teacher_takes_the_teachers_contract(outputs, tiny):
     assert (p.max_train_samples, p.seed) == (77, 3)
     with pytest.raises(ParamError, match="max_train_samples: the teacher used 77, here 5"):
         lib.runner.params.from_namespace({"data_contract": {"max_train_samples": 5}}, "03_quantize")
-    assert lib.runner.params.from_namespace({}, "07_privacy").max_train_samples == 1000  # not on the teacher
+    assert lib.runner.params.from_namespace({}, "07_privacy").max_train_samples == 77  # it times the teacher
+    assert lib.runner.params.from_namespace({}, "05_distributed").max_train_samples == 1000  # not on it
 
 
 @pytest.mark.parametrize("profile", lib.runner.params.available_profiles())

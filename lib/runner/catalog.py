@@ -30,7 +30,8 @@ class Notebook:
 
 
 # 05, 07 and 08 start from the public pretrained model (a teacher fine-tuned on all the data without DP
-# would carry its leak into 07 and undo 08's point; 07 loads the teacher only to time its model beside it);
+# would carry its leak into 07 and undo 08's point; 07 loads the teacher only to time its model beside it,
+# and so works under its data contract);
 # 06 also loads the student (04) and the int8 model (03) when asked, 09 every variant of the run it finds
 # (LoRA, pruned, int8), 10 the student, 11 the variant 10 chose: checked there.
 NOTEBOOKS: tuple[Notebook, ...] = (
