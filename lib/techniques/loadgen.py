@@ -299,10 +299,10 @@ def spawn(
         spec = {"runs": list(runs), "stop_p99_ms": stop_p99_ms, "refine": refine}
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
         seconds = sum(r["offsets"][-1] + r["timeout"] for r in runs if r["offsets"])
-        if refine and runs:  # each bisection run sends for at most as long as the lowest rate's run
-            seconds += refine["steps"] * (
-                max(r["offsets"][-1] for r in runs if r["offsets"]) + runs[0]["timeout"]
-            )
+        if refine and runs:  # a bisection rate is at least the lowest rate / 2^steps (bisecting towards 0)
+            plan, slowest = refine["plan"], min(r["rate"] for r in runs) / 2 ** refine["steps"]
+            longest = max(plan["seconds"], plan["min_requests"] / slowest)  # how long such a run sends
+            seconds += refine["steps"] * (longest + runs[0]["timeout"])
         proc = subprocess.run(
             [sys.executable, "-m", "lib.techniques.loadgen", str(spec_path), str(out_path)],
             capture_output=True,
