@@ -297,6 +297,14 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.features)
 
+    def sample(self, n: int, seed: int) -> Encoded:
+        """``n`` examples drawn at random without replacement, kept in their order here (all of them if ``n``
+        is 0 or at least the size): the same ``seed`` draws the same ones."""
+        if not n or n >= len(self):
+            return self
+        pick = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        return Encoded.from_features([self.features[int(i)] for i in pick])
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.features[i]
 

@@ -36,7 +36,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from .bench import PeakMemory
 from .data import Encoded, make_loader
-from .evaluate import evaluate
+from .evaluate import classification_metrics, evaluate, predict_logits
 from .models import load_tokenizer, trainable_summary
 from .utils import cpu_support, device, progress, seed_everything, setup, to_device
 
@@ -52,6 +52,10 @@ class TrainConfig:
     warmup_frac: float = 0.1  # fraction of all steps spent warming up linearly from 0
     max_grad_norm: float = 1.0  # clip the global gradient norm (stabilises early fine-tuning)
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
+    stop_after_epochs: int = (
+        0  # stop after this many epochs of the num_epochs schedule: a run identical to the
+    )
+    # first epochs of the full one (same warm-up and decay), for comparisons at an early epoch (0 = run all)
     seed: int = 42  # seeds dropout and init of anything created during training
     keep_best: bool = True  # restore the weights of the epoch with the best validation metric
     ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (0 = off)
@@ -93,6 +97,8 @@ class History:
     peak_mem_mb: float = 0.0  # peak process RSS during training
     peak_mem_delta_mb: float = 0.0  # ... minus RSS before training started
     precision: str = "fp32"  # what the training steps ran in (see :func:`resolve_precision`)
+    val_predictions: list[np.ndarray] = field(default_factory=list)  # predicted validation labels, per epoch
+    val_labels: np.ndarray | None = None  # ... and the true ones (dataset order): paired tests at any epoch
 
     @property
     def samples_per_s(self) -> float:
@@ -171,6 +177,9 @@ def fit(
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_frac * total), total)
+    last_epoch = min(cfg.stop_after_epochs or cfg.num_epochs, cfg.num_epochs)
+    if cfg.stop_after_epochs:  # the schedule stays the full run's; only the steps run are fewer
+        total = min(total, steps_per_epoch * last_epoch)
     params = [p for p in model.parameters() if p.requires_grad]
     ema = _make_ema(model, cfg.ema_decay)
     kept = ema.module if ema is not None else model  # the weights that are evaluated, kept and returned
@@ -180,7 +189,7 @@ def fit(
     step = 0
     bar = progress(total=total, desc="train", unit="step", disable=not cfg.progress)
     with PeakMemory() as mem:
-        for epoch in range(1, cfg.num_epochs + 1):
+        for epoch in range(1, last_epoch + 1):
             model.train()
             t0, n, losses = time.perf_counter(), 0, []
             tick = t0
@@ -221,7 +230,9 @@ def fit(
                 "samples_per_s": n / seconds if seconds else 0.0,
             }
             if val_loader is not None:
-                val = evaluate(kept, val_loader)
+                logits, hist.val_labels = predict_logits(kept, val_loader)
+                hist.val_predictions.append(logits.argmax(-1))
+                val = classification_metrics(hist.val_labels, hist.val_predictions[-1], logits.shape[-1])
                 row.update(val_accuracy=val["accuracy"], val_f1=val["f1"])
                 if ema is not None:
                     row["val_accuracy_raw"] = evaluate(model, val_loader)["accuracy"]

@@ -136,3 +136,14 @@ def torch_loader_in_order(enc, tok):
     from transformers import DataCollatorWithPadding
 
     return DataLoader(enc, batch_size=1, collate_fn=DataCollatorWithPadding(tok, return_tensors="pt"))
+
+
+def test_a_sample_is_seeded_without_repeats_and_keeps_order(tiny):
+    _, tok = tiny
+    enc = lib.data.Encoded(toy_dataset(50, 3), tok, 16)
+    position = {id(f): i for i, f in enumerate(enc.features)}
+    a, b, c = enc.sample(20, 1), enc.sample(20, 1), enc.sample(20, 2)
+    picked = [position[id(f)] for f in a.features]
+    assert len(a) == 20 and len(set(picked)) == 20 and picked == sorted(picked)
+    assert a.features == b.features and a.features != c.features  # the seed decides which
+    assert enc.sample(0, 1) is enc and enc.sample(50, 1) is enc  # 0 or all: the whole set

@@ -179,6 +179,25 @@ def test_fit_hooks_custom_loss_prepare_max_steps_and_frozen_params(tiny):
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, frozen_before)
 
 
+def test_stop_after_epochs_is_the_full_runs_first_epochs(tiny):
+    """A run stopped after epoch 1 of a 3-epoch schedule is that schedule's first epoch: the same step losses
+    and the same validation predictions, which History keeps per epoch for paired tests at any epoch."""
+    make, tokenizer = tiny
+    loaders = loaders_for(tokenizer)
+    runs = {}
+    for stop in (0, 1):
+        cfg = lib.train.TrainConfig(num_epochs=3, stop_after_epochs=stop, learning_rate=1e-3, progress=False)
+        runs[stop] = lib.train.fit(make(), loaders.train, loaders.val, cfg)
+    full, short = runs[0], runs[1]
+    assert len(full.epochs) == 3 and len(short.epochs) == 1 and len(short.val_predictions) == 1
+    assert short.step_losses == pytest.approx(full.step_losses[: len(short.step_losses)], abs=1e-6)
+    assert len(short.step_losses) * 3 == len(full.step_losses)
+    np.testing.assert_array_equal(short.val_predictions[0], full.val_predictions[0])
+    assert short.epochs[0]["val_accuracy"] == pytest.approx(
+        float(np.mean(full.val_predictions[0] == full.val_labels))
+    )
+
+
 def test_no_trainable_parameters_is_a_clear_error(tiny):
     make, tokenizer = tiny
     model = make()

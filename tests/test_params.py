@@ -175,6 +175,12 @@ def test_weights_that_are_all_zero_choose_nothing():
     assert validate("10_report", {**zero, "weight_privacy": 1.0})["weight_privacy"] == 1.0
 
 
+def test_the_learning_rate_demo_stops_within_the_sweeps_run():
+    with pytest.raises(ParamError, match=r"lr_demo_epochs \(3\) is over num_epochs \(2\)"):
+        validate("01_lora_finetune", {"lr_demo_epochs": 3, "num_epochs": 2})
+    validate("01_lora_finetune", {"lr_demo_epochs": 2, "num_epochs": 2})
+
+
 def test_a_load_run_needs_room_for_its_least_requests():
     with pytest.raises(ParamError, match=r"load_min_requests \(500\) is over load_max_requests \(400\)"):
         validate("11_serve", {"load_min_requests": 500, "load_max_requests": 400})

@@ -79,7 +79,7 @@ COUNTS = ("batch_size", "num_epochs", "tfidf_max_features", "compare_steps", "co
           "train_steps", "equivalence_steps", "equivalence_batch_size", "global_min_count",
           "overfit_epochs", "num_rounds", "local_epochs", "attack_texts", "attack_max_words",
           "word_neighbours", "adversarial_craft_texts", "serve_max_batch_size", "load_max_requests",
-          "load_min_requests",
+          "load_min_requests", "lr_demo_epochs",
           "serve_threads", "cache_pool")  # fmt: skip
 WEIGHTS = ("weight_speed", "weight_cost", "weight_explainability", "weight_privacy", "weight_robustness")
 
@@ -109,6 +109,7 @@ class _Described(BaseModel):
     alpha: float = Field(ge=0, le=1, description="0 = labels only, 1 = teacher only")
     sweep_alphas: float = Field(ge=0, le=1, description="values in [0, 1]")
     eval_samples: float = Field(ge=0, description="0: the whole test split")
+    sweep_train_samples: float = Field(ge=0, description="0: the whole training split")
     world_size: float = Field(ge=2, le=64, description="ranks here; comparing with one process needs 2")
     threads_per_rank: float = Field(ge=0, description="0 shares this machine's cores evenly between ranks")
     comm_hooks: Literal["fp16", "powersgd"]
@@ -235,6 +236,11 @@ def validate(notebook: str, values: Mapping[str, Any], decls: Mapping | None = N
     least, most = resolved.get("load_min_requests"), resolved.get("load_max_requests")
     if isinstance(least, int) and isinstance(most, int) and least > most:
         errs.append(f"load_min_requests ({least}) is over load_max_requests ({most}): raise the second")
+    demo, epochs = resolved.get("lr_demo_epochs"), resolved.get("num_epochs")
+    if isinstance(demo, int) and isinstance(epochs, int) and demo > epochs:
+        errs.append(
+            f"lr_demo_epochs ({demo}) is over num_epochs ({epochs}): the demo stops within the sweep's run"
+        )
     if errs:
         raise ParamError(f"invalid parameters for {notebook}:{listing(errs)}")
     return resolved
