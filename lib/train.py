@@ -52,10 +52,7 @@ class TrainConfig:
     warmup_frac: float = 0.1  # fraction of all steps spent warming up linearly from 0
     max_grad_norm: float = 1.0  # clip the global gradient norm (stabilises early fine-tuning)
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs)
-    stop_after_epochs: int = (
-        0  # stop after this many epochs of the num_epochs schedule: a run identical to the
-    )
-    # first epochs of the full one (same warm-up and decay), for comparisons at an early epoch (0 = run all)
+    stop_after_epochs: int = 0  # stop after this many epochs, on the full num_epochs schedule (0 = run all)
     seed: int = 42  # seeds dropout and init of anything created during training
     keep_best: bool = True  # restore the weights of the epoch with the best validation metric
     ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (0 = off)
@@ -177,9 +174,8 @@ def fit(
     if cfg.max_steps:
         total = min(total, cfg.max_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_frac * total), total)
-    last_epoch = min(cfg.stop_after_epochs or cfg.num_epochs, cfg.num_epochs)
-    if cfg.stop_after_epochs:  # the schedule stays the full run's; only the steps run are fewer
-        total = min(total, steps_per_epoch * last_epoch)
+    if cfg.stop_after_epochs:  # the schedule stays the full run's: the first epochs of it, identical
+        total = min(total, steps_per_epoch * cfg.stop_after_epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     ema = _make_ema(model, cfg.ema_decay)
     kept = ema.module if ema is not None else model  # the weights that are evaluated, kept and returned
@@ -189,7 +185,7 @@ def fit(
     step = 0
     bar = progress(total=total, desc="train", unit="step", disable=not cfg.progress)
     with PeakMemory() as mem:
-        for epoch in range(1, last_epoch + 1):
+        for epoch in range(1, cfg.num_epochs + 1):
             model.train()
             t0, n, losses = time.perf_counter(), 0, []
             tick = t0
