@@ -151,10 +151,10 @@ def cpu_flags() -> set[str]:
 
 def cpu_support(flags: Iterable[str] | None = None) -> dict[str, bool]:
     """Which instructions low-precision speed depends on: AVX2, AVX-512, int8 dot products (VNNI), native
-    bf16.
+    bf16, Intel's AMX tile units (int8 and bf16 matrix multiplies that oneDNN and ONNX Runtime use).
 
-    These machines differ (AMD Zen 4 has AVX-512 VNNI and BF16, Zen 3 only AVX2), and so do the speed-ups of
-    int8 and bf16: every speed figure is reported next to :func:`isa`.
+    These machines differ (AMD Zen 4 has AVX-512 VNNI and BF16, Zen 3 only AVX2, some Intel Xeons AMX), and
+    so do the speed-ups of int8 and bf16: every speed figure is reported next to :func:`isa`.
     """
     flags = set(cpu_flags() if flags is None else flags)
     return {
@@ -162,6 +162,7 @@ def cpu_support(flags: Iterable[str] | None = None) -> dict[str, bool]:
         "avx512": "avx512f" in flags,
         "int8_vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
         "bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "amx": bool(flags & {"amx_int8", "amx_bf16"}),
     }
 
 
@@ -215,7 +216,8 @@ def isa(flags: Iterable[str] | None = None, generation: str | None = None) -> st
     given: then only ``generation``, if any)."""
     s = cpu_support(flags)
     base = "AVX-512" if s["avx512"] else "AVX2" if s["avx2"] else "no AVX2"
-    label = " ".join([base] + (["VNNI"] if s["int8_vnni"] else []) + (["BF16"] if s["bf16"] else []))
+    extra = [name for name, key in (("VNNI", "int8_vnni"), ("BF16", "bf16"), ("AMX", "amx")) if s[key]]
+    label = " ".join([base, *extra])
     generation = cpu_generation() if flags is None and generation is None else generation
     return f"{generation}, {label}" if generation else label
 
@@ -226,7 +228,8 @@ def cpu_model() -> str:
     c, generation = cpu_id(), cpu_generation()
     name = c.get("name") or platform.processor() or platform.machine()
     ident = f"family {c['family']} model {c.get('model', '?')}" if isinstance(c.get("family"), int) else ""
-    extra = ", ".join(x for x in (generation, ident) if x and x not in name)
+    parts = (generation,) if ident and ident in generation else (generation, ident)  # no model named twice
+    extra = ", ".join(x for x in parts if x and x not in name)
     return f"{name} ({extra})" if extra else name
 
 

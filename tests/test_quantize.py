@@ -209,9 +209,13 @@ def test_cpu_support_reads_flags():
         "avx512": False,
         "int8_vnni": False,
         "bf16": False,
+        "amx": False,
     }
     s = lib.utils.cpu_support({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"})
-    assert s["int8_vnni"] and s["bf16"] and s["avx512"]
+    assert s["int8_vnni"] and s["bf16"] and s["avx512"] and not s["amx"]
+    intel = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"}
+    assert lib.utils.cpu_support(intel)["amx"]  # a Sapphire Rapids-class Xeon: int8/bf16 on tile units
+    assert lib.utils.isa(intel, "") == "AVX-512 VNNI BF16 AMX"
 
 
 CPUINFO = (
