@@ -547,9 +547,13 @@ def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
     ]
     assert sources == set(before) - {"06_explain"}  # 06 adds a column
     assert f["missing_notebooks"] == [] and f["records"] == before[:-1]
-    stacked = [n for n in v if n.startswith("stacked")]
-    assert stacked == [f["stacked_name"]] and v[stacked[0]]["source"] == "10_report"
-    s = v[stacked[0]]
+    stacked, bf16 = sorted(n for n in v if n.startswith("stacked")), f["stacked_bf16"]
+    assert stacked == sorted([f["stacked_name"], *([bf16["name"]] if bf16 else [])])
+    assert all(v[n]["source"] == "10_report" for n in stacked)
+    assert (bf16 is not None) == (lib.train.resolve_precision("auto") == "bf16")  # only where bf16 is native
+    if bf16:  # a measured row beside the int8 stack, not an artifact
+        assert v[bf16["name"]]["speedup_vs_teacher"] > 0 and not v[bf16["name"]].get("artifact")
+    s = v[f["stacked_name"]]
     assert (
         s["size_mb"] < v["teacher"]["size_mb"] / 4 and s["speedup_vs_teacher"] > 1
     )  # student, trimmed, int8
