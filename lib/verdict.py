@@ -110,6 +110,13 @@ def faster(low: float, high: float) -> str:
     return word(low, high, "faster", "slower", at=1.0)
 
 
+def ranges(a: tuple[float, float], b: tuple[float, float], up: str = "faster", down: str = "slower") -> str:
+    """B against A when each has only its own range (two speed-ups over one reference, each with its repeats'
+    lowest and highest ratio): ``up`` if B's whole range lies above A's, ``down`` if below, else
+    ``"within noise"`` (the ranges overlap)."""
+    return up if b[0] > a[1] else down if b[1] < a[0] else "within noise"
+
+
 def interval(low: float, high: float, fmt: str = "+.1f", unit: str = "") -> str:
     """``"95% interval [low, high]"`` for a sentence."""
     return f"{LEVEL:.0%} interval [{low:{fmt}}{unit}, {high:{fmt}}{unit}]"

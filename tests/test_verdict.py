@@ -124,3 +124,10 @@ def test_the_report_goal_needs_every_interval_above_its_bar():
     assert lib.report.meets_goal((4.2, 4.8, 4.0), (-1.0, 0.5, -3.0)) == "meets"
     assert lib.report.meets_goal((3.8, 4.8, 4.0), (-1.0, 0.5, -3.0)) == "within noise"
     assert lib.report.meets_goal((4.2, 4.8, 4.0), (-4.0, -3.1, -3.0)) == "misses"
+
+
+def test_two_ranges_are_apart_only_when_they_do_not_overlap():
+    assert verdict.ranges((4.0, 4.5), (8.2, 8.6)) == "faster"
+    assert verdict.ranges((8.2, 8.6), (4.0, 4.5)) == "slower"
+    assert verdict.ranges((4.0, 8.5), (8.2, 8.6)) == "within noise"  # one repeat each way: chance
+    assert verdict.ranges((1.0, 2.0), (2.0, 3.0), "up", "down") == "within noise"  # touching is not apart
