@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -256,17 +257,24 @@ def test_the_short_way_in_answers_as_the_fastapi_route_does(body):
     assert "predict" in TestClient(app.fastapi).get("/openapi.json").text  # documented at /docs
 
 
-def test_not_ready_until_warmed_up_then_ready():
+def test_not_ready_until_warmed_up_then_ready_with_start_up_frozen():
+    """Ready once warmed up, and what start-up made is then frozen (out of the cycle collector's scans)."""
     release = threading.Event()
+    gc.unfreeze()
     app = make_app(counting_model([]), Settings(), "toy", "r", warm_up=lambda max_batch_size: release.wait(5))
-    with TestClient(app) as c:
-        assert c.get("/healthz").status_code == 200
-        assert c.get("/readyz").status_code == 503
-        r = c.post("/predict", json={"text": "x"})
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        release.set()
-        wait_ready(c)
-        assert c.post("/predict", json={"text": "x"}).status_code == 200
+    try:
+        with TestClient(app) as c:
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").status_code == 503
+            r = c.post("/predict", json={"text": "x"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert gc.get_freeze_count() == 0
+            release.set()
+            wait_ready(c)
+            assert gc.get_freeze_count() > 0
+            assert c.post("/predict", json={"text": "x"}).status_code == 200
+    finally:
+        gc.unfreeze()
 
 
 def serve_in_thread(app: FastAPI, port: int, ready: bool = True) -> tuple[uvicorn.Server, threading.Thread]:
@@ -427,9 +435,11 @@ def test_open_loop_a_slow_server_does_not_slow_the_schedule(client):
     from the scheduled time shows the queue that builds up; with either client."""
     app = FastAPI()
     lock = asyncio.Lock()
+    collector_on: list[bool] = []  # the server shares this process: the generator's collector state, seen
 
     @app.post("/predict")
     async def slow():
+        collector_on.append(gc.isenabled())
         async with lock:
             await asyncio.sleep(0.05)
         return {"predictions": [{"cached": False}]}
@@ -456,6 +466,22 @@ def test_open_loop_a_slow_server_does_not_slow_the_schedule(client):
     assert s["requests"] == len(offsets) and s["errors"] == 0
     assert s["max_ms"] > 0.5 * 50 * len(offsets)  # the last one waited for (almost) all the others
     assert np.isnan(s["steal_share"]) or 0 <= s["steal_share"] < 1  # the hypervisor's share, where known
+    assert collector_on and not any(collector_on)  # no collector pause while sending ...
+    assert gc.isenabled() and gc.get_freeze_count() == 0  # ... and the collector as it was afterwards
+
+
+def test_no_collector_pauses_restores_the_collector_also_on_error():
+    with pytest.raises(RuntimeError), loadgen.no_collector_pauses():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+        raise RuntimeError("a failed run")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with loadgen.no_collector_pauses():
+            pass
+        assert not gc.isenabled()  # it was off before: it stays off
+    finally:
+        gc.enable()
 
 
 def test_an_unknown_client_is_refused_before_any_load():
