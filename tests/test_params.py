@@ -145,6 +145,7 @@ def test_impossible_values(name, value):
         ("10_report", "stack_base", "pruned"),
         ("10_report", "stack_prune_fractions", [0.2, 1.0]),
         ("10_report", "stack_max_val_points", -1.0),
+        ("10_report", "stack_embedding_bits", 2),
         ("10_report", "weight_speed", -1.0),
         ("10_report", "weight_privacy", -0.5),
         ("10_report", "max_points_lost", -3.0),

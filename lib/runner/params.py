@@ -138,6 +138,7 @@ class _Described(BaseModel):
     stack_base: Literal["student", "teacher"]
     stack_prune_fractions: float = Field(ge=0, lt=1, description="fractions of units to remove, e.g. [0.1]")
     stack_max_val_points: float = Field(ge=0, le=100, description="validation points the pruning may cost")
+    stack_embedding_bits: Literal[4, 8]
     attack_max_share: float = Field(gt=0, le=1, description="a share of a text's words, e.g. 0.2")
     word_min_similarity: float = Field(ge=-1, le=1, description="a cosine similarity, e.g. 0.5")
     behaviour_scale: float = Field(gt=0, description="a multiplier of the tests' cases, e.g. 0.5")

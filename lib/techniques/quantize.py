@@ -274,6 +274,59 @@ def onnx_int8(
     return out_path
 
 
+def onnx_int4_embeddings(path: Path | str, out_path: Path | str, block_size: int = 32) -> Path:
+    """The token-embedding table of an ONNX model in 4 bits: ONNX Runtime's weight-only block quantization
+    (``MatMulNBitsQuantizer`` on the ``Gather`` that looks the token ids up in a constant float table: one
+    scale per ``block_size`` values of a row, symmetric), run by its ``GatherBlockQuantized`` kernel. The
+    position and token-type tables are left as they are (they are small). A table of V rows × H values takes
+    V·H/2 bytes plus V·H/``block_size`` scales, against V·H for int8. Atomic; returns ``out_path``."""
+    onnxruntime()  # a clear error if it is missing
+    import onnx  # the ONNX file format library
+    from onnxruntime.quantization.matmul_nbits_quantizer import (  # part of the optional backend
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    path, out_path = Path(path).resolve(), Path(out_path).resolve()
+    model = onnx.load(str(path))
+    tables = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    from_ids = {"input_ids"}  # what the token ids flow into (not their shape: position ids come from that)
+    for node in model.graph.node:  # nodes are in topological order
+        if node.op_type != "Shape" and from_ids.intersection(node.input):
+            from_ids.update(node.output)
+    lookups = [n for n in gathers if n.input[1] in from_ids]
+    if len(lookups) != 1:
+        raise QuantizeError(f"{path.name}: {len(lookups)} float token-embedding lookups, not 1 (quantized?)")
+    vocabulary = lookups[0]
+    for i, node in enumerate(model.graph.node):  # the quantizer tells nodes apart by name
+        node.name = node.name or f"node_{node.op_type}_{i}"
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size,
+        is_symmetric=True,
+        op_types_to_quantize=("Gather",),
+        quant_axes=(("Gather", 1),),  # blocks along a row: each looked-up row dequantizes on its own
+    )
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        nodes_to_exclude=[n.name for n in gathers if n is not vocabulary],
+        op_types_to_quantize=("Gather",),
+        algo_config=config,
+    )
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    try:
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
+        os.replace(tmp, out_path)
+    except Exception as e:
+        raise QuantizeError(
+            f"4-bit quantization of the embedding table of {path.name} failed ({type(e).__name__}: {e})"
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
 def int8_onnx(
     model: Any,
     example: Mapping[str, Any],
@@ -281,21 +334,29 @@ def int8_onnx(
     reduce_range: bool = True,
     per_channel: bool = True,
     name: str = "int8",
+    embedding_bits: int = 8,
 ) -> Path:
     """``model`` as one ONNX Runtime int8 file (``workdir/<name>.onnx``): exported, fused (the BERT optimizer
     detects the head count itself, so layers of different widths, as pruning leaves them, are fine) and
-    quantized dynamically with its embedding tables (for the CPU: a model on a GPU is exported from a CPU
-    copy). The intermediate fp32 files are removed."""
+    quantized dynamically, its embedding tables in int8 too, or with ``embedding_bits`` 4 the token-embedding
+    table in 4 bits (:func:`onnx_int4_embeddings`). For the CPU: a model on a GPU is exported from a CPU copy.
+    The intermediate files are removed."""
+    if embedding_bits not in (4, 8):
+        raise QuantizeError(f"embedding_bits must be 4 or 8 (got {embedding_bits})")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     on_cpu = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     raw = export_onnx(on_cpu.eval(), workdir / f"{name}.exported.onnx", example)
     fp32 = optimize_onnx(raw, workdir / f"{name}.fp32.onnx", 0, 0)
+    out, matmuls = workdir / f"{name}.onnx", workdir / f"{name}.matmuls.onnx"
     try:
-        return onnx_int8(fp32, workdir / f"{name}.onnx", reduce_range, True, per_channel=per_channel)
+        if embedding_bits == 8:
+            return onnx_int8(fp32, out, reduce_range, True, per_channel=per_channel)
+        onnx_int8(fp32, matmuls, reduce_range, False, per_channel=per_channel)
+        return onnx_int4_embeddings(matmuls, out)
     finally:
-        raw.unlink(missing_ok=True)
-        fp32.unlink(missing_ok=True)
+        for scratch in (raw, fp32, matmuls):
+            scratch.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ the variants
