@@ -275,11 +275,11 @@ def onnx_int8(
 
 
 def onnx_int4_embeddings(path: Path | str, out_path: Path | str, block_size: int = 32) -> Path:
-    """The token-embedding table of an ONNX model in 4 bits: ONNX Runtime's weight-only block quantization
-    (``MatMulNBitsQuantizer`` on the ``Gather`` that looks the token ids up in a constant float table: one
-    scale per ``block_size`` values of a row, symmetric), run by its ``GatherBlockQuantized`` kernel. The
-    position and token-type tables are left as they are (they are small). A table of V rows × H values takes
-    V·H/2 bytes plus V·H/``block_size`` scales, against V·H for int8. Atomic; returns ``out_path``."""
+    """The embedding tables of an ONNX model (token, position, token type: every ``Gather`` from a constant
+    float table) in 4 bits: ONNX Runtime's weight-only block quantization (``MatMulNBitsQuantizer``: one scale
+    per ``block_size`` values of a row, symmetric), run by its ``GatherBlockQuantized`` kernel. A table of
+    V rows × H values takes V·H/2 bytes plus V·H/``block_size`` scales, against V·H for int8 and 4·V·H for
+    fp32. Atomic; returns ``out_path``."""
     onnxruntime()  # a clear error if it is missing
     import onnx  # the ONNX file format library
     from onnxruntime.quantization.matmul_nbits_quantizer import (  # part of the optional backend
@@ -289,30 +289,16 @@ def onnx_int4_embeddings(path: Path | str, out_path: Path | str, block_size: int
 
     path, out_path = Path(path).resolve(), Path(out_path).resolve()
     model = onnx.load(str(path))
-    tables = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
-    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
-    from_ids = {"input_ids"}  # what the token ids flow into (not their shape: position ids come from that)
-    for node in model.graph.node:  # nodes are in topological order
-        if node.op_type != "Shape" and from_ids.intersection(node.input):
-            from_ids.update(node.output)
-    lookups = [n for n in gathers if n.input[1] in from_ids]
-    if len(lookups) != 1:
-        raise QuantizeError(f"{path.name}: {len(lookups)} float token-embedding lookups, not 1 (quantized?)")
-    vocabulary = lookups[0]
-    for i, node in enumerate(model.graph.node):  # the quantizer tells nodes apart by name
-        node.name = node.name or f"node_{node.op_type}_{i}"
+    tables = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    if not any(n.op_type == "Gather" and n.input[0] in tables for n in model.graph.node):
+        raise QuantizeError(f"{path.name} has no float embedding table to quantize (quantized already?)")
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size,
         is_symmetric=True,
         op_types_to_quantize=("Gather",),
         quant_axes=(("Gather", 1),),  # blocks along a row: each looked-up row dequantizes on its own
     )
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        nodes_to_exclude=[n.name for n in gathers if n is not vocabulary],
-        op_types_to_quantize=("Gather",),
-        algo_config=config,
-    )
+    quantizer = MatMulNBitsQuantizer(model, op_types_to_quantize=("Gather",), algo_config=config)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     try:
         quantizer.process()
@@ -320,7 +306,7 @@ def onnx_int4_embeddings(path: Path | str, out_path: Path | str, block_size: int
         os.replace(tmp, out_path)
     except Exception as e:
         raise QuantizeError(
-            f"4-bit quantization of the embedding table of {path.name} failed ({type(e).__name__}: {e})"
+            f"4-bit quantization of the embedding tables of {path.name} failed ({type(e).__name__}: {e})"
         ) from e
     finally:
         tmp.unlink(missing_ok=True)
@@ -338,8 +324,8 @@ def int8_onnx(
 ) -> Path:
     """``model`` as one ONNX Runtime int8 file (``workdir/<name>.onnx``): exported, fused (the BERT optimizer
     detects the head count itself, so layers of different widths, as pruning leaves them, are fine) and
-    quantized dynamically, its embedding tables in int8 too, or with ``embedding_bits`` 4 the token-embedding
-    table in 4 bits (:func:`onnx_int4_embeddings`). For the CPU: a model on a GPU is exported from a CPU copy.
+    quantized dynamically, its embedding tables in int8 too, or with ``embedding_bits`` 4 in 4 bits
+    (:func:`onnx_int4_embeddings`). For the CPU: a model on a GPU is exported from a CPU copy.
     The intermediate files are removed."""
     if embedding_bits not in (4, 8):
         raise QuantizeError(f"embedding_bits must be 4 or 8 (got {embedding_bits})")
