@@ -233,6 +233,17 @@ def cpu_model() -> str:
     return f"{name} ({extra})" if extra else name
 
 
+def cpu_label(cpu: str, isa_name: str) -> str:
+    """One name for a speed figure from a record's ``cpu`` (:func:`cpu_model`) and ``isa`` (:func:`isa`), each
+    part once: ``"AMD EPYC 9R14 (Zen 4, family 25 model 17, AVX-512 VNNI BF16)"``."""
+    name, _, rest = cpu.partition(" (")
+    parts = [p.strip() for p in (rest.rstrip(")").split(",") if rest else [])]
+    for part in (p.strip() for p in isa_name.split(",")):
+        if part and part not in parts:
+            parts.append(part)
+    return f"{name} ({', '.join(parts)})" if parts else name
+
+
 def env_info() -> dict[str, Any]:
     import torch
     import transformers

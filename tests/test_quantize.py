@@ -321,3 +321,23 @@ def test_the_stack_with_a_4_bit_embedding_table(tiny, tmp_path):
         lib.quantize.int8_onnx(model, x, tmp_path / "2", embedding_bits=2)
     with pytest.raises(lib.quantize.QuantizeError, match="no float embedding table"):
         lib.quantize.onnx_int4_embeddings(four, tmp_path / "again.onnx")  # quantized already
+
+
+@pytest.mark.parametrize(
+    ("cpu", "isa", "label"),
+    [
+        (
+            "Intel(R) Xeon(R) Processor (Intel family 6 model 167)",
+            "Intel family 6 model 167, AVX-512 VNNI BF16 AMX",
+            "Intel(R) Xeon(R) Processor (Intel family 6 model 167, AVX-512 VNNI BF16 AMX)",
+        ),
+        (
+            "AMD EPYC 9R14 (Zen 4, family 25 model 17)",
+            "Zen 4, AVX-512 VNNI BF16",
+            "AMD EPYC 9R14 (Zen 4, family 25 model 17, AVX-512 VNNI BF16)",
+        ),
+        ("arm64", "no AVX2", "arm64 (no AVX2)"),
+    ],
+)
+def test_a_cpu_label_names_each_part_once(cpu, isa, label):
+    assert lib.utils.cpu_label(cpu, isa) == label
