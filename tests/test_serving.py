@@ -600,4 +600,25 @@ def test_serve_without_a_report_says_how_to_get_one(outputs, capsys):
 def test_bad_server_settings_are_refused_before_anything_loads():
     with pytest.raises(ValueError, match="max_queue must be >= max_texts"):
         Settings(max_queue=4, max_texts=8)
+    with pytest.raises(ValueError, match="model_nice must be 0 to 19"):
+        Settings(model_nice=20)
     assert lib.serve.cli.main(["--model-dir", "/nonexistent", "--port", "1"]) == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice value is Linux's")
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_model_runs_at_its_nice_value_and_the_event_loop_does_not(nice):
+    """The threads calling the model run ``model_nice`` above the process (the event loop's thread stays)."""
+    seen: list[int] = []
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def model(texts):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return [ANSWER for _ in texts]
+
+    app = make_app(model, Settings(model_nice=nice, cache_size=0), "toy", "r")
+    with TestClient(app) as c:
+        wait_ready(c)
+        assert all(c.post("/predict", json={"text": t}).status_code == 200 for t in ("a", "b", "c"))
+    assert seen and set(seen) == {min(base + nice, 19)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # this thread: untouched

@@ -36,6 +36,7 @@ HELP = {
     "max_chars": "longest text in characters (longer: 422)",
     "max_padding": "padding a length group may add, as a share of its real tokens (< 0: one group per batch)",
     "threads": "torch / ONNX Runtime threads (the rest of the CPU is left to the clients on this machine)",
+    "model_nice": "nice value of the threads that run the model (Linux): the event loop answers first",
 }
 
 
