@@ -63,6 +63,7 @@ def test_a_dead_runs_status_is_killed_and_the_next_start_marks_it(outputs):
 
 
 def test_inputs_come_from_this_run_else_the_newest_complete_run_else_the_named_one(outputs):
+    folders._inputs["models/student"] = "an-earlier-run"  # what this process read for a run before: not ours
     old = folders.start("smoke", by="runner", notebooks=["00_baseline"])
     (old / "models" / "teacher").mkdir(parents=True)
     folders.finish(old, "complete")

@@ -122,6 +122,7 @@ def start(profile: str, *, by: str, notebooks: Sequence[str], **fields: Any) -> 
         "mlflow": tracking.enabled(), **fields,
     })  # fmt: skip
     os.environ[ENV_DIR], os.environ[ENV_BY] = str(run_dir), by
+    _inputs.clear()  # what an earlier run of this process read is not this run's provenance
     if by == "hand":
         _hand[profile] = run_dir
     return run_dir
@@ -177,7 +178,6 @@ def begin_hand_run(profile: str, notebook: str) -> Path:
     """When a notebook checks its parameters: join the runner's run, or start a run of its own (by hand)."""
     if _runner_run(profile) is not None:
         return _runner_run(profile)
-    _inputs.clear()
     return start(profile, by="hand", notebooks=[notebook])
 
 
