@@ -579,7 +579,8 @@ def test_serve_takes_the_reports_choice_and_the_settings_11_measured_best(tiny, 
     run_dir = lib.runner.folders.start("default", by="test", notebooks=[])
     lib.artifacts.save(run_dir / "models" / "student", make(), tok, {"label_names": ["neg", "pos"]})
     report = {"findings": {"best_artifact": {"yours": "student"}}}
-    served = {"findings": {"best_settings": {"student": {"max_batch_size": 8, "max_wait_ms": 3.0}}}}
+    best = {"max_batch_size": 8, "max_wait_ms": 3.0, "max_queue": 100_000, "cache_size": 0, "max_texts": 1}
+    served = {"findings": {"best_settings": {"student": best}}}  # the load runs' queue, cache: not kept
     for name, rec in (("10_report", report), ("11_serve", served)):
         lib.utils.atomic_write_json(run_dir / "metrics" / f"{name}.json", rec)
     lib.runner.folders.finish(run_dir, "complete")

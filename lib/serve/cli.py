@@ -77,10 +77,15 @@ def resolve(profile: str, run: str, variant: str, model_dir: str) -> tuple[Path,
     return path, variant, path.parent.parent.name
 
 
+MEASURED = ("max_batch_size", "max_wait_ms", "max_padding", "threads", "model_nice")  # what 11 compares
+
+
 def measured_settings(run_dir: Path, variant: str) -> dict[str, Any]:
-    """The settings 11_serve measured best for ``variant`` in that run (``{}`` if it did not serve it)."""
+    """The batching settings 11_serve measured best for ``variant`` in that run (``{}`` if it did not serve
+    it). The rest keep a server's defaults: 11's load runs used no cache, an unbounded queue and one text per
+    request because they measure the model's knee, not because a user's server should."""
     best = (record(run_dir, SERVE) or {}).get("findings", {}).get("best_settings", {})
-    return dict(best.get(variant, {}))
+    return {k: v for k, v in best.get(variant, {}).items() if k in MEASURED}
 
 
 def load_classifier(path: Path, max_padding: float) -> tuple[Classifier, dict[str, Any]]:
