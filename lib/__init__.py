@@ -25,8 +25,8 @@ from . import errors  # stdlib only: instant
 __version__ = "0.1.0"
 CORE = ("errors", "utils", "data", "heads", "models", "predict", "artifacts", "train", "evaluate", "verdict",
         "bench", "baselines", "experiment", "report", "launch", "plots")  # fmt: skip
-TECHNIQUES = ("lora", "prune", "quantize", "distill", "distributed", "explain", "privacy", "federated",
-              "behaviour", "robustness", "fairness", "serving", "loadgen")  # fmt: skip
+TECHNIQUES = ("lora", "prune", "quantize", "compact", "distill", "distributed", "explain", "privacy",
+              "federated", "behaviour", "robustness", "fairness", "serving", "loadgen")  # fmt: skip
 __all__ = [*CORE, *TECHNIQUES, "runner", "techniques", "serve", "setup", "__version__"]
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .runner import contract, folders
 from .runner.catalog import NOTEBOOKS, producer_of
-from .runner.records import METRICS, load, load_run
+from .runner.records import MEASURED, METRICS, load, load_run
 
 DIRECTIONS = ("max", "min")
 
@@ -126,6 +126,7 @@ COLUMNS = (
     "attack_success_rate",
     "fairness_gap",
     "provenance",
+    "unmeasured",
 )
 REPORT_COLUMNS = tuple(c for c in COLUMNS if c not in ("source", "num_params"))  # what report.html shows
 
@@ -204,6 +205,7 @@ def variants_table(records: Sequence[Mapping]) -> pd.DataFrame:
                 else v.get("speedup_vs_teacher"),
                 **{k: v.get(k) for k in ANNOTATIONS},
                 "provenance": _describe(v, rec) + (f" (run {rec.get('run')})" if mixed else ""),
+                "unmeasured": v.get("unmeasured"),
             }
     for a, v in notes:
         key = next((k for k, r in rows.items() if (r["source"], r["variant"]) == canon.get(a)), None)
@@ -364,6 +366,7 @@ def with_rows(
             **dict.fromkeys(ANNOTATIONS[3:]),
             "faithfulness": None,
             "provenance": [provenance.get(n, source) for n in rows.index],
+            "unmeasured": rows.get("unmeasured"),
             "artifact": rows.get("artifact"),
         },
         index=rows.index,
@@ -373,7 +376,9 @@ def with_rows(
 
 def record_variants(table: pd.DataFrame) -> list[dict]:
     """The ``variants`` of the report notebook's record: every row of the table, with its source notebook and
-    provenance; the teacher (its first row) is the reference."""
+    provenance; the teacher (its first row) is the reference. A row missing a figure of
+    :data:`~lib.runner.records.MEASURED` keeps its notebook's reason (``unmeasured``); a record written before
+    rows said why gets a reason that says so."""
     teachers = [n for n, a in table.get("artifact", pd.Series(dtype=object)).items() if a == TEACHER]
     out = []
     for name, row in table.iterrows():
@@ -397,6 +402,10 @@ def record_variants(table: pd.DataFrame) -> list[dict]:
                 "source": r["source"],
             }
         )
+        if any(out[-1][m] is None for m in MEASURED) and not out[-1]["unmeasured"]:
+            out[-1]["unmeasured"] = (
+                f"not measured in {r['source']}; its record (an older run) gives no reason"
+            )
     return out
 
 

@@ -90,7 +90,10 @@ def good_record():
         "created": "2026-11-23T10:00:00+00:00",
         "params": {"seed": 1},
         "env": {"python": "3.11", "torch": "2", "transformers": "5", "threads": 2, "isa": "AVX2", "cpu": "x"},
-        "variants": [v, lib.experiment.variant("tfidf", "variant", {"accuracy": 0.7, "f1": 0.7})],
+        "variants": [
+            v,
+            lib.experiment.variant("tfidf", "variant", {"accuracy": 0.7, "f1": 0.7}, unmeasured="a baseline"),
+        ],
         "findings": {},
     }
 
@@ -101,7 +104,9 @@ def test_schema_accepts_good_record():
 
 def test_a_variant_lists_only_what_it_measured():
     rec = good_record()
-    rec["variants"].append({"name": "teacher-lime", "artifact": "teacher", "faithfulness": 0.4})
+    rec["variants"].append(
+        {"name": "teacher-lime", "artifact": "teacher", "faithfulness": 0.4, "unmeasured": "an explanation"}
+    )
     v = lib.runner.records.validate_record(rec)["variants"][-1]  # what record() writes
     assert v["role"] == "variant" and v["accuracy"] is None and v["throughput_b32"] is None
     assert v["artifact"] == "teacher" and v["faithfulness"] == 0.4  # a notebook's own keys are kept
@@ -130,6 +135,12 @@ def test_a_variant_lists_only_what_it_measured():
         (lambda r: r.update(created="yesterday"), "created: Value error, Invalid isoformat string"),
         (lambda r: r["env"].pop("torch"), "env.torch: Field required"),
         (lambda r: r["variants"][1].update(name="teacher"), "unique"),
+        (  # a row without accuracy, size or speed says why
+            lambda r: r["variants"][1].pop("unmeasured"),
+            "variant 'tfidf' has no size_mb, throughput_b32: measure it, or say why in `unmeasured`",
+        ),
+        (lambda r: r["variants"][1].update(unmeasured="  "), "say why in `unmeasured`"),
+        (lambda r: r["variants"][0].update(accuracy=None), "variant 'teacher' has no accuracy"),
     ],
 )
 def test_schema_rejects(mutate, fragment):

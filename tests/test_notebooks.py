@@ -547,12 +547,16 @@ def test_smoke_10_reports_every_variant_the_stack_and_the_choices(smoke):
     ]
     assert sources == set(before) - {"06_explain"}  # 06 adds a column
     assert f["missing_notebooks"] == [] and f["records"] == before[:-1]
-    stacked, bf16 = sorted(n for n in v if n.startswith("stacked")), f["stacked_bf16"]
-    assert stacked == sorted([f["stacked_name"], *([bf16["name"]] if bf16 else [])])
+    stacked, bf16, small = (sorted(n for n in v if n.startswith("stacked")), f["stacked_bf16"],
+                            f["stacked_compact"])  # fmt: skip
+    assert stacked == sorted([f["stacked_name"], *(x["name"] for x in (bf16, small) if x)])
     assert all(v[n]["source"] == "10_report" for n in stacked)
     assert (bf16 is not None) == (lib.train.resolve_precision("auto") == "bf16")  # only where bf16 is native
-    if bf16:  # a measured row beside the int8 stack, not an artifact
+    assert (small is not None) == (bf16 is not None)  # and read from a compact file beside it
+    if bf16:  # measured rows beside the int8 stack, not artifacts
         assert v[bf16["name"]]["speedup_vs_teacher"] > 0 and not v[bf16["name"]].get("artifact")
+        assert v[small["name"]]["speedup_vs_teacher"] > 0 and not v[small["name"]].get("artifact")
+        assert small["size_mb"] < v[bf16["name"]]["size_mb"] / 2 and small["memory_mb"] > small["size_mb"]
     s = v[f["stacked_name"]]
     assert (
         s["size_mb"] < v["teacher"]["size_mb"] / 4 and s["speedup_vs_teacher"] > 1
@@ -602,6 +606,14 @@ BF16_STACK = {  # 10_report's stack cast to bf16, as measured on an AMX CPU
     "points_vs_reference": -1.5,
     "points_low": -2.8,
     "points_high": -0.2,
+}
+COMPACT_STACK = {  # the same bf16 stack read from a file of int8 rows and 4-bit tables (lib.compact)
+    **BF16_STACK,
+    "name": "stacked (student, pruned 30%, vocab, bf16 torch, int8/4-bit file)",
+    "smaller_x": 13.0,
+    "size_mb": 6.9,
+    "memory_mb": 17.3,
+    "goals": {"speed": "meets", "size": "meets", "points": "meets"},
 }
 FLIPS = [  # notebook, numbers where the claim is false, numbers where it is true, the claim's phrase
     (
@@ -883,6 +895,21 @@ FLIPS = [  # notebook, numbers where the claim is false, numbers where it is tru
         {"stacked_speedup_low": 4.0, "stacked_speedup_high": 4.5, "stacked_bf16": BF16_STACK},
         {"stacked_speedup_low": 4.0, "stacked_speedup_high": 8.5, "stacked_bf16": BF16_STACK},
         "**within noise** of the int8 stack",
+    ),
+    (  # the compact bf16 stack: its own line, its size on disk and in memory, its goals one by one
+        "10_report",
+        {"stacked_bf16": BF16_STACK, "stacked_compact": None},
+        {"stacked_bf16": BF16_STACK, "stacked_compact": COMPACT_STACK},
+        "**13.0×** smaller on disk (6.9 MB; 17.3 MB in memory)",
+    ),
+    (
+        "10_report",
+        {"stacked_bf16": BF16_STACK, "stacked_compact": COMPACT_STACK},
+        {
+            "stacked_bf16": BF16_STACK,
+            "stacked_compact": {**COMPACT_STACK, "goals": {**COMPACT_STACK["goals"], "speed": "misses"}},
+        },
+        "speed: **misses**; size: meets",
     ),
     (
         "10_report",

@@ -76,7 +76,9 @@ def test_bad_objectives_and_weights_are_refused():
 
 def _v(name, role="variant", **kw):
     """A variant as a notebook passes it: only what it measured (the record's schema fills the rest with
-    None)."""
+    None), and why it lacks what it lacks."""
+    if any(kw.get(m) is None for m in lib.runner.records.MEASURED):
+        kw.setdefault("unmeasured", f"why {name} lacks a figure")
     return lib.runner.records.Variant(name=name, role=role, **kw).model_dump()
 
 
@@ -147,6 +149,8 @@ def test_variants_table_folds_the_teacher_and_attaches_what_other_notebooks_meas
     assert t.loc["dp-eps-8", "speedup_vs_teacher"] == 0.98  # ... but a variant timed beside it says so
     assert t.loc["dp-eps-8", "epsilon"] == 8.0 and t.loc["dp-eps-8", "trainable_params"] == 1000
     assert t.loc["ort int8", "provenance"] == "03_quantize: backend onnxruntime, dtype int8"
+    assert t.loc["tfidf-logreg", "unmeasured"] == "why tfidf-logreg lacks a figure"  # the notebook's reason
+    assert pd.isna(t.loc["ort int8", "unmeasured"])
     assert lib.report.missing_notebooks(RECORDS, before="06_explain") == [
         "01_lora_finetune",
         "02_prune",
@@ -213,6 +217,11 @@ def test_record_variants_name_their_source_and_keep_the_teacher_as_reference():
     assert by["teacher"]["role"] == "reference" and by["teacher"]["source"] == "00_baseline"
     assert by["stacked (x)"]["source"] == "10_report" and by["stacked (x)"]["speedup_vs_teacher"] == 8.0
     assert by["dp-eps-8"]["size_mb"] is None  # missing stays missing (JSON null), never NaN
+    assert by["dp-eps-8"]["unmeasured"] == "why dp-eps-8 lacks a figure"
+    assert by["stacked (x)"]["unmeasured"] is None
+    t.loc["tfidf-logreg", "unmeasured"] = None  # a record from before rows said why
+    older = {r["name"]: r for r in lib.report.record_variants(t)}["tfidf-logreg"]["unmeasured"]
+    assert older == "not measured in 00_baseline; its record (an older run) gives no reason"
     rec = {"notebook": "10_report", "variants": rows}
     assert [v["name"] for v in lib.runner.records.own_variants(rec)] == ["stacked (x)"]
 
@@ -327,3 +336,22 @@ def test_the_report_takes_a_notebook_its_run_lacks_from_another_run_of_the_same_
         "00_baseline",
         "03_quantize",
     ]  # a named run: exactly its records
+
+
+def test_the_readme_says_why_a_row_shows_a_dash():
+    same = "a sweep point: not timed"
+    recs = [
+        RECORDS[0],
+        {"notebook": "04_distill", "variants": [_v(f"T{t}", unmeasured=same) for t in (1, 2, 4)]},
+        {"notebook": "05_distributed", "variants": [_v(n, unmeasured=same) for n in ("a", "b")]},
+    ]
+    lines = lib.runner.readme.missing_reasons(recs)
+    assert lines == [
+        "Where a row shows –, the notebook says why:",
+        "",
+        "- 00_baseline (tfidf-logreg): why tfidf-logreg lacks a figure",  # one line per notebook and reason
+        f"- 04_distill (3 rows): {same}",
+        f"- 05_distributed (a, b): {same}",
+        "",
+    ]
+    assert lib.runner.readme.missing_reasons([{**RECORDS[0], "variants": RECORDS[0]["variants"][:1]}]) == []

@@ -27,6 +27,7 @@ COLUMNS = (  # (record key, header with its unit, format), in order; a column no
     ("faithfulness", "faithfulness (LIME comprehensiveness)", ".3f"),
     ("max_rps_at_slo", "served requests/s at the SLO", ".0f"), ("p99_ms", "served p99 there (ms)", ".1f"),
     ("served_share", "served share of in-process speed", ".0%"), ("provenance", "how it was made", ""),
+    ("unmeasured", "why a figure is missing (–)", ""),
 )  # fmt: skip
 
 

@@ -77,6 +77,21 @@ def readme_refusal(manifest: Mapping[str, Any], profile: str = "default") -> lis
     ] if wrong]  # fmt: skip
 
 
+def missing_reasons(recs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines saying why rows lack accuracy, size or speed (each variant's ``unmeasured``), a line
+    per notebook and reason, then a blank line; none if every row has all three."""
+    why: dict[tuple[str, str], list[str]] = {}
+    for rec in recs:
+        for v in own_variants(rec):
+            if v.get("unmeasured"):
+                why.setdefault((rec["notebook"], v["unmeasured"]), []).append(v["name"])
+    if not why:
+        return []
+    rows = lambda names: ", ".join(names) if len(names) <= 2 else f"{len(names)} rows"  # noqa: E731
+    lines = [f"- {nb} ({rows(names)}): {reason}" for (nb, reason), names in why.items()]
+    return ["Where a row shows –, the notebook says why:", "", *lines, ""]
+
+
 def markdown_results(run_dir: Path) -> str:
     """A markdown section of every variant of every record of one run, with its date, machine and run id."""
     manifest, recs = folders.read_manifest(run_dir), load_run(run_dir)
@@ -99,7 +114,8 @@ def markdown_results(run_dir: Path) -> str:
             name = f"{v['name']}{' (reference)' * (v['role'] == 'reference')}"
             cells = " | ".join(fmt(v[k], spec) for k, _, spec in COLUMNS)
             lines.append(f"| {rec['notebook']} | {name} | {cells} |")
-    lines += [""] + [f"{s}\n" for s in (speed_trust(recs), run_times(profile, recs)) if s]
+    lines += ["", *missing_reasons(recs)]
+    lines += [f"{s}\n" for s in (speed_trust(recs), run_times(profile, recs)) if s]
     for rec in recs:
         found = [f"`{k}` = {fmt(rec['findings'][k], '.4g')}" for k in rec["headline"] if k in rec["findings"]]
         lines += [f"- **{rec['notebook']}**: " + "; ".join(found)] if found else []

@@ -59,9 +59,21 @@ class Variant(BaseModel, extra="allow"):
     latency_ms_b1_p50: Positive | None = None
     throughput_b32: Positive | None = None
     speedup_vs_reference: Positive | None = None
+    unmeasured: str | None = None  # why a row lacks one of MEASURED (a sweep point, a demo, a served config)
+
+    @model_validator(mode="after")
+    def _says_why(self) -> Variant:
+        missing = [m for m in MEASURED if getattr(self, m) is None]
+        if missing and not (self.unmeasured or "").strip():
+            raise ValueError(
+                f"variant {self.name!r} has no {', '.join(missing)}: measure it, or say why in `unmeasured`"
+            )
+        return self
 
 
-METRICS = tuple(Variant.model_fields)[3:]  # every variant's metrics, in the order tables show them
+# What every row of the report has, or says why not (`unmeasured`): accuracy, size and speed.
+MEASURED = ("accuracy", "size_mb", "throughput_b32")
+METRICS = tuple(Variant.model_fields)[3:-1]  # every variant's metrics, in the order tables show them
 
 
 class Record(BaseModel, extra="allow"):
